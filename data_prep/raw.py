@@ -1,0 +1,92 @@
+"""Read a raw (mli, mlo) file pair into flattened float64 inputs and targets.
+
+Inputs are the schema's input columns in order (profiles as ``NAME_0..NAME_59``, level 0
+at the top); targets are ``ptend_X = (mlo.state_X - mli.state_X) / 1200`` for tendencies and
+``mlo.cam_out_*`` as they are. Everything stays float64, as in the files, so that values
+such as ``state_q0002 ~ 1e-50`` survive. Every problem is raised as :class:`RawDataError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import netCDF4
+import numpy as np
+
+from tfpipe.rawtree import ModelTime, parse_raw_file_name
+from tfpipe.schema import NCOL, NLEV, TIMESTEP_S, VARIABLES, Schema, target_source
+
+
+class RawDataError(ValueError):
+    """A raw file is missing, unreadable or does not match the schema."""
+
+
+@dataclass(frozen=True)
+class RawSamples:
+    """The samples of one time step: one row per grid column."""
+
+    inputs: np.ndarray  # (ncol, n_inputs) float64
+    targets: np.ndarray  # (ncol, n_targets) float64
+    ncol: np.ndarray  # (ncol,) int32 grid column index
+    time: ModelTime
+
+
+def read_variables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read ``names`` from a raw netCDF file as float64, checking dimensions and values."""
+    try:
+        ds = netCDF4.Dataset(path)
+    except (OSError, RuntimeError) as err:
+        raise RawDataError(f"{path}: cannot open as netCDF ({err})") from None
+    out = {}
+    with ds:
+        for name in names:
+            if name not in ds.variables:
+                raise RawDataError(f"{path}: missing variable {name}")
+            var = ds.variables[name]
+            expected = VARIABLES[name].dims
+            if var.dimensions != expected:
+                raise RawDataError(f"{path}: {name} has dimensions {var.dimensions}, expected {expected}")
+            shape = (NLEV, NCOL) if VARIABLES[name].profile else (NCOL,)
+            if var.shape != shape:
+                raise RawDataError(f"{path}: {name} has shape {var.shape}, expected {shape}")
+            try:
+                values = np.ma.filled(var[:].astype(np.float64), np.nan)
+            except (OSError, RuntimeError, IndexError) as err:
+                raise RawDataError(f"{path}: cannot read {name} ({err})") from None
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise RawDataError(f"{path}: {name} has {int(bad.sum())} NaN/Inf values")
+            out[name] = values
+    return out
+
+
+def _flatten(values: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """(ncol, columns) matrix: each profile's 60 levels, then each scalar, in ``names`` order."""
+    blocks = [values[n].T if values[n].ndim == 2 else values[n][:, None] for n in names]
+    return np.concatenate(blocks, axis=1)
+
+
+def build_targets(mli: dict[str, np.ndarray], mlo: dict[str, np.ndarray], schema: Schema) -> np.ndarray:
+    """(ncol, n_targets) float64 targets from mli and mlo values."""
+    values = {}
+    for name in schema.targets:
+        source = target_source(name)
+        if source.is_tendency:
+            values[name] = (mlo[source.state] - mli[source.state]) / TIMESTEP_S
+        else:
+            values[name] = mlo[name]
+    return _flatten(values, schema.targets)
+
+
+def read_pair(mli_path: str, mlo_path: str, schema: Schema) -> RawSamples:
+    """Inputs and targets of every column of one time step."""
+    _, time = parse_raw_file_name(mli_path)
+    mli = read_variables(mli_path, schema.mli_variables)
+    mlo = read_variables(mlo_path, schema.mlo_variables)
+    return RawSamples(
+        inputs=_flatten(mli, schema.inputs),
+        targets=build_targets(mli, mlo, schema),
+        ncol=np.arange(NCOL, dtype=np.int32),
+        time=time,
+    )
