@@ -146,7 +146,8 @@ class SyntheticClimate:
 
         # Winds.
         abs_lat = np.abs(np.rad2deg(lat))
-        jet = 38.0 * np.exp(-(((abs_lat - 35.0) / 12.0) ** 2)) * np.exp(-((np.log(pmid / 22_000.0)) ** 2) / 0.8)
+        jet_core = np.exp(-((np.log(pmid / 22_000.0)) ** 2) / 0.8)
+        jet = 38.0 * np.exp(-(((abs_lat - 35.0) / 12.0) ** 2)) * jet_core
         surface_wind = np.where(abs_lat < 30.0, -6.0, 7.0) * np.clip(sigma, 0.0, 1.0) ** 4
         polar_night = -45.0 * np.sin(lat) * season * np.exp(-((np.log(pmid / 300.0)) ** 2) / 3.0)
         u = jet + surface_wind + polar_night + 9.0 * w["u"] + noise(1.0, pmid.shape)

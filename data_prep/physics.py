@@ -83,9 +83,9 @@ def shortwave(s: dict[str, np.ndarray], mass: np.ndarray) -> tuple[np.ndarray, d
         "cam_out_SOLS": 0.5 * direct, "cam_out_SOLL": 0.5 * direct * nir,
         "cam_out_SOLSD": 0.5 * diffuse, "cam_out_SOLLD": 0.5 * diffuse * nir,
     }
-    fluxes["cam_out_NETSW"] = (
-        fluxes["cam_out_SOLS"] * (1 - s["cam_in_ASDIR"]) + fluxes["cam_out_SOLL"] * (1 - s["cam_in_ALDIR"])
-        + fluxes["cam_out_SOLSD"] * (1 - s["cam_in_ASDIF"]) + fluxes["cam_out_SOLLD"] * (1 - s["cam_in_ALDIF"])
+    fluxes["cam_out_NETSW"] = sum(
+        fluxes[f"cam_out_{flux}"] * (1 - s[f"cam_in_{albedo}"])
+        for flux, albedo in (("SOLS", "ASDIR"), ("SOLL", "ALDIR"), ("SOLSD", "ASDIF"), ("SOLLD", "ALDIF"))
     )
     return heating, fluxes
 
@@ -141,7 +141,8 @@ def convection(t, q, u, v, mass, pmid, ps):
     qs = thermo.saturation_specific_humidity(t, pmid)
     h_sat = thermo.CP * t + thermo.GRAVITY * z + thermo.LV * qs
     low = slice(-3, None)
-    h_parcel = ((thermo.CP * t + thermo.GRAVITY * z + thermo.LV * q)[low] * mass[low]).sum(0) / mass[low].sum(0)
+    h = thermo.CP * t + thermo.GRAVITY * z + thermo.LV * q
+    h_parcel = (h[low] * mass[low]).sum(0) / mass[low].sum(0)
     buoyant = (h_parcel > h_sat) & (pmid > 15_000.0)
     top = np.where(buoyant.any(0), np.argmax(buoyant, axis=0), t.shape[0])  # highest buoyant level
     layer = (np.arange(t.shape[0])[:, None] >= top[None, :]) & (pmid < ps - 0.5 * PBL_DEPTH)
