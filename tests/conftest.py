@@ -1,12 +1,14 @@
-"""Shared fixtures: small synthetic raw trees (and, in test_gcs_emulator, a GCS emulator)."""
+"""Shared fixtures: small synthetic raw trees and one local GCS emulator for the session."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from data_prep.synth import synthesize
+from gcs_emulator import GcsEmulator
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +25,10 @@ def small_raw_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("raw-small") / "tree"
     synthesize(out, days=4 / 72, seed=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[GcsEmulator]:
+    """fake-gcs-server on a free loopback port, stopped when the session ends."""
+    with GcsEmulator() as emulator:
+        yield emulator
