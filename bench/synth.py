@@ -57,7 +57,8 @@ def main() -> None:
         "mb_per_s": round(nbytes / 1e6 / full, 1),
         "ratio_vs_write_only": round(base / full, 3),
     }
-    print(f"{STEPS} steps: full {full:.2f} s, write-only {base:.2f} s, {nbytes / 1e6:.0f} MB", file=sys.stderr)
+    summary = f"{STEPS} steps: full {full:.2f} s, write-only {base:.2f} s, {nbytes / 1e6:.0f} MB"
+    print(summary, file=sys.stderr)
     print(json.dumps(result))
 
 

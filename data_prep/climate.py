@@ -109,9 +109,13 @@ class SyntheticClimate:
         ps = np.clip(self.ps_mean + 1200.0 * w["ps"] + noise(150.0), 68_000.0, 105_500.0)
         pmid = self.grid.pmid(ps)
         ts = (
-            301.0 - 50.0 * np.sin(lat) ** 2 + 12.0 * np.sin(lat) * season * (0.3 + land)
-            + land * (9.0 * np.maximum(cosz, 0.0) - 3.0) - 0.0065 * self.surface_height
-            + 4.0 * w["t"] * (0.4 + np.abs(np.sin(lat))) + noise(0.4)
+            301.0
+            - 50.0 * np.sin(lat) ** 2
+            + 12.0 * np.sin(lat) * season * (0.3 + land)
+            + land * (9.0 * np.maximum(cosz, 0.0) - 3.0)
+            - 0.0065 * self.surface_height
+            + 4.0 * w["t"] * (0.4 + np.abs(np.sin(lat)))
+            + noise(0.4)
         )
         sea_ice = (1.0 - land) * np.clip((np.abs(np.rad2deg(lat)) - 58.0) / 12.0, 0.0, 1.0)
         sea_ice *= np.clip(0.7 - 0.3 * np.sign(lat) * season, 0.0, 1.0)
@@ -139,8 +143,11 @@ class SyntheticClimate:
         ice = 4.0e-5 * cloudy * np.clip((268.0 - t) / 30.0, 0.0, 1.0) * (pmid > 8_000.0)
         # Traces where there is no cloud: 1e-50..1e-30 above 100 hPa (below float32's range).
         upper = pmid < 10_000.0
-        trace_liquid = np.where(upper, 10.0 ** rng.uniform(-50.0, -30.0, pmid.shape),
-                                10.0 ** rng.uniform(-30.0, -14.0, pmid.shape))
+        trace_liquid = np.where(
+            upper,
+            10.0 ** rng.uniform(-50.0, -30.0, pmid.shape),
+            10.0 ** rng.uniform(-30.0, -14.0, pmid.shape),
+        )
         q0002 = np.where(upper | (liquid == 0.0), trace_liquid, liquid)
         q0003 = np.where(upper | (ice == 0.0), 10.0 ** rng.uniform(-26.0, -13.0, pmid.shape), ice)
 
@@ -168,23 +175,40 @@ class SyntheticClimate:
         ocean_direct = 0.026 / (mu**1.7 + 0.065) + 0.15 * (mu - 0.1) * (mu - 0.5) * (mu - 1.0)
         snow_cover = np.clip((thermo.T_FREEZE - ts) / 15.0, 0.0, 1.0) * land
         albedo = {}
-        for name, surface_vis, surface_nir in (("ASDIR", ocean_direct, 0.0), ("ASDIF", 0.06, 0.0),
-                                               ("ALDIR", ocean_direct, 1.0), ("ALDIF", 0.06, 1.0)):
+        for name, surface_vis, surface_nir in (
+            ("ASDIR", ocean_direct, 0.0),
+            ("ASDIF", 0.06, 0.0),
+            ("ALDIR", ocean_direct, 1.0),
+            ("ALDIF", 0.06, 1.0),
+        ):
             land_albedo = (0.12 + 0.16 * surface_nir) * (1 - snow_cover) + 0.7 * snow_cover
             mix = ocean * surface_vis + land * land_albedo + sea_ice * (0.72 - 0.12 * surface_nir)
             albedo[name] = np.where(day, np.clip(mix, 0.02, 0.95), 1.0)
         emissivity = 0.98 - 0.03 * land
 
         state = {
-            "state_t": t, "state_q0001": q, "state_q0002": q0002, "state_q0003": q0003,
-            "state_u": u, "state_v": v, "state_pmid": pmid, "state_ps": ps,
-            "pbuf_SOLIN": solin, "pbuf_LHFLX": lhflx, "pbuf_SHFLX": shflx,
-            "pbuf_TAUX": -drag * u_low, "pbuf_TAUY": -drag * v_low,
+            "state_t": t,
+            "state_q0001": q,
+            "state_q0002": q0002,
+            "state_q0003": q0003,
+            "state_u": u,
+            "state_v": v,
+            "state_pmid": pmid,
+            "state_ps": ps,
+            "pbuf_SOLIN": solin,
+            "pbuf_LHFLX": lhflx,
+            "pbuf_SHFLX": shflx,
+            "pbuf_TAUX": -drag * u_low,
+            "pbuf_TAUY": -drag * v_low,
             "pbuf_COSZRS": mu,
-            "cam_in_ALDIF": albedo["ALDIF"], "cam_in_ALDIR": albedo["ALDIR"],
-            "cam_in_ASDIF": albedo["ASDIF"], "cam_in_ASDIR": albedo["ASDIR"],
+            "cam_in_ALDIF": albedo["ALDIF"],
+            "cam_in_ALDIR": albedo["ALDIR"],
+            "cam_in_ASDIF": albedo["ASDIF"],
+            "cam_in_ASDIR": albedo["ASDIR"],
             "cam_in_LWUP": emissivity * thermo.SIGMA * ts**4,
-            "cam_in_ICEFRAC": sea_ice, "cam_in_LANDFRAC": land.copy(), "cam_in_OCNFRAC": ocean,
+            "cam_in_ICEFRAC": sea_ice,
+            "cam_in_LANDFRAC": land.copy(),
+            "cam_in_OCNFRAC": ocean,
             "cam_in_SNOWHICE": np.where(sea_ice > 0.0, 0.05 + 0.3 * sea_ice, FILL_VALUE),
             "cam_in_SNOWHLAND": 0.4 * snow_cover,
         }
@@ -196,8 +220,9 @@ class SyntheticClimate:
         """Ozone, CH4 and N2O volume mixing ratios (mol/mol)."""
         above_100hpa = np.minimum(pmid / 10_000.0, 1.0)
         ozone = (
-            1.25e-5 * np.exp(-(np.log(pmid / 1_000.0)) ** 2) * (1.0 + 0.15 * np.sin(lat) * season)
-            + 4.0e-8 * (1.0 + 0.3 * np.cos(lat)) + 2.5e-7 * np.exp(-(np.log(pmid / 5.0)) ** 2 / 2.0)
+            1.25e-5 * np.exp(-((np.log(pmid / 1_000.0)) ** 2)) * (1.0 + 0.15 * np.sin(lat) * season)
+            + 4.0e-8 * (1.0 + 0.3 * np.cos(lat))
+            + 2.5e-7 * np.exp(-((np.log(pmid / 5.0)) ** 2) / 2.0)
         )
         return {
             "pbuf_ozone": ozone,

@@ -80,8 +80,10 @@ def shortwave(s: dict[str, np.ndarray], mass: np.ndarray) -> tuple[np.ndarray, d
     vapour_path = (s["state_q0001"] * mass).sum(0)
     nir = np.exp(-0.004 * vapour_path / mu)  # extra water-vapour absorption in the near IR
     fluxes = {
-        "cam_out_SOLS": 0.5 * direct, "cam_out_SOLL": 0.5 * direct * nir,
-        "cam_out_SOLSD": 0.5 * diffuse, "cam_out_SOLLD": 0.5 * diffuse * nir,
+        "cam_out_SOLS": 0.5 * direct,
+        "cam_out_SOLL": 0.5 * direct * nir,
+        "cam_out_SOLSD": 0.5 * diffuse,
+        "cam_out_SOLLD": 0.5 * diffuse * nir,
     }
     fluxes["cam_out_NETSW"] = sum(
         fluxes[f"cam_out_{flux}"] * (1 - s[f"cam_in_{albedo}"])
@@ -241,8 +243,14 @@ def step(grid: Grid, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     u, v, q = middle_atmosphere(u, v, q, s["pbuf_CH4"], s["pbuf_COSZRS"], pmid)
 
     out = {
-        "state_t": t, "state_q0001": q, "state_q0002": ql, "state_q0003": qi,
-        "state_u": u, "state_v": v, "state_ps": ps.copy(), "state_pmid": pmid.copy(),
+        "state_t": t,
+        "state_q0001": q,
+        "state_q0002": ql,
+        "state_q0003": qi,
+        "state_u": u,
+        "state_v": v,
+        "state_ps": ps.copy(),
+        "state_pmid": pmid.copy(),
         "cam_out_FLWDS": flwds,
         "cam_out_PRECC": (rain + snow) / thermo.RHO_WATER,
         "cam_out_PRECSC": snow / thermo.RHO_WATER,

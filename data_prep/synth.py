@@ -87,17 +87,34 @@ def write_grid_file(path: Path, grid: Grid, ps: np.ndarray) -> None:
             var[:] = data
 
         add("P0", "f8", (), grid.p0, long_name="reference pressure", units="Pa")
-        add("PS", "f4", ("time", "ncol"), ps[None, :].astype(np.float32), units="Pa",
-            long_name="Surface pressure", standard_name="surface_air_pressure")
+        add(
+            "PS",
+            "f4",
+            ("time", "ncol"),
+            ps[None, :].astype(np.float32),
+            units="Pa",
+            long_name="Surface pressure",
+            standard_name="surface_air_pressure",
+        )
         add("area", "f8", ("ncol",), grid.area, long_name="physics grid areas")
         add("hyai", "f8", ("ilev",), grid.hyai, long_name="hybrid A coefficient at layer interfaces")
         add("hyam", "f8", ("lev",), grid.hyam, long_name="hybrid A coefficient at layer midpoints")
         add("hybi", "f8", ("ilev",), grid.hybi, long_name="hybrid B coefficient at layer interfaces")
         add("hybm", "f8", ("lev",), grid.hybm, long_name="hybrid B coefficient at layer midpoints")
-        for name, a, b, where in (("ilev", grid.hyai, grid.hybi, "interfaces"),
-                                  ("lev", grid.hyam, grid.hybm, "midpoints")):
-            add(name, "f8", (name,), 1000.0 * (a + b), long_name=f"hybrid level at {where} (1000*(A+B))",
-                units="hPa", positive="down", standard_name="atmosphere_hybrid_sigma_pressure_coordinate")
+        for name, a, b, where in (
+            ("ilev", grid.hyai, grid.hybi, "interfaces"),
+            ("lev", grid.hyam, grid.hybm, "midpoints"),
+        ):
+            add(
+                name,
+                "f8",
+                (name,),
+                1000.0 * (a + b),
+                long_name=f"hybrid level at {where} (1000*(A+B))",
+                units="hPa",
+                positive="down",
+                standard_name="atmosphere_hybrid_sigma_pressure_coordinate",
+            )
         add("lat", "f8", ("ncol",), grid.lat, long_name="latitude", units="degrees_north")
         add("lon", "f8", ("ncol",), grid.lon, long_name="longitude", units="degrees_east")
 
@@ -128,8 +145,13 @@ def _remove_abandoned(parent: Path, name: str) -> None:
                 pass
 
 
-def synthesize(out: str | os.PathLike, days: float = 1.0, start: str = "0001-02-01",
-               seed: int = 0, overwrite: bool = False) -> SynthSummary:
+def synthesize(
+    out: str | os.PathLike,
+    days: float = 1.0,
+    start: str = "0001-02-01",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> SynthSummary:
     """Generate a raw tree at ``out`` atomically; ValueError on bad arguments or targets."""
     t0 = time.perf_counter()
     first = ModelTime.parse_date(start)
@@ -162,8 +184,13 @@ def synthesize(out: str | os.PathLike, days: float = 1.0, start: str = "0001-02-
 
     files = [p for p in out.rglob("*.nc")]
     return SynthSummary(
-        out=str(out), steps=steps, files=len(files), bytes=sum(p.stat().st_size for p in files),
-        first=first.stamp, last=first.plus_steps(steps - 1).stamp, seed=seed,
+        out=str(out),
+        steps=steps,
+        files=len(files),
+        bytes=sum(p.stat().st_size for p in files),
+        first=first.stamp,
+        last=first.plus_steps(steps - 1).stamp,
+        seed=seed,
         seconds=round(time.perf_counter() - t0, 3),
     )
 
@@ -180,11 +207,16 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m data_prep.synth", description=__doc__.split("\n\n")[0],
+        prog="python -m data_prep.synth",
+        description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--out", required=True, help="output folder (new or empty)")
-    parser.add_argument("--days", type=_positive_float, default=1.0,
-                        help="days to simulate, 72 steps each; fractions allowed (default 1)")
+    parser.add_argument(
+        "--days",
+        type=_positive_float,
+        default=1.0,
+        help="days to simulate, 72 steps each; fractions allowed (default 1)",
+    )
     parser.add_argument("--start", default="0001-02-01", help="first day, YYYY-MM-DD, noleap calendar")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weather (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -202,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"data_prep.synth: error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"wrote {summary.files} files ({summary.bytes / 1e6:.1f} MB, {summary.steps} steps "
-          f"{summary.first} .. {summary.last}) to {summary.out} in {summary.seconds:.1f} s", file=sys.stderr)
+    print(
+        f"wrote {summary.files} files ({summary.bytes / 1e6:.1f} MB, {summary.steps} steps "
+        f"{summary.first} .. {summary.last}) to {summary.out} in {summary.seconds:.1f} s",
+        file=sys.stderr,
+    )
     print(json.dumps(asdict(summary)))
     return 0
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gcs_emulator import GcsEmulator
 
 from data_prep.synth import synthesize
-from gcs_emulator import GcsEmulator
 
 
 @pytest.fixture(scope="session")

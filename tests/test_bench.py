@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_synth_benchmark_prints_its_json_line():
-    result = subprocess.run([sys.executable, "bench/synth.py"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "bench/synth.py"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report) == {"steps_per_s", "mb_per_s", "ratio_vs_write_only"}

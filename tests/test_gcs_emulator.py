@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from gcs_emulator import GcsEmulator
 
 storage = pytest.importorskip("google.cloud.storage")

@@ -33,8 +33,17 @@ def test_profiles_expand_top_down_and_scalars_keep_their_name():
     assert "state_ps" in cols and "state_ps_0" not in cols
     assert KAGGLE.input_slice("state_q0002") == slice(120, 180)
     assert KAGGLE.target_slice("cam_out_NETSW") == slice(360, 361)
-    assert KAGGLE.input_profiles == ("state_t", "state_q0001", "state_q0002", "state_q0003",
-                                     "state_u", "state_v", "pbuf_ozone", "pbuf_CH4", "pbuf_N2O")
+    assert KAGGLE.input_profiles == (
+        "state_t",
+        "state_q0001",
+        "state_q0002",
+        "state_q0003",
+        "state_u",
+        "state_v",
+        "pbuf_ozone",
+        "pbuf_CH4",
+        "pbuf_N2O",
+    )
     assert len(KAGGLE.input_scalars) == 16
     assert len(KAGGLE.target_profiles) == 6 and len(KAGGLE.target_scalars) == 8
 
@@ -52,10 +61,22 @@ def test_sixty_zero_weight_targets_are_the_top_twelve_levels_of_five_tendencies(
 def test_target_sources():
     assert target_source("ptend_q0002").state == "state_q0002"
     assert not target_source("cam_out_PRECC").is_tendency
-    assert KAGGLE.tendency_targets == ("ptend_t", "ptend_q0001", "ptend_q0002", "ptend_q0003",
-                                       "ptend_u", "ptend_v")
-    assert set(KAGGLE.mlo_variables) == {"state_t", "state_q0001", "state_q0002", "state_q0003",
-                                         "state_u", "state_v"} | set(KAGGLE.target_scalars)
+    assert KAGGLE.tendency_targets == (
+        "ptend_t",
+        "ptend_q0001",
+        "ptend_q0002",
+        "ptend_q0003",
+        "ptend_u",
+        "ptend_v",
+    )
+    assert set(KAGGLE.mlo_variables) == {
+        "state_t",
+        "state_q0001",
+        "state_q0002",
+        "state_q0003",
+        "state_u",
+        "state_v",
+    } | set(KAGGLE.target_scalars)
     with pytest.raises(KeyError, match="not a target"):
         target_source("state_t")
 
@@ -80,8 +101,11 @@ def test_no_other_module_lists_variable_names():
     """Only schema.py lists variables; the synthetic climate and physics, which compute each
     variable, are the exception. Naming one or two variables (e.g. for a report) is fine."""
     root = Path(__file__).resolve().parents[1]
-    allowed = {root / "tfpipe" / "schema.py", root / "data_prep" / "climate.py",
-               root / "data_prep" / "physics.py"}
+    allowed = {
+        root / "tfpipe" / "schema.py",
+        root / "data_prep" / "climate.py",
+        root / "data_prep" / "physics.py",
+    }
     offenders = []
     for path in sorted((root / "tfpipe").rglob("*.py")) + sorted((root / "data_prep").rglob("*.py")):
         if path in allowed:

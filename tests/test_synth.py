@@ -31,8 +31,13 @@ needs_ref = pytest.mark.skipif(not REF.exists(), reason="shared/climsim_ref not 
 
 
 def _run_synth(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_prep.synth", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "data_prep.synth", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_tree_layout_has_one_mli_mlo_pair_per_step(raw_tree: Path):
@@ -214,6 +219,7 @@ def test_reader_names_the_file_and_the_missing_variable(tmp_path: Path, raw_tree
 
 # Command line: one-line errors, exit code 2, nothing half-written.
 
+
 def test_cli_writes_a_tree_and_reports_json(tmp_path: Path):
     result = _run_synth("--out", str(tmp_path / "raw"), "--days", str(3 / 72), "--seed", "1")
     assert result.returncode == 0, result.stderr
@@ -255,11 +261,14 @@ def test_cli_refuses_a_non_empty_dir_without_overwrite(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
-@pytest.mark.parametrize("make_out", [
-    lambda tmp: tmp / "a-file" / "raw",  # parent is a file
-    lambda tmp: tmp / "missing" / "raw",  # parent does not exist
-    lambda tmp: Path("/proc/tfpipe-synth-test"),  # not writable, even for root
-])
+@pytest.mark.parametrize(
+    "make_out",
+    [
+        lambda tmp: tmp / "a-file" / "raw",  # parent is a file
+        lambda tmp: tmp / "missing" / "raw",  # parent does not exist
+        lambda tmp: Path("/proc/tfpipe-synth-test"),  # not writable, even for root
+    ],
+)
 def test_cli_reports_unwritable_destinations(tmp_path: Path, make_out):
     (tmp_path / "a-file").write_text("x")
     result = _run_synth("--out", str(make_out(tmp_path)), "--days", str(1 / 72))
@@ -271,9 +280,12 @@ def test_killed_run_leaves_the_existing_tree_intact(tmp_path: Path):
     out = tmp_path / "raw"
     synthesize(out, days=1 / 72, seed=0)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    proc = subprocess.Popen([sys.executable, "-m", "data_prep.synth", "--out", str(out),
-                             "--days", "20", "--overwrite"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep.synth", "--out", str(out), "--days", "20", "--overwrite"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(tmp_path.glob(".raw.partial-*/train/*/*.nc")):
         time.sleep(0.1)

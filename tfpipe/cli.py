@@ -31,8 +31,11 @@ def demo(workdir: str, days: float, seed: int) -> dict:
     root = Path(workdir).absolute()
     root.mkdir(parents=True, exist_ok=True)
     summary = synthesize(root / "raw", days=days, seed=seed, overwrite=True)
-    print(f"[demo] synthetic raw tree: {summary.files} files, {summary.bytes / 1e6:.1f} MB, "
-          f"{summary.steps} steps {summary.first} .. {summary.last}", file=sys.stderr)
+    print(
+        f"[demo] synthetic raw tree: {summary.files} files, {summary.bytes / 1e6:.1f} MB, "
+        f"{summary.steps} steps {summary.first} .. {summary.last}",
+        file=sys.stderr,
+    )
 
     schema = get_schema("kaggle")
     heating, precip, samples = [], [], 0
@@ -54,9 +57,12 @@ def demo(workdir: str, days: float, seed: int) -> dict:
         "mean_precip_mm_per_day": round(float(np.mean(precip)), 3),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    print(f"[demo] {samples} samples x ({schema.n_inputs} inputs, {schema.n_targets} targets); "
-          f"mean |heating| {report['mean_abs_heating_k_per_day']} K/day, "
-          f"precipitation {report['mean_precip_mm_per_day']} mm/day", file=sys.stderr)
+    print(
+        f"[demo] {samples} samples x ({schema.n_inputs} inputs, {schema.n_targets} targets); "
+        f"mean |heating| {report['mean_abs_heating_k_per_day']} K/day, "
+        f"precipitation {report['mean_precip_mm_per_day']} mm/day",
+        file=sys.stderr,
+    )
     return report
 
 
@@ -85,9 +91,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.columns:
                 print("\n".join(schema.columns))
             else:
-                print(json.dumps({"name": schema.name, "inputs": schema.inputs, "targets": schema.targets,
-                                  "n_inputs": schema.n_inputs, "n_targets": schema.n_targets,
-                                  "zero_weight_targets": schema.zero_weight_targets}, indent=1))
+                print(
+                    json.dumps(
+                        {
+                            "name": schema.name,
+                            "inputs": schema.inputs,
+                            "targets": schema.targets,
+                            "n_inputs": schema.n_inputs,
+                            "n_targets": schema.n_targets,
+                            "zero_weight_targets": schema.zero_weight_targets,
+                        },
+                        indent=1,
+                    )
+                )
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
     except (ValueError, OSError) as err:

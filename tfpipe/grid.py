@@ -93,8 +93,10 @@ def cubed_sphere(ne: int = NE, npg: int = NPG) -> tuple[np.ndarray, np.ndarray, 
                         lons.append(np.rad2deg(np.arctan2(p[1], p[0])) % 360.0)
                         a0, a1, b0, b1 = edges[i], edges[i + 1], edges[j], edges[j + 1]
                         areas.append(
-                            _corner_area(a1, b1) - _corner_area(a0, b1)
-                            - _corner_area(a1, b0) + _corner_area(a0, b0)
+                            _corner_area(a1, b1)
+                            - _corner_area(a0, b1)
+                            - _corner_area(a1, b0)
+                            + _corner_area(a0, b0)
                         )
     return np.array(lats), np.array(lons), np.array(areas)
 
@@ -121,8 +123,13 @@ def make_grid() -> Grid:
     hyai, hybi = hybrid_coefficients()
     assert lat.size == NCOL
     return Grid(
-        lat=lat, lon=lon, area=area, hyai=hyai, hybi=hybi,
-        hyam=0.5 * (hyai[:-1] + hyai[1:]), hybm=0.5 * (hybi[:-1] + hybi[1:]),
+        lat=lat,
+        lon=lon,
+        area=area,
+        hyai=hyai,
+        hybi=hybi,
+        hyam=0.5 * (hyai[:-1] + hyai[1:]),
+        hybm=0.5 * (hybi[:-1] + hybi[1:]),
     )
 
 
@@ -132,13 +139,21 @@ def read_grid(path: str) -> Grid:
 
     try:
         with netCDF4.Dataset(path) as ds:
-            get = {name: np.asarray(ds.variables[name][:], dtype=np.float64)
-                   for name in ("lat", "lon", "area", "hyai", "hybi", "hyam", "hybm", "P0")}
+            get = {
+                name: np.asarray(ds.variables[name][:], dtype=np.float64)
+                for name in ("lat", "lon", "area", "hyai", "hybi", "hyam", "hybm", "P0")
+            }
     except KeyError as err:
         raise ValueError(f"{path}: grid file lacks variable {err}") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read grid file ({err})") from None
     return Grid(
-        lat=get["lat"], lon=get["lon"], area=get["area"], hyai=get["hyai"], hybi=get["hybi"],
-        hyam=get["hyam"], hybm=get["hybm"], p0=float(get["P0"]),
+        lat=get["lat"],
+        lon=get["lon"],
+        area=get["area"],
+        hyai=get["hyai"],
+        hybi=get["hybi"],
+        hyam=get["hyam"],
+        hybm=get["hybm"],
+        p0=float(get["P0"]),
     )

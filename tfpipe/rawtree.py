@@ -18,9 +18,7 @@ SECONDS_PER_DAY = 86_400
 PREFIX = "E3SM-MMF"
 KINDS = ("mli", "mlo")
 
-_FILE_RE = re.compile(
-    r"E3SM-MMF\.(?P<kind>ml[io])\.(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})-(?P<s>\d{5})\.nc$"
-)
+_FILE_RE = re.compile(r"E3SM-MMF\.(?P<kind>ml[io])\.(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})-(?P<s>\d{5})\.nc$")
 _DATE_RE = re.compile(r"^(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})$")
 
 

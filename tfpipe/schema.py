@@ -131,16 +131,32 @@ STATE_PREFIX = "state_"
 _STATE_PROFILES = ("state_t", "state_q0001", "state_q0002", "state_q0003", "state_u", "state_v")
 _V1_SCALARS = ("state_ps", "pbuf_SOLIN", "pbuf_LHFLX", "pbuf_SHFLX")
 _V2_SCALARS = _V1_SCALARS + (
-    "pbuf_TAUX", "pbuf_TAUY", "pbuf_COSZRS",
-    "cam_in_ALDIF", "cam_in_ALDIR", "cam_in_ASDIF", "cam_in_ASDIR", "cam_in_LWUP",
-    "cam_in_ICEFRAC", "cam_in_LANDFRAC", "cam_in_OCNFRAC", "cam_in_SNOWHICE", "cam_in_SNOWHLAND",
+    "pbuf_TAUX",
+    "pbuf_TAUY",
+    "pbuf_COSZRS",
+    "cam_in_ALDIF",
+    "cam_in_ALDIR",
+    "cam_in_ASDIF",
+    "cam_in_ASDIR",
+    "cam_in_LWUP",
+    "cam_in_ICEFRAC",
+    "cam_in_LANDFRAC",
+    "cam_in_OCNFRAC",
+    "cam_in_SNOWHICE",
+    "cam_in_SNOWHLAND",
 )
 _GAS_PROFILES = ("pbuf_ozone", "pbuf_CH4", "pbuf_N2O")
 _CAM_OUT = (
-    "cam_out_NETSW", "cam_out_FLWDS", "cam_out_PRECSC", "cam_out_PRECC",
-    "cam_out_SOLS", "cam_out_SOLL", "cam_out_SOLSD", "cam_out_SOLLD",
+    "cam_out_NETSW",
+    "cam_out_FLWDS",
+    "cam_out_PRECSC",
+    "cam_out_PRECC",
+    "cam_out_SOLS",
+    "cam_out_SOLL",
+    "cam_out_SOLSD",
+    "cam_out_SOLLD",
 )
-_TENDENCIES = tuple(TENDENCY_PREFIX + s[len(STATE_PREFIX):] for s in _STATE_PROFILES)
+_TENDENCIES = tuple(TENDENCY_PREFIX + s[len(STATE_PREFIX) :] for s in _STATE_PROFILES)
 
 MLI_EXTRA = ("state_pmid",)
 """Variables the raw input (mli) files carry besides the schema inputs."""
@@ -170,7 +186,7 @@ def target_source(name: str) -> TargetSource:
     if name not in VARIABLES:
         raise KeyError(f"unknown variable {name!r}")
     if name.startswith(TENDENCY_PREFIX):
-        state = STATE_PREFIX + name[len(TENDENCY_PREFIX):]
+        state = STATE_PREFIX + name[len(TENDENCY_PREFIX) :]
         if state not in VARIABLES:
             raise KeyError(f"tendency {name!r} has no state variable {state!r}")
         return TargetSource(name, state)
