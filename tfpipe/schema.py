@@ -337,3 +337,16 @@ def get_schema(name: str) -> Schema:
         return SCHEMAS[name]
     except KeyError:
         raise KeyError(f"unknown schema {name!r}; choose one of {sorted(SCHEMAS)}") from None
+
+#: Auxiliary space-time targets derived from each sample's grid column and time (not scored):
+#: latitude, longitude, day of year and time of day, each as sin/cos so that they are continuous.
+AUX_TARGETS: tuple[str, ...] = (
+    "lat_sin",
+    "lat_cos",
+    "lon_sin",
+    "lon_cos",
+    "doy_sin",
+    "doy_cos",
+    "tod_sin",
+    "tod_cos",
+)
