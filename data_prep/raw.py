@@ -32,10 +32,16 @@ class RawSamples:
     time: ModelTime
 
 
-def read_variables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read ``names`` from a raw netCDF file as float64, checking dimensions and values."""
+def read_variables(
+    path: str, names: tuple[str, ...], data: bytes | None = None, allow_nonfinite: bool = False
+) -> dict[str, np.ndarray]:
+    """Read ``names`` from a raw netCDF file as float64, checking dimensions and values.
+
+    ``data``: the file's bytes when it was fetched from remote storage (``path`` then only names it).
+    ``allow_nonfinite``: return NaN/Inf values instead of raising (the caller drops those samples).
+    """
     try:
-        ds = netCDF4.Dataset(path)
+        ds = netCDF4.Dataset(path, memory=data) if data is not None else netCDF4.Dataset(path)
     except (OSError, RuntimeError) as err:
         raise RawDataError(f"{path}: cannot open as netCDF ({err})") from None
     out = {}
@@ -55,7 +61,7 @@ def read_variables(path: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
             except (OSError, RuntimeError, IndexError) as err:
                 raise RawDataError(f"{path}: cannot read {name} ({err})") from None
             bad = ~np.isfinite(values)
-            if bad.any():
+            if bad.any() and not allow_nonfinite:
                 raise RawDataError(f"{path}: {name} has {int(bad.sum())} NaN/Inf values")
             out[name] = values
     return out
@@ -79,11 +85,18 @@ def build_targets(mli: dict[str, np.ndarray], mlo: dict[str, np.ndarray], schema
     return _flatten(values, schema.targets)
 
 
-def read_pair(mli_path: str, mlo_path: str, schema: Schema) -> RawSamples:
-    """Inputs and targets of every column of one time step."""
+def read_pair(
+    mli_path: str,
+    mlo_path: str,
+    schema: Schema,
+    mli_data: bytes | None = None,
+    mlo_data: bytes | None = None,
+    allow_nonfinite: bool = False,
+) -> RawSamples:
+    """Inputs and targets of every column of one time step (``*_data``: see :func:`read_variables`)."""
     _, time = parse_raw_file_name(mli_path)
-    mli = read_variables(mli_path, schema.mli_variables)
-    mlo = read_variables(mlo_path, schema.mlo_variables)
+    mli = read_variables(mli_path, schema.mli_variables, mli_data, allow_nonfinite)
+    mlo = read_variables(mlo_path, schema.mlo_variables, mlo_data, allow_nonfinite)
     return RawSamples(
         inputs=_flatten(mli, schema.inputs),
         targets=build_targets(mli, mlo, schema),

@@ -1,0 +1,209 @@
+"""The TFRecord layout of encoded samples: writing blocks (numpy) and parsing them (pure TF ops).
+
+Layout version 1
+----------------
+One TFRecord record holds a *block* of ``n`` samples (one raw time step = 384 columns, or up to
+``block_size`` CSV rows) as a serialized ``tf.train.Example`` with these features:
+
+=============  =========  ===================================================================
+feature        kind       content
+=============  =========  ===================================================================
+``n``          int64      number of samples in the block
+``x``          bytes      inputs, float32 little-endian, row-major ``[n, n_inputs]``
+``y``          bytes      targets, float32 little-endian ``[n, n_targets]``; empty if unknown
+``x64``        bytes      the float64 columns (``state_q0002`` levels), little-endian ``[n, 60]``
+``ncol``       bytes      grid column index, int32 ``[n]``, -1 where unknown (Kaggle test rows)
+``time``       bytes      model time in seconds since 0001-01-01 00:00 (noleap), int64 ``[n]``,
+                          -1 where unknown
+``sample_id``  bytes      the ``n`` sample ids joined by ``\\n`` (UTF-8)
+=============  =========  ===================================================================
+
+Why blocks of raw bytes: parsing one Example per sample with float lists costs a protobuf decode
+of ~924 floats per sample; here one record carries hundreds of samples and ``tf.io.decode_raw``
+turns each feature into a tensor with one copy. ``tf.data`` then ``unbatch``es the blocks into
+samples (see :func:`parse_block`).
+
+Precision: inputs and targets are float32 (what models consume). ``state_q0002`` reaches 1e-50,
+below float32's smallest subnormal, so its 60 levels are also kept in float64 (``x64``): at
+prediction time ``ptend_q0002_k = -state_q0002_k / 1200`` is computed from ``x64`` in float64,
+bit for bit what the raw files give. Statistics are computed from float64 values where the
+encoder has them (``x64``) and from the float32 columns otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfpipe.schema import NLEV, Schema
+
+LAYOUT_VERSION = 1
+FLOAT64_VARIABLE = "state_q0002"
+"""The input variable whose levels are also stored in float64."""
+
+
+@dataclass
+class Block:
+    """A block of samples in numpy form (what :func:`encode_block` writes and :func:`decode_block` reads)."""
+
+    inputs: np.ndarray  # (n, n_inputs) float32
+    targets: np.ndarray | None  # (n, n_targets) float32, None when unknown (test data)
+    x64: np.ndarray  # (n, 60) float64 state_q0002 levels
+    ncol: np.ndarray  # (n,) int32
+    time: np.ndarray  # (n,) int64 seconds since 0001-01-01, -1 unknown
+    sample_id: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ncol)
+
+
+def float64_columns(schema: Schema) -> slice:
+    """Input columns that :class:`Block` also keeps in float64."""
+    return schema.input_slice(FLOAT64_VARIABLE)
+
+
+def make_block(
+    schema: Schema,
+    inputs: np.ndarray,
+    targets: np.ndarray | None,
+    ncol: np.ndarray,
+    time: np.ndarray,
+    sample_id: list[str],
+) -> Block:
+    """A :class:`Block` from float64 inputs/targets (float32 copies plus the float64 columns)."""
+    inputs = np.asarray(inputs, dtype=np.float64)
+    n = len(inputs)
+    if inputs.shape != (n, schema.n_inputs):
+        raise ValueError(f"inputs have shape {inputs.shape}, expected ({n}, {schema.n_inputs})")
+    if targets is not None and np.shape(targets) != (n, schema.n_targets):
+        raise ValueError(f"targets have shape {np.shape(targets)}, expected ({n}, {schema.n_targets})")
+    if len(ncol) != n or len(time) != n or len(sample_id) != n:
+        raise ValueError("ncol, time and sample_id need one entry per sample")
+    return Block(
+        inputs=inputs.astype(np.float32),
+        targets=None if targets is None else np.asarray(targets, dtype=np.float64).astype(np.float32),
+        x64=np.ascontiguousarray(inputs[:, float64_columns(schema)]),
+        ncol=np.asarray(ncol, dtype=np.int32),
+        time=np.asarray(time, dtype=np.int64),
+        sample_id=list(sample_id),
+    )
+
+
+def _le(array: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def encode_block(block: Block) -> bytes:
+    """Serialize a block as one ``tf.train.Example`` (deterministic bytes)."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    def b(value: bytes) -> feature_pb2.Feature:
+        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
+
+    ids = "\n".join(block.sample_id)
+    if any("\n" in s for s in block.sample_id):
+        raise ValueError("sample ids must not contain newlines")
+    features = {
+        "n": feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[len(block)])),
+        "x": b(_le(block.inputs, "f4")),
+        "y": b(b"" if block.targets is None else _le(block.targets, "f4")),
+        "x64": b(_le(block.x64, "f8")),
+        "ncol": b(_le(block.ncol, "i4")),
+        "time": b(_le(block.time, "i8")),
+        "sample_id": b(ids.encode()),
+    }
+    example = example_pb2.Example(features=feature_pb2.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
+
+
+def decode_block(record: bytes, schema: Schema) -> Block:
+    """Inverse of :func:`encode_block`, in numpy (for export, statistics and tests)."""
+    from tensorflow.core.example import example_pb2
+
+    feature = example_pb2.Example.FromString(record).features.feature
+    n = int(feature["n"].int64_list.value[0])
+    raw = {k: feature[k].bytes_list.value[0] for k in ("x", "y", "x64", "ncol", "time", "sample_id")}
+    inputs = np.frombuffer(raw["x"], dtype="<f4").reshape(n, schema.n_inputs)
+    targets = np.frombuffer(raw["y"], dtype="<f4").reshape(n, schema.n_targets) if raw["y"] else None
+    ids = raw["sample_id"].decode().split("\n") if n else []
+    return Block(
+        inputs=inputs,
+        targets=targets,
+        x64=np.frombuffer(raw["x64"], dtype="<f8").reshape(n, NLEV),
+        ncol=np.frombuffer(raw["ncol"], dtype="<i4"),
+        time=np.frombuffer(raw["time"], dtype="<i8"),
+        sample_id=ids,
+    )
+
+
+def _masked_crc(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One record in TFRecord framing: length, its masked CRC32C, data, its masked CRC32C."""
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+
+
+def iter_records(data: bytes, where: str) -> Iterator[bytes]:
+    """The records of a whole TFRecord file's bytes, CRC-checked; OSError naming ``where``."""
+    pos, size = 0, len(data)
+    while pos < size:
+        if pos + 12 > size:
+            raise OSError(f"{where}: truncated TFRecord header at byte {pos}")
+        (length,) = struct.unpack_from("<Q", data, pos)
+        (crc,) = struct.unpack_from("<I", data, pos + 8)
+        if crc != _masked_crc(data[pos : pos + 8]):
+            raise OSError(f"{where}: corrupted TFRecord length at byte {pos}")
+        start, end = pos + 12, pos + 12 + length
+        if end + 4 > size:
+            raise OSError(f"{where}: truncated TFRecord at byte {pos}")
+        record = data[start:end]
+        if struct.unpack_from("<I", data, end)[0] != _masked_crc(record):
+            raise OSError(f"{where}: corrupted TFRecord data at byte {pos}")
+        yield record
+        pos = end + 4
+
+
+def read_blocks(paths: Iterable[str], schema: Schema) -> Iterator[Block]:
+    """Every block of the TFRecord files ``paths`` in order, in numpy (local or remote paths)."""
+    from tfpipe import storage
+
+    for path in paths:
+        for record in iter_records(storage.read_bytes(path), path):
+            yield decode_block(record, schema)
+
+
+_FEATURES = ("x", "y", "x64", "ncol", "time")
+
+
+def parse_block(record, schema: Schema, with_targets: bool = True) -> dict:
+    """Parse one serialized block into a dict of per-sample tensors (pure TF ops, XLA-free graph).
+
+    Returns ``inputs [n, n_inputs] float32``, ``x64 [n, 60] float64``, ``ncol [n] int32``,
+    ``time [n] int64``, ``sample_id [n] string`` and, when ``with_targets``, ``targets
+    [n, n_targets] float32``. Use ``dataset.map(...).unbatch()`` to get samples.
+    """
+    import tensorflow as tf
+
+    spec = {"n": tf.io.FixedLenFeature([], tf.int64)}
+    spec.update({k: tf.io.FixedLenFeature([], tf.string) for k in _FEATURES + ("sample_id",)})
+    f = tf.io.parse_single_example(record, spec)
+    n = tf.cast(f["n"], tf.int32)
+    out = {
+        "inputs": tf.reshape(tf.io.decode_raw(f["x"], tf.float32), [n, schema.n_inputs]),
+        "x64": tf.reshape(tf.io.decode_raw(f["x64"], tf.float64), [n, NLEV]),
+        "ncol": tf.reshape(tf.io.decode_raw(f["ncol"], tf.int32), [n]),
+        "time": tf.reshape(tf.io.decode_raw(f["time"], tf.int64), [n]),
+        "sample_id": tf.reshape(tf.strings.split(f["sample_id"], "\n"), [n]),
+    }
+    if with_targets:
+        out["targets"] = tf.reshape(tf.io.decode_raw(f["y"], tf.float32), [n, schema.n_targets])
+    return out
