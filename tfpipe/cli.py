@@ -75,6 +75,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--days", type=float, default=1.0, help="days of synthetic data (72 steps each)")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("export", help="decode encoded shards into one parquet file")
+    p.add_argument("--data", required=True, help="folder of encoded shards (local or gs://)")
+    p.add_argument("--out", required=True, help="parquet file to write")
+
     p = sub.add_parser("schema", help="print a schema's variables or columns")
     p.add_argument("--name", default="kaggle", choices=sorted(SCHEMAS))
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
@@ -86,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             print(json.dumps(demo(args.workdir, args.days, args.seed)))
+        elif args.command == "export":
+            from tfpipe.export import export_parquet
+
+            print(json.dumps(export_parquet(args.data, args.out)))
         elif args.command == "schema":
             schema = get_schema(args.name)
             if args.columns:

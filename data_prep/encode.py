@@ -1,0 +1,542 @@
+"""Encode one shard of a raw ClimSim tree or a Kaggle CSV into TFRecord files plus a manifest.
+
+    python -m data_prep.encode --src SRC --dst DST --shard I --num-shards N
+
+SRC is a raw tree (local folder, ``gs://bucket/prefix`` or ``hf://datasets/OWNER/NAME[/path]``) or,
+with ``--format kaggle-csv``, a Kaggle ``train.csv``/``test.csv``. Shard I takes files ``[I::N]``
+of the sorted (and ``--stride``-thinned) mli file list, or the I-th contiguous slice of CSV rows.
+The shard's files are published first (temporary name, then rename or upload) and
+``DST/manifest-IIIII-of-NNNNN.json`` last: the manifest is the commit marker. A shard whose manifest
+exists and verifies is skipped; ``--overwrite`` redoes it. Output bytes depend only on the input
+and the options, so a killed and re-run shard equals an uninterrupted one byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.raw import RawDataError, read_pair
+from tfpipe import storage
+from tfpipe.cliutil import ArgumentParser
+from tfpipe.manifest import FileEntry, Manifest, ManifestError, manifest_name, sha256_of, verify
+from tfpipe.rawtree import parse_raw_file_name, partner_path
+from tfpipe.records import Block, encode_block, frame_record, make_block
+from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
+
+FORMATS = ("raw", "kaggle-csv")
+BAD_VALUE_POLICIES = ("error", "drop-sample")
+SHARD_ENV = ("JOB_COMPLETION_INDEX", "CLOUD_RUN_TASK_INDEX")
+GRID_FILE = "grid-info.nc"
+
+
+class EncodeError(ValueError):
+    """Bad input or options; the message names the file and the problem."""
+
+
+@dataclass
+class EncodeConfig:
+    src: str
+    dst: str
+    shard: int
+    num_shards: int
+    format: str = "raw"
+    schema: str = "kaggle"
+    stride: int = 1
+    workers: int = 1
+    blocks_per_file: int = 16
+    """Raw: time steps (blocks of 384 samples) per TFRecord file. CSV: blocks of ``block_size`` rows."""
+    block_size: int = NCOL
+    """CSV rows per block (raw blocks are always one time step)."""
+    overwrite: bool = False
+    on_bad_values: str = "error"
+    grid: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class EncodeSummary:
+    shard: int
+    num_shards: int
+    dst: str
+    skipped: bool
+    files: int
+    samples: int
+    bytes: int
+    source_files: int
+    dropped_samples: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def list_raw_pairs(src: str, stride: int) -> list[tuple[str, str]]:
+    """Sorted (mli, mlo) pairs of a raw tree, thinned to every ``stride``-th step."""
+    names = storage.list_files(src, suffix=".nc")
+    mli, present = [], set(names)
+    for path in names:
+        try:
+            kind, t = parse_raw_file_name(path)
+        except ValueError:
+            continue
+        if kind == "mli":
+            mli.append((t, path))
+    if not mli:
+        raise EncodeError(f"{src}: no E3SM-MMF.mli.*.nc files found")
+    mli.sort()
+    pairs = []
+    for _, path in mli[::stride]:
+        mlo = partner_path(path)
+        if mlo not in present:
+            raise EncodeError(f"{path}: its partner {mlo} is missing")
+        pairs.append((path, mlo))
+    return pairs
+
+
+def _read_raw(args: tuple[str, str, str, bool]) -> tuple[str, Block | None, int, str]:
+    """Worker: one raw pair → (mli path, block, dropped samples, bad-value note)."""
+    mli, mlo, schema_name, drop_bad = args
+    schema = get_schema(schema_name)
+    data = {}
+    for path in (mli, mlo):
+        if storage.is_remote(path):
+            data[path] = storage.read_bytes(path)
+    raw = read_pair(mli, mlo, schema, data.get(mli), data.get(mlo), allow_nonfinite=drop_bad)
+    stamp = raw.time.stamp
+    good = np.isfinite(raw.inputs).all(axis=1) & np.isfinite(raw.targets).all(axis=1)
+    dropped = int((~good).sum())
+    if not good.any():
+        return mli, None, dropped, "every sample has NaN/Inf values"
+    block = make_block(
+        schema,
+        raw.inputs[good],
+        raw.targets[good],
+        raw.ncol[good],
+        np.full(int(good.sum()), raw.time.absolute_seconds, dtype=np.int64),
+        [f"{stamp}_{c}" for c in raw.ncol[good]],
+    )
+    return mli, block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
+
+
+def raw_blocks(config: EncodeConfig, pairs: list[tuple[str, str]], stats: dict) -> Iterator[Block]:
+    """Blocks of the shard's raw pairs in order, read by ``config.workers`` processes."""
+    drop = config.on_bad_values == "drop-sample"
+    jobs = [(mli, mlo, config.schema, drop) for mli, mlo in pairs]
+
+    def consume(results):
+        for mli, block, dropped, note in results:
+            stats["files"] += 1
+            if dropped:
+                stats["dropped"] += dropped
+                stats["bad_values"].append({"file": mli, "dropped_samples": dropped, "problem": note})
+            if block is not None:
+                stats["samples"] += len(block)
+                yield block
+
+    if config.workers <= 1:
+        yield from consume(map(_read_raw, jobs))
+        return
+    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
+        yield from consume(pool.map(_read_raw, jobs))
+
+
+def _csv_header(path: str) -> list[str]:
+    with storage.open_text(path) as f:
+        return f.readline().rstrip("\r\n").split(",")
+
+
+def check_csv_header(path: str, header: list[str], schema: Schema) -> bool:
+    """True for a train file (with targets), False for test; EncodeError naming the wrong column."""
+    expected_train = ["sample_id", *schema.input_columns, *schema.target_columns]
+    expected_test = expected_train[: 1 + schema.n_inputs]
+    expected = expected_train if len(header) > len(expected_test) else expected_test
+    for k, (got, want) in enumerate(zip(header, expected, strict=False)):
+        if got != want:
+            raise EncodeError(f"{path}: column {k} is {got!r}, expected {want!r} ({schema.name} order)")
+    if len(header) != len(expected):
+        missing = expected[len(header) :]
+        if missing:
+            raise EncodeError(f"{path}: missing columns from {missing[0]!r} on ({len(missing)} in all)")
+        raise EncodeError(f"{path}: unexpected extra column {header[len(expected)]!r}")
+    return expected is expected_train
+
+
+def count_csv_rows(path: str) -> int:
+    """Data rows of a CSV file (newlines after the header), streamed in 16 MiB pieces."""
+    rows, last = 0, b"\n"
+    with storage.open_binary(path) as f:
+        while piece := f.read(1 << 24):
+            rows += piece.count(b"\n")
+            last = piece[-1:]
+    return rows - 1 + (last != b"\n")
+
+
+def csv_blocks(config: EncodeConfig, stats: dict) -> Iterator[Block]:
+    """The shard's contiguous slice of CSV rows, parsed in chunks of ``block_size`` rows."""
+    import pandas as pd
+
+    schema = get_schema(config.schema)
+    header = _csv_header(config.src)
+    train = check_csv_header(config.src, header, schema)
+    total = count_csv_rows(config.src)
+    if total == 0:
+        raise EncodeError(f"{config.src}: no data rows")
+    start = total * config.shard // config.num_shards
+    stop = total * (config.shard + 1) // config.num_shards
+    stats["rows"] = [start, stop]
+    if stop == start:
+        return
+    dtypes = {c: np.float64 for c in header[1:]} | {"sample_id": str}
+    with storage.open_text(config.src) as f:
+        reader = pd.read_csv(
+            f,
+            dtype=dtypes,
+            skiprows=range(1, start + 1),
+            nrows=stop - start,
+            chunksize=config.block_size,
+            engine="c",
+            na_filter=True,
+        )
+        row = start
+        while True:
+            try:
+                chunk = next(reader)
+            except StopIteration:
+                break
+            except ValueError:
+                raise EncodeError(_non_numeric_cell(config.src, header, row, config.block_size)) from None
+            n = len(chunk)
+            values = chunk.iloc[:, 1:].to_numpy(np.float64)
+            inputs = values[:, : schema.n_inputs]
+            targets = values[:, schema.n_inputs :] if train else None
+            good = np.isfinite(values).all(axis=1)
+            ids = chunk["sample_id"].tolist()
+            if not good.all():
+                bad = int((~good).sum())
+                column = header[1 + int(np.nonzero(~np.isfinite(values).all(axis=0))[0][0])]
+                if config.on_bad_values == "error":
+                    first = int(np.nonzero(~good)[0][0])
+                    raise EncodeError(
+                        f"{config.src}: row {row + first + 1} ({ids[first]}) has NaN/Inf or empty "
+                        f"values, e.g. in {column} (use --on-bad-values=drop-sample to drop such rows)"
+                    )
+                stats["dropped"] += bad
+                stats["bad_values"].append(
+                    {"file": config.src, "rows": [row, row + n], "dropped_samples": bad, "column": column}
+                )
+            index = np.arange(row, row + n)
+            ncol = (index % NCOL).astype(np.int32) if train else np.full(n, -1, np.int32)
+            row += n
+            if good.any():
+                stats["samples"] += int(good.sum())
+                yield make_block(
+                    schema,
+                    inputs[good],
+                    None if targets is None else targets[good],
+                    ncol[good],
+                    np.full(int(good.sum()), -1, np.int64),
+                    [i for i, g in zip(ids, good, strict=True) if g],
+                )
+
+
+def _non_numeric_cell(path: str, header: list[str], row: int, n: int) -> str:
+    """Describe the first cell that is not a number in CSV rows ``row .. row + n``."""
+    import pandas as pd
+
+    with storage.open_text(path) as f:
+        chunk = pd.read_csv(f, dtype=str, skiprows=range(1, row + 1), nrows=n, keep_default_na=False)
+    for k, column in enumerate(header[1:], start=1):
+        for i, cell in enumerate(chunk.iloc[:, k]):
+            try:
+                float(cell or "nan")
+            except ValueError:
+                return f"{path}: row {row + i + 1}, column {column}: {cell!r} is not a number"
+    return f"{path}: rows {row + 1}..{row + n}: unparseable values"
+
+
+# ---------------------------------------------------------------- output
+
+
+def _check_writable(dst: str) -> None:
+    probe = storage.join(dst, f".write-probe-{os.getpid()}")
+    try:
+        storage.makedirs(dst)
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except (OSError, storage.StorageError) as err:
+        raise EncodeError(f"{dst}: not writable ({err})") from None
+
+
+class ShardWriter:
+    """Writes blocks into ``part-IIIII-of-NNNNN-JJJJJ.tfrecord`` files, each published atomically."""
+
+    def __init__(self, config: EncodeConfig, staging: str) -> None:
+        self.config = config
+        self.staging = staging
+        self.entries: list[FileEntry] = []
+        self._writer = None
+        self._local = None
+        self._records = self._samples = 0
+
+    def _name(self, index: int) -> str:
+        c = self.config
+        return f"part-{c.shard:05d}-of-{c.num_shards:05d}-{index:05d}.tfrecord"
+
+    def write(self, block: Block) -> None:
+        if self._writer is None:
+            self._local = os.path.join(self.staging, f".{self._name(len(self.entries))}.tmp-{os.getpid()}")
+            self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
+        self._writer.write(frame_record(encode_block(block)))
+        self._records += 1
+        self._samples += len(block)
+        if self._records >= self.config.blocks_per_file:
+            self.close_file()
+
+    def abort(self) -> None:
+        """Drop the file being written (nothing half-written is ever published)."""
+        if self._writer is not None:
+            self._writer.close()
+            Path(self._local).unlink(missing_ok=True)
+            self._writer = None
+
+    def close_file(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        name = self._name(len(self.entries))
+        data = Path(self._local).read_bytes()
+        target = storage.join(self.config.dst, name)
+        if storage.is_remote(target):
+            storage.upload_file(self._local, target)
+            os.unlink(self._local)
+        else:
+            os.replace(self._local, target)
+        self.entries.append(FileEntry(name, len(data), sha256_of(data), self._records, self._samples))
+        self._writer = None
+        self._records = self._samples = 0
+
+
+def _remove_stale(config: EncodeConfig, keep: set[str]) -> None:
+    """Delete this shard's files that the new manifest does not list, and dead temporary files."""
+    prefix = f"part-{config.shard:05d}-of-{config.num_shards:05d}-"
+    for path in storage.list_files(config.dst):
+        name = path.rsplit("/", 1)[-1]
+        stale = name.startswith(prefix) and name not in keep
+        dead_tmp = name.startswith("." + prefix) and ".tmp-" in name
+        if stale or dead_tmp:
+            storage.delete(path)
+
+
+def _copy_grid(config: EncodeConfig) -> None:
+    src = config.grid or (storage.join(config.src, GRID_FILE) if config.format == "raw" else None)
+    if src is None or not storage.exists(src):
+        if config.grid:
+            raise EncodeError(f"{config.grid}: grid file not found")
+        return
+    target = storage.join(config.dst, GRID_FILE)
+    if not storage.exists(target):
+        storage.write_bytes(target, storage.read_bytes(src))
+
+
+def encode_shard(config: EncodeConfig) -> EncodeSummary:
+    """Encode one shard (see the module docstring). EncodeError on bad input or options."""
+    t0 = time.perf_counter()
+    c = config
+    if c.num_shards < 1:
+        raise EncodeError(f"--num-shards must be >= 1, got {c.num_shards}")
+    if not 0 <= c.shard < c.num_shards:
+        raise EncodeError(f"shard {c.shard} out of range 0..{c.num_shards - 1}")
+    if c.format not in FORMATS:
+        raise EncodeError(f"unknown format {c.format!r}; known: {', '.join(FORMATS)}")
+    if c.schema not in SCHEMAS:
+        raise EncodeError(f"unknown schema {c.schema!r}; known: {', '.join(SCHEMAS)}")
+    if c.format == "kaggle-csv" and c.schema != "kaggle":
+        raise EncodeError("--format kaggle-csv needs --schema kaggle")
+    if c.stride < 1 or c.blocks_per_file < 1 or c.block_size < 1 or c.workers < 1:
+        raise EncodeError("--stride, --blocks-per-file, --block-size and --workers must be >= 1")
+    schema = get_schema(c.schema)
+    manifest_path = storage.join(c.dst, manifest_name(c.shard, c.num_shards))
+
+    if not c.overwrite and storage.exists(manifest_path):
+        try:
+            old = Manifest.from_json(storage.read_bytes(manifest_path).decode(), manifest_path)
+            problem = verify(old, c.dst)
+        except ManifestError as err:
+            problem = str(err)
+        if problem is None:
+            return EncodeSummary(
+                c.shard, c.num_shards, c.dst, True, len(old.files), old.samples,
+                sum(f.bytes for f in old.files), len(old.source_files), old.dropped_samples,
+                round(time.perf_counter() - t0, 3), {"reason": "manifest exists and verifies"},
+            )  # fmt: skip
+        print(f"data_prep.encode: redoing shard {c.shard}: {problem}", file=sys.stderr)
+
+    if c.format == "raw":
+        pairs = list_raw_pairs(c.src, c.stride)
+        mine = pairs[c.shard :: c.num_shards]
+        source_files = [p for pair in mine for p in pair]
+    else:
+        if not storage.exists(c.src):
+            raise EncodeError(f"{c.src}: file not found")
+        mine, source_files = None, [c.src]
+    _check_writable(c.dst)
+    if storage.exists(manifest_path):
+        storage.delete(manifest_path)  # the shard is incomplete from here until the new manifest lands
+    _copy_grid(c)
+
+    stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
+    local_staging = None if storage.is_remote(c.dst) else c.dst
+    with tempfile.TemporaryDirectory(prefix="tfpipe-encode-") as tmp:
+        writer = ShardWriter(c, local_staging or tmp)
+        blocks = raw_blocks(c, mine, stats) if mine is not None else csv_blocks(c, stats)
+        total = len(mine) if mine is not None else None
+        with _progress(c, total) as bar:
+            try:
+                for block in blocks:
+                    writer.write(block)
+                    bar.update(1)
+                    bar.set_postfix(samples=stats["samples"], refresh=False)
+                writer.close_file()
+            except BaseException as err:
+                writer.abort()
+                if isinstance(err, RawDataError):
+                    raise EncodeError(str(err)) from None
+                raise
+
+    manifest = Manifest(
+        shard=c.shard,
+        num_shards=c.num_shards,
+        schema=schema.name,
+        format=c.format,
+        source=c.src,
+        stride=c.stride,
+        n_inputs=schema.n_inputs,
+        n_targets=schema.n_targets,
+        has_targets=_has_targets(c, schema),
+        files=writer.entries,
+        source_files=[_relative(c.src, p) for p in source_files],
+        dropped_samples=stats["dropped"],
+        bad_values=stats["bad_values"],
+    )
+    storage.write_bytes(manifest_path, manifest.to_json().encode())
+    _remove_stale(c, {e.name for e in writer.entries})
+    return EncodeSummary(
+        c.shard, c.num_shards, c.dst, False, len(writer.entries), manifest.samples,
+        sum(e.bytes for e in writer.entries), len(source_files), stats["dropped"],
+        round(time.perf_counter() - t0, 3),
+    )  # fmt: skip
+
+
+def _has_targets(config: EncodeConfig, schema: Schema) -> bool:
+    if config.format == "raw":
+        return True
+    return len(_csv_header(config.src)) == 1 + schema.n_inputs + schema.n_targets
+
+
+def _relative(src: str, path: str) -> str:
+    return path[len(src) :].lstrip("/") if path.startswith(src) and path != src else path
+
+
+def _progress(config: EncodeConfig, total: int | None):
+    from tqdm import tqdm
+
+    unit = "file" if config.format == "raw" else "block"
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=f"shard {config.shard}/{config.num_shards}",
+        disable=not config.progress,
+        file=sys.stderr,
+        mininterval=1.0,
+    )
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def default_shard() -> int | None:
+    for name in SHARD_ENV:
+        if os.environ.get(name, "") != "":
+            try:
+                return int(os.environ[name])
+            except ValueError:
+                raise EncodeError(f"${name}={os.environ[name]!r} is not an integer") from None
+    return None
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m data_prep.encode", description=__doc__.split("\n\n")[0])
+    p.add_argument("--src", required=True, help="raw tree (dir, gs://, hf://) or Kaggle CSV file")
+    p.add_argument("--dst", required=True, help="output folder (local or gs://)")
+    p.add_argument(
+        "--shard", type=int, default=None, help=f"shard index (default ${' or $'.join(SHARD_ENV)})"
+    )
+    p.add_argument("--num-shards", type=int, required=True, help="number of shards N")
+    p.add_argument("--format", choices=FORMATS, default="raw")
+    p.add_argument("--schema", choices=sorted(SCHEMAS), default="kaggle")
+    p.add_argument("--stride", type=int, default=1, help="keep every K-th time step (Kaggle train: 7)")
+    p.add_argument("--workers", type=int, default=1, help="parallel file readers (processes)")
+    p.add_argument("--blocks-per-file", type=int, default=16, help="blocks per TFRecord file")
+    p.add_argument("--block-size", type=int, default=NCOL, help="CSV rows per block")
+    p.add_argument("--on-bad-values", choices=BAD_VALUE_POLICIES, default="error")
+    p.add_argument("--grid", default=None, help="grid file to copy to DST (default SRC/grid-info.nc)")
+    p.add_argument("--overwrite", action="store_true", help="redo a shard that is already complete")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        shard = args.shard if args.shard is not None else default_shard()
+        if shard is None:
+            parser.error(f"--shard is required (or set ${' or $'.join(SHARD_ENV)})")
+        config = EncodeConfig(
+            src=args.src.rstrip("/") if args.format == "raw" else args.src,
+            dst=args.dst.rstrip("/"),
+            shard=shard,
+            num_shards=args.num_shards,
+            format=args.format,
+            schema=args.schema,
+            stride=args.stride,
+            workers=args.workers,
+            blocks_per_file=args.blocks_per_file,
+            block_size=args.block_size,
+            overwrite=args.overwrite,
+            on_bad_values=args.on_bad_values,
+            grid=args.grid,
+            progress=not args.no_progress,
+        )
+        summary = encode_shard(config)
+    except (EncodeError, RawDataError, ManifestError, storage.StorageError) as err:
+        print(f"data_prep.encode: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"data_prep.encode: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    verb = "skipped (complete)" if summary.skipped else "wrote"
+    print(
+        f"shard {summary.shard}/{summary.num_shards}: {verb} {summary.files} files, "
+        f"{summary.samples} samples, "
+        f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(json.dumps(summary.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
