@@ -1,0 +1,187 @@
+"""Losses on normalised targets: pure TensorFlow functions, XLA friendly, computed in float32.
+
+Masks are 0/1 (or non-negative weights) broadcastable to ``[B, T]``: a ``[T]`` vector per target or a
+``[B, T]`` array. Means are over unmasked entries (weighted by the mask); masked entries are
+removed with ``tf.where`` before any arithmetic, so they contribute exactly zero gradient even when
+the prediction there is NaN or inf. Every function returns a float32 scalar; an all-masked batch
+gives 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from tfpipe.schema import NLEV
+
+LOSS_KINDS = ("mae", "smooth_l1")
+
+
+def _f32(x) -> tf.Tensor:
+    return tf.cast(x, tf.float32)
+
+
+def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Weighted mean of ``values`` (already zero where ``mask == 0``) over the mask."""
+    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+
+
+def _smooth_l1(diff: tf.Tensor, beta: float) -> tf.Tensor:
+    """Elementwise SmoothL1 (Huber / beta): ``0.5 d^2 / beta`` below ``beta``, ``|d| - beta / 2`` above."""
+    ad = tf.abs(diff)
+    if beta <= 0:
+        return ad
+    return tf.where(ad < beta, 0.5 * tf.square(diff) / beta, ad - 0.5 * beta)
+
+
+def _masked_elementwise(y, pred, mask, beta: float) -> tf.Tensor:
+    y, pred = _f32(y), _f32(pred)
+    mask = tf.broadcast_to(_f32(mask), tf.shape(pred))
+    keep = mask > 0
+    diff = tf.where(keep, pred - y, tf.zeros_like(pred))
+    return _masked_mean(_smooth_l1(diff, beta), mask)
+
+
+def masked_mae(y, pred, mask) -> tf.Tensor:
+    """Mean absolute error over unmasked entries.
+
+    Args:
+        y: targets ``[B, T]``.
+        pred: predictions ``[B, T]``.
+        mask: broadcastable to ``[B, T]``; 0 removes an entry.
+    """
+    return _masked_elementwise(y, pred, mask, 0.0)
+
+
+def masked_smooth_l1(y, pred, mask, beta: float = 1.0) -> tf.Tensor:
+    """SmoothL1 over unmasked entries (``beta <= 0`` gives the MAE).
+
+    Args:
+        y: targets ``[B, T]``.
+        pred: predictions ``[B, T]``.
+        mask: broadcastable to ``[B, T]``; 0 removes an entry.
+        beta: width of the quadratic zone (a Python float).
+    """
+    return _masked_elementwise(y, pred, mask, float(beta))
+
+
+def confidence_loss(y, pred, conf, mask) -> tf.Tensor:
+    """Masked mean of ``|conf - stop_gradient(|pred - y|)|``: conf learns the absolute error only.
+
+    Args:
+        y: targets ``[B, T]``.
+        pred: predictions ``[B, T]`` (no gradient flows through them here).
+        conf: predicted absolute errors ``[B, T]``.
+        mask: broadcastable to ``[B, T]``.
+    """
+    y, pred, conf = _f32(y), _f32(pred), _f32(conf)
+    mask = tf.broadcast_to(_f32(mask), tf.shape(conf))
+    keep = mask > 0
+    err = tf.stop_gradient(tf.where(keep, tf.abs(pred - y), tf.zeros_like(pred)))
+    diff = tf.where(keep, conf - err, tf.zeros_like(conf))
+    return _masked_mean(tf.abs(diff), mask)
+
+
+def aux_loss(aux_true, aux_pred, aux_mask, beta: float = 0.0) -> tf.Tensor:
+    """Auxiliary space-time loss, masked per sample.
+
+    Args:
+        aux_true: ``[B, A]`` sin/cos targets.
+        aux_pred: ``[B, A]``.
+        aux_mask: ``[B]``: 0 for samples whose grid column or time is unknown.
+        beta: SmoothL1 beta (0: MAE).
+    """
+    return _masked_elementwise(aux_true, aux_pred, _f32(aux_mask)[:, None], float(beta))
+
+
+def level_difference_loss(y, pred, mask, n_profiles: int, beta: float = 1.0) -> tf.Tensor:
+    """SmoothL1 of level-to-level differences (level k+1 minus k) of the profile targets.
+
+    The first ``n_profiles * 60`` columns are the profiles (``schema.target_columns`` order); a
+    difference counts where both of its levels are unmasked (weight: the product of the two).
+
+    Args:
+        y: targets ``[B, T]``.
+        pred: predictions ``[B, T]``.
+        mask: broadcastable to ``[B, T]``.
+        n_profiles: profile targets P (``len(schema.target_profiles)``).
+        beta: SmoothL1 beta (0: absolute differences).
+    """
+    if n_profiles <= 0:
+        return tf.constant(0.0, tf.float32)
+    y, pred = _f32(y), _f32(pred)
+    width = n_profiles * NLEV
+    mask = tf.broadcast_to(_f32(mask), tf.shape(pred))[:, :width]
+    keep = mask > 0
+    pred = tf.where(keep, pred[:, :width], tf.zeros_like(pred[:, :width]))
+    y = tf.where(keep, y[:, :width], tf.zeros_like(y[:, :width]))
+
+    def diff(t: tf.Tensor) -> tf.Tensor:
+        t = tf.reshape(t, [-1, n_profiles, NLEV])
+        return t[:, :, 1:] - t[:, :, :-1]
+
+    m = tf.reshape(mask, [-1, n_profiles, NLEV])
+    pair = m[:, :, 1:] * m[:, :, :-1]
+    return _masked_elementwise(diff(y), diff(pred), pair, float(beta))
+
+
+@dataclass
+class LossConfig:
+    """Which losses and with which weights.
+
+    ``total = main + confidence_weight * confidence + aux_weight * aux + level_diff_weight * level_diff``
+    where ``main`` is ``kind`` ("mae" or "smooth_l1" with ``beta``) on the predictions, ``aux`` uses
+    the same kind, and ``level_diff`` is always SmoothL1 with ``beta``.
+    """
+
+    kind: str = "mae"
+    beta: float = 1.0
+    confidence_weight: float = 0.1
+    aux_weight: float = 0.1
+    level_diff_weight: float = 0.1
+    n_profiles: int = 6
+    """Profile targets at the front of the target columns (``len(schema.target_profiles)``)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss kind {self.kind!r}; choose one of {LOSS_KINDS}")
+
+    @property
+    def main_beta(self) -> float:
+        """SmoothL1 beta of the main loss (0 means MAE)."""
+        return self.beta if self.kind == "smooth_l1" else 0.0
+
+
+def total_loss(
+    outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Weighted sum of the losses of one batch.
+
+    Args:
+        outputs: model outputs ``{"pred", "conf", "aux"}``.
+        y: normalised targets ``[B, T]``.
+        mask: broadcastable to ``[B, T]``.
+        aux_true: ``[B, A]`` auxiliary targets, or None (aux loss 0).
+        aux_mask: ``[B]``, or None (all samples known).
+        config: kinds and weights.
+
+    Returns:
+        ``(total, parts)`` with parts ``main``, ``confidence``, ``aux``, ``level_diff`` (unweighted)
+        and ``total``, all float32 scalars.
+    """
+    pred = outputs["pred"]
+    main = _masked_elementwise(y, pred, mask, config.main_beta)
+    conf = confidence_loss(y, pred, outputs["conf"], mask)
+    if aux_true is None:
+        aux = tf.constant(0.0, tf.float32)
+    else:
+        if aux_mask is None:
+            aux_mask = tf.ones(tf.shape(aux_true)[:1], tf.float32)
+        aux = aux_loss(aux_true, outputs["aux"], aux_mask, config.main_beta)
+    level = level_difference_loss(y, pred, mask, config.n_profiles, config.beta)
+    total = (
+        main + config.confidence_weight * conf + config.aux_weight * aux + config.level_diff_weight * level
+    )
+    parts = {"main": main, "confidence": conf, "aux": aux, "level_diff": level, "total": total}
+    return total, parts

@@ -1,0 +1,125 @@
+"""Model configuration and the one registry that builds every architecture by name.
+
+Every model maps a float32 tensor ``[batch, 60, C]`` (level 0 at the top; C input channels per
+level, scalars broadcast over levels) to a dict of float32 tensors::
+
+    {"pred": [B, n_targets], "conf": [B, n_targets], "aux": [B, n_aux]}
+
+with ``pred`` columns in ``schema.target_columns`` order and ``conf`` (>= 0) an estimate of
+``|pred - y|`` per target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import keras
+
+from tfpipe.schema import AUX_TARGETS, NLEV, Schema
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of every registered model; each model reads the fields it needs.
+
+    The defaults are the reference sizes; :meth:`tiny` gives sizes for tests.
+    """
+
+    name: str = "squeezeformer"
+    # Squeezeformer (also: head_units for the per-level head of squeezeformer, lstm and cnn).
+    d_model: int = 384
+    n_blocks: int = 12
+    n_heads: int = 8
+    kernel_size: int = 15
+    expansion: int = 4
+    head_units: int = 2048
+    # MLP baseline (ClimSim paper).
+    mlp_units: tuple[int, ...] = (768, 640, 512, 640, 640)
+    mlp_leaky_alpha: float = 0.15
+    # Bidirectional LSTM stack (LEAP 2nd place).
+    lstm_units: int = 256
+    lstm_layers: int = 4
+    lstm_use_cudnn: bool = False
+    """cuDNN kernels are faster on a GPU without XLA but do not compile with ``jit_compile=True``."""
+    # 1-D ResNet over levels.
+    cnn_filters: int = 256
+    cnn_blocks: int = 8
+    cnn_kernel: int = 5
+
+    def __post_init__(self) -> None:
+        self.mlp_units = tuple(int(u) for u in self.mlp_units)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+
+    @classmethod
+    def tiny(cls, name: str = "squeezeformer", **overrides: object) -> ModelConfig:
+        """Smallest sizes that still exercise every layer (for tests and quick benchmarks)."""
+        base = cls(
+            name=name,
+            d_model=16,
+            n_blocks=1,
+            n_heads=2,
+            kernel_size=3,
+            expansion=2,
+            head_units=16,
+            mlp_units=(32, 32),
+            lstm_units=8,
+            lstm_layers=1,
+            cnn_filters=16,
+            cnn_blocks=1,
+            cnn_kernel=3,
+        )
+        return replace(base, **overrides)
+
+
+Builder = Callable[[ModelConfig, int, Schema, int], keras.Model]
+"""``builder(config, n_channels, schema, n_aux) -> keras.Model``."""
+
+MODELS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: add a builder to :data:`MODELS` under ``name``.
+
+    Args:
+        name: the value of ``ModelConfig.name`` that selects this builder.
+    """
+
+    def wrap(builder: Builder) -> Builder:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = builder
+        return builder
+
+    return wrap
+
+
+def build_model(
+    config: ModelConfig, n_channels: int, schema: Schema, n_aux: int = len(AUX_TARGETS)
+) -> keras.Model:
+    """Build the model ``config.name`` for inputs ``[batch, 60, n_channels]``.
+
+    Args:
+        config: model hyper-parameters.
+        n_channels: input channels per level.
+        schema: gives the targets (profiles first, then scalars) and so the output layout.
+        n_aux: width of the auxiliary space-time output.
+
+    Raises:
+        ValueError: for an unknown model name or a non-positive n_channels or n_aux.
+    """
+    import tfpipe.models  # noqa: F401  (registers every builder)
+
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}; known models: {sorted(MODELS)}")
+    if n_channels < 1:
+        raise ValueError(f"n_channels must be positive, got {n_channels}")
+    if n_aux < 1:
+        raise ValueError(f"n_aux must be positive, got {n_aux}")
+    return MODELS[config.name](config, n_channels, schema, n_aux)
+
+
+def model_input(n_channels: int) -> keras.KerasTensor:
+    """The common input: ``[batch, NLEV, n_channels]`` float32."""
+    return keras.Input(shape=(NLEV, n_channels), dtype="float32", name="levels")
