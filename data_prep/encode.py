@@ -208,6 +208,7 @@ def csv_blocks(config: EncodeConfig, stats: dict) -> Iterator[Block]:
             chunksize=config.block_size,
             engine="c",
             na_filter=True,
+            float_precision="round_trip",  # exact float64 parse (the default C parser can be 1 ULP off)
         )
         row = start
         while True:

@@ -302,8 +302,8 @@ def test_kaggle_csv_bad_header_and_bad_cell(small_raw_tree: Path, tmp_path: Path
                         "--format", "kaggle-csv", "--shard", "0", "--num-shards", "1")  # fmt: skip
     assert result.returncode == 2
     assert "swapped.csv: column 4 is 'state_t_4', expected 'state_t_3'" in result.stderr
-    frame.drop(columns=["cam_out_SOLSD"]).to_csv(tmp_path / "short.csv", index=False)
-    with pytest.raises(EncodeError, match="short.csv: missing columns from 'cam_out_SOLSD'"):
+    frame.drop(columns=["cam_out_SOLLD"]).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(EncodeError, match="short.csv: missing columns from .cam_out_SOLLD."):
         encode_all(tmp_path / "short.csv", tmp_path / "o", 1, format="kaggle-csv")
     bad = frame.astype({"pbuf_N2O_7": object})
     bad.loc[700, "pbuf_N2O_7"] = "oops"

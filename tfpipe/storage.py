@@ -594,6 +594,31 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     return _gcs_call(path, lambda: blob.download_as_bytes(timeout=_timeout(), retry=_retry()))
 
 
+def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A streaming binary reader (for files too large to read whole, e.g. Kaggle's train.csv)."""
+    path = os.fspath(path)
+    kind = _scheme(path)
+    if kind == "local":
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise StorageNotFoundError(f"{path}: no such file") from None
+        except OSError as err:
+            raise StorageError(f"{path}: {err.strerror or err}") from None
+    if kind == "hf":
+        fs = _hf_fs()
+        return _hf_call(path, lambda: fs.open(_hf_path(path), "rb"))
+    blob = _blob(path)
+    return _gcs_call(path, lambda: blob.open("rb", chunk_size=8 << 20, retry=_retry()))
+
+
+def open_text(path: str | os.PathLike[str]) -> IO[str]:
+    """A streaming UTF-8 text reader over :func:`open_binary`."""
+    import io
+
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
+
+
 def _is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tfpipe-tmp")
 
