@@ -5,6 +5,8 @@ Stages that exist so far:
 * ``tfpipe demo [--workdir DIR]``: generate the built-in synthetic ClimSim data and report
   what was written (the later stages join the demo as they land).
 * ``tfpipe schema [--name kaggle] [--columns]``: the variables and column order of a schema.
+* ``tfpipe score --pred P --truth T``: the LEAP R² with tables and a heat map (:mod:`tfpipe.metrics`).
+* ``tfpipe blend --pred A B .. --truth T --method M --out OUT``: blend predictions (:mod:`tfpipe.blend`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,23 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data", required=True, help="folder of encoded shards (local or gs://)")
     p.add_argument("--out", required=True, help="parquet file to write")
 
+    p = sub.add_parser("score", help="R² of a prediction file on a truth file, with tables and a heat map")
+    p.add_argument("--pred", required=True, help="predictions: parquet, sample_id + 368 targets in order")
+    p.add_argument("--truth", required=True, help="truth parquet with sample_id and the 368 targets")
+    p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
+    p.add_argument("--out-dir", help="folder for the CSVs and the PNG (default: P.score beside P.parquet)")
+
+    p = sub.add_parser("blend", help="blend prediction files (equal, hill-climb, stack) or apply a blend")
+    p.add_argument("--pred", nargs="+", required=True, help="prediction parquet files, one per model")
+    p.add_argument("--truth", help="truth parquet (needed to fit hill-climb and stack)")
+    p.add_argument("--method", choices=["equal", "hill-climb", "stack"])
+    p.add_argument("--per-group", action="store_true", help="hill-climb: weights per target variable")
+    p.add_argument("--stack-method", choices=["ridge", "mlp"], default="ridge")
+    p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
+    p.add_argument("--apply", metavar="SPEC", help="apply a saved OUT.blend.json to --pred (same order)")
+    p.add_argument("--spec", help="where to write the blend spec (default: OUT.blend.json)")
+    p.add_argument("--out", required=True, help="blended predictions parquet to write")
+
     p = sub.add_parser("schema", help="print a schema's variables or columns")
     p.add_argument("--name", default="kaggle", choices=sorted(SCHEMAS))
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
@@ -94,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             from tfpipe.export import export_parquet
 
             print(json.dumps(export_parquet(args.data, args.out)))
+        elif args.command == "score":
+            from tfpipe.metrics import score_command
+
+            return score_command(args)
+        elif args.command == "blend":
+            from tfpipe.blend import blend_command
+
+            return blend_command(args)
         elif args.command == "schema":
             schema = get_schema(args.name)
             if args.columns:
