@@ -40,7 +40,6 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.metrics import (
-    ScoreError,
     align,
     load_predictions,
     load_truth,
@@ -172,12 +171,15 @@ def _column_weights(
 
 
 def _climb(
-    g: np.ndarray, b: np.ndarray, grid: np.ndarray, max_iter: int, tol: float
+    g: np.ndarray, b: np.ndarray, single: np.ndarray, grid: np.ndarray, max_iter: int, tol: float
 ) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
-    """Hill climbing on sum_j R²_j(v) = sum_j (2 v·b_j - vᵀ G_j v); returns (v, [(model, w, mean R²)])."""
+    """Hill climbing on sum_j R²_j(v) = sum_j (2 v·b_j - vᵀ G_j v) over the given (active) columns.
+
+    ``single``: each model's exact R² summed over these columns. Returns (v, steps) with one
+    (model, w, mean R² of these columns) per accepted step.
+    """
     m = b.shape[1]
     n_cols = max(len(b), 1)
-    single = 2 * b.sum(axis=0) - np.einsum("jii->i", g)  # sum of R² of each model alone
     best = int(np.argmax(single))  # first maximum: ties go to the earlier model
     v = np.zeros(m)
     v[best] = 1.0
@@ -234,6 +236,8 @@ def hill_climb(
     m = len(oof_preds)
     g_all, b_all = gram[0, :, 1 : m + 1, 1 : m + 1], gram[0, :, 1 : m + 1, m + 1]
     active = _active(truth, weights, schema)
+    # The start (the best single model) is chosen on the exact R², the steps on the Gram form.
+    singles = np.stack([r2_scores(p, truth, weights, schema) for p in oof_preds])
     groups = {v: (v,) for v in schema.targets} if per_group else {ALL: tuple(schema.targets)}
     result_weights, history = {}, []
     for group, variables in groups.items():
@@ -241,9 +245,9 @@ def hill_climb(
         for v in variables:
             cols[schema.target_slice(v)] = True
         cols &= active
-        v, steps = _climb(g_all[cols], b_all[cols], grid_arr, max_iter, tol)
+        v, steps = _climb(g_all[cols], b_all[cols], singles[:, cols].sum(axis=1), grid_arr, max_iter, tol)
         result_weights[group] = v
-        history += [{"group": group, "model": names[i], "w": w, "r2": r} for i, w, r in steps]
+        history += [{"group": group, "model": names[i], "w": w, "r2_active": r} for i, w, r in steps]
     column_weights = _column_weights(result_weights, groups, m, schema)
     score = float(r2_scores(combine(oof_preds, column_weights), truth, weights, schema).mean())
     return HillClimbResult(list(names), result_weights, groups, score, history)
@@ -407,15 +411,9 @@ def spec_path_for(out: str) -> str:
 
 
 def _sibling(spec_path: str, name: str) -> str:
-    join, dirname = (
-        (posixpath.join, posixpath.dirname)
-        if storage.is_remote(spec_path)
-        else (
-            os.path.join,
-            os.path.dirname,
-        )
-    )
-    return join(dirname(spec_path), name)
+    """``name`` in the folder of ``spec_path`` (local or gs://)."""
+    folder = posixpath.dirname(spec_path)
+    return f"{folder}/{name}" if folder else name
 
 
 def save_spec(
@@ -599,8 +597,8 @@ def blend_files(
 
 def blend_command(args) -> int:
     """Run ``tfpipe blend`` from parsed arguments; the last stdout line is the JSON report."""
-    if args.apply is None and args.method is None:
-        raise BlendError("give --method (to fit a blend) or --apply SPEC.json (to reuse one)")
+    if (args.apply is None) == (args.method is None):
+        raise BlendError("give either --method (to fit a blend) or --apply SPEC.json (to reuse one)")
     report = blend_files(
         args.pred,
         args.out,
@@ -625,7 +623,6 @@ __all__ = [
     "DEFAULT_GRID",
     "BlendError",
     "HillClimbResult",
-    "ScoreError",
     "StackModel",
     "apply_blend",
     "blend_equal",

@@ -161,8 +161,7 @@ def plot_r2_heatmap(table: pd.DataFrame, path: str, title: str | None = None) ->
         part = profiles[profiles["variable"] == v]
         grid[i, part["level"].to_numpy()] = part["r2"].to_numpy()
         unscored[i, part["level"].to_numpy()] = part["weight"].to_numpy() == 0
-    cmap = colormaps["RdYlBu"].copy()
-    cmap.set_bad("0.8")
+    cmap = colormaps["RdYlBu"].with_extremes(bad="0.8")
 
     fig = Figure(figsize=(14, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -187,7 +186,8 @@ def plot_r2_heatmap(table: pd.DataFrame, path: str, title: str | None = None) ->
         vmax=1,
     )
     for j, value in enumerate(values):
-        bottom.text(j, 0, f"{value:.3f}", ha="center", va="center", fontsize=8)
+        color = "white" if abs(np.clip(value, -1, 1)) > 0.6 else "black"  # readable on dark cells
+        bottom.text(j, 0, f"{value:.3f}", ha="center", va="center", fontsize=8, color=color)
     bottom.set_xticks(range(len(values)), list(scalars["variable"]), fontsize=8)
     bottom.set_yticks([])
     fig.colorbar(image, ax=[top, bottom], label="R² (clipped to [-1, 1])", shrink=0.9)
