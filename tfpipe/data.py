@@ -53,6 +53,7 @@ class Source:
     normalizer: Normalizer
     lat: np.ndarray | None  # (384,) radians, None without a grid file
     lon: np.ndarray | None
+    samples: dict[str, int]  # samples per file, from the manifests
 
 
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -107,8 +108,11 @@ def resolve_source(
     schema = get_schema(config.schema)
     manifests = read_manifests(path, schema=schema.name)
     files = data_files(path, manifests)
+    samples = dict(zip(files, (f.samples for m in manifests for f in m.files), strict=True))
     if val_path:
-        train, val = files, data_files(val_path, read_manifests(val_path, schema=schema.name))
+        val_manifests = read_manifests(val_path, schema=schema.name)
+        train, val = files, data_files(val_path, val_manifests)
+        samples |= dict(zip(val, (f.samples for m in val_manifests for f in m.files), strict=True))
     else:
         train, val = split_files(files, config.val_fraction)
     stats = load_stats(stats_path or storage.join(path, "stats.json"), schema=schema.name)
@@ -120,7 +124,7 @@ def resolve_source(
     lat, lon = _grid_tables(config.grid or storage.join(path, GRID_FILE))
     if lat is None:
         log.warning("%s: no grid file; latitude/longitude auxiliary targets are masked out", path)
-    return Source(name, path, weight, train, val, normalizer, lat, lon)
+    return Source(name, path, weight, train, val, normalizer, lat, lon, samples)
 
 
 def resolve_sources(config) -> list[Source]:
@@ -131,6 +135,17 @@ def resolve_sources(config) -> list[Source]:
             raise DataError(f"source {s.name!r}: weight must be > 0, got {s.weight}")
         out.append(resolve_source(s.name, s.path, s.weight, config, s.stats, config.val_path))
     return out
+
+
+def sub_epoch_steps(sources: list[Source], config, seed: int, epoch: int, sub_epoch: int, batch: int) -> int:
+    """Batches in a training sub-epoch: the first source's chunk read once, the others in proportion.
+
+    With several sources the others repeat as needed, so that they keep their share of every batch.
+    """
+    first = sources[0]
+    files = sub_epoch_files(first.train_files, seed, epoch, sub_epoch, config.sub_epochs)
+    share = first.weight / sum(s.weight for s in sources)
+    return int(sum(first.samples[f] for f in files) / share) // batch
 
 
 def aux_targets(source: Source, ncol: tf.Tensor, time: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -258,7 +273,8 @@ def make_dataset(
         parts = []
         for i, s in enumerate(sources):
             files = sub_epoch_files(s.train_files, seed, epoch, sub_epoch, config.sub_epochs)
-            parts.append(_source_samples(s, files, config, _seed(seed, epoch, sub_epoch, i)).map(strip))
+            part = _source_samples(s, files, config, _seed(seed, epoch, sub_epoch, i)).map(strip)
+            parts.append(part if i == 0 or len(sources) == 1 else part.repeat())
         if len(parts) == 1:
             ds = parts[0]
         else:
@@ -276,6 +292,8 @@ def make_dataset(
             ds = ds.concatenate(p)
     drop = split == "train" if drop_remainder is None else drop_remainder
     ds = ds.batch(batch, drop_remainder=drop, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if split == "train":
+        ds = ds.take(sub_epoch_steps(sources, config, seed, epoch, sub_epoch, batch))
     ds = ds.map(_to_training_element(mask), num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(config.deterministic) or split == "val"

@@ -89,10 +89,14 @@ def aux_loss(aux_true, aux_pred, aux_mask, beta: float = 0.0) -> tf.Tensor:
     Args:
         aux_true: ``[B, A]`` sin/cos targets.
         aux_pred: ``[B, A]``.
-        aux_mask: ``[B]``: 0 for samples whose grid column or time is unknown.
+        aux_mask: ``[B]`` (0 for samples whose grid column and time are unknown) or ``[B, A]``
+            (per entry: Kaggle train rows know their column but not their time).
         beta: SmoothL1 beta (0: MAE).
     """
-    return _masked_elementwise(aux_true, aux_pred, _f32(aux_mask)[:, None], float(beta))
+    mask = _f32(aux_mask)
+    if mask.shape.rank == 1:
+        mask = mask[:, None]
+    return _masked_elementwise(aux_true, aux_pred, mask, float(beta))
 
 
 def level_difference_loss(y, pred, mask, n_profiles: int, beta: float = 1.0) -> tf.Tensor:

@@ -1,0 +1,262 @@
+"""Inference: ``tfpipe predict --checkpoint RUN/ckpt-N|RUN/best.keras --data TEST --out submission.parquet``.
+
+TEST is a folder of encoded shards (local or gs://) or a Kaggle ``test.csv`` (read in chunks, float64).
+Predictions are inverse-transformed in float64; on the schema's replacement levels
+``ptend_q0002_k = -state_q0002_k / 1200`` from the exact float64 inputs; zero-weight targets are 0;
+``--weights sample_submission.csv`` multiplies by the submission weights. The parquet file has
+``sample_id`` first and the targets in schema order (float64), rows in input order, written one row
+group per batch (bounded memory) under a temporary name and published at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from tfpipe import storage
+from tfpipe.cliutil import ArgumentParser
+from tfpipe.normalize import Normalizer
+from tfpipe.schema import TIMESTEP_S
+
+
+class PredictError(ValueError):
+    """A checkpoint that does not fit the data, or test data that does not fit the schema."""
+
+
+def physical_predictions(
+    pred: np.ndarray, x64: np.ndarray, norm: Normalizer, replacement_levels: tuple[int, ...]
+) -> np.ndarray:
+    """Normalised model outputs → physical float64 targets with the ptend_q0002 rule and zero weights."""
+    schema = norm.schema
+    out = norm.denormalize_targets(pred)
+    columns = {c: i for i, c in enumerate(schema.target_columns)}
+    for target, _ in schema.q0002_replacement_columns(tuple(replacement_levels)):
+        level = int(target.rsplit("_", 1)[1])
+        out[:, columns[target]] = -x64[:, level] / TIMESTEP_S
+    out[:, np.asarray(schema.target_weights()) == 0] = 0.0
+    return out
+
+
+def _run_dir_of(checkpoint: str) -> str:
+    path = checkpoint.rstrip("/")
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    if os.path.basename(parent) in ("checkpoints", "best"):
+        parent = parent.rsplit("/", 1)[0] if "/" in parent else "."
+    return parent
+
+
+def load_for_inference(checkpoint: str):
+    """(model, config, normalizer) from ``RUN/best.keras`` or ``RUN/checkpoints/ckpt-N``."""
+    import keras
+    import tensorflow as tf
+
+    from data_prep.stats import load_stats
+    from tfpipe.config import load_config
+    from tfpipe.models import build_model
+    from tfpipe.schema import get_schema
+
+    run_dir = _run_dir_of(checkpoint)
+    config_path = storage.join(run_dir, "config.yaml")
+    if not storage.exists(config_path):
+        raise PredictError(f"{checkpoint}: no {config_path} beside it (is this a tfpipe run directory?)")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "config.yaml")
+        storage.download_file(config_path, local)
+        config = load_config(local)
+    data = config.data
+    schema = get_schema(data.schema)
+    source = data.sources[0]
+    stats = load_stats(source.stats_path, schema=schema.name)
+    norm = Normalizer(schema, stats, tuple(data.representations), data.feature_clip, data.target_clip)
+    if checkpoint.endswith(".keras"):
+        if not storage.exists(checkpoint):
+            raise PredictError(f"{checkpoint}: no such model file")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "model.keras")
+            storage.download_file(checkpoint, local)
+            model = keras.models.load_model(local)
+    else:
+        model = build_model(config.model, norm.n_channels, schema)
+        path = (
+            checkpoint if "/checkpoints/" in checkpoint else storage.join(run_dir, "checkpoints", checkpoint)
+        )
+        if not storage.exists(path + ".index"):
+            raise PredictError(f"{checkpoint}: no such checkpoint ({path}.index missing)")
+        tf.train.Checkpoint(model=model).restore(storage.tf_path(path)).expect_partial()
+    in_shape, out_width = tuple(model.inputs[0].shape[1:]), model.outputs[0].shape[-1]
+    if in_shape != (60, norm.n_channels) or out_width != schema.n_targets:
+        raise PredictError(
+            f"{checkpoint}: model takes {in_shape} and predicts {out_width} targets, but schema "
+            f"{schema.name!r} with {list(data.representations)} needs (60, {norm.n_channels}) "
+            f"and {schema.n_targets}"
+        )
+    return model, config, norm
+
+
+def _encoded_batches(path: str, norm: Normalizer, batch: int, files: list[str] | None = None):
+    from tfpipe.data import Source, _grid_tables, make_predict_dataset
+    from tfpipe.manifest import data_files, read_manifests
+
+    if files is None:
+        manifests = read_manifests(path, schema=norm.schema.name)
+        files = data_files(path, manifests)
+        with_targets = all(m.has_targets for m in manifests)
+    else:
+        with_targets = True
+    lat, lon = _grid_tables("")
+    source = Source("test", path, 1.0, files, [], norm, lat, lon, {})
+    for b in make_predict_dataset(files, source, batch, with_targets=with_targets):
+        ids = [s.decode() for s in b["sample_id"].numpy()]
+        truth = b["raw_targets"].numpy() if with_targets else None
+        yield ids, b["inputs"], b["x64"].numpy(), truth
+
+
+def _csv_batches(path: str, norm: Normalizer, batch: int):
+    import tensorflow as tf
+
+    from data_prep.encode import EncodeConfig, csv_blocks
+
+    config = EncodeConfig(path, "", 0, 1, format="kaggle-csv", schema=norm.schema.name, block_size=batch)
+    stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
+    for block in csv_blocks(config, stats):
+        features = norm.features(tf.constant(block.inputs), tf.constant(block.x64))
+        yield block.sample_id, features, block.x64, block.targets
+
+
+def iter_predictions(model, norm: Normalizer, data: str, batch: int, levels, files=None) -> Iterator:
+    """(ids, physical predictions float64, truth or None) per batch, in input order."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def forward(x):
+        return model(x, training=False)["pred"]
+
+    is_csv = files is None and data.endswith(".csv")
+    batches = _csv_batches(data, norm, batch) if is_csv else _encoded_batches(data, norm, batch, files)
+    for ids, features, x64, truth in batches:
+        pred = physical_predictions(forward(features).numpy(), x64, norm, levels)
+        if not np.isfinite(pred).all():
+            bad = [norm.schema.target_columns[i] for i in np.nonzero(~np.isfinite(pred).all(axis=0))[0]]
+            raise PredictError(f"{data}: the model predicts NaN/Inf in {', '.join(bad[:5])}")
+        yield ids, pred, truth
+
+
+class ParquetSink:
+    """Writes ``sample_id`` + float64 columns one row group at a time; publishes atomically on close."""
+
+    def __init__(self, out: str, columns: tuple[str, ...]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.out, self.columns = out, columns
+        self.schema = pa.schema(
+            [pa.field("sample_id", pa.string())] + [pa.field(c, pa.float64()) for c in columns]
+        )
+        folder = None if storage.is_remote(out) else os.path.dirname(os.path.abspath(out))
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(suffix=".parquet.tmp", dir=folder)
+        os.close(fd)
+        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.rows = 0
+
+    def write(self, ids: list[str], values: np.ndarray) -> None:
+        import pyarrow as pa
+
+        arrays = [pa.array(ids, pa.string())] + [pa.array(values[:, k]) for k in range(values.shape[1])]
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.rows += len(ids)
+
+    def close(self) -> None:
+        self.writer.close()
+        if storage.is_remote(self.out):
+            storage.upload_file(self.tmp, self.out)
+            os.unlink(self.tmp)
+        else:
+            os.replace(self.tmp, self.out)
+
+    def abort(self) -> None:
+        self.writer.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def predict(
+    checkpoint: str, data: str | None, out: str, weights: str | None = None, batch_size: int | None = None,
+    oof: bool = False,
+) -> dict:  # fmt: skip
+    """Write predictions for ``data`` (or, with ``oof``, the run's validation data plus its truth)."""
+    t0 = time.time()
+    model, config, norm = load_for_inference(checkpoint)
+    schema = norm.schema
+    batch = batch_size or config.data.batch_size
+    files = None
+    if oof:
+        from tfpipe.data import resolve_sources
+
+        source = resolve_sources(config.data)[0]
+        files, data = source.val_files, data or source.path
+    if data is None:
+        raise PredictError("--data is required (or --oof for the run's validation data)")
+    w = None
+    if weights:
+        from tfpipe.metrics import load_weights
+
+        w = np.asarray(load_weights(weights, schema), dtype=np.float64)
+    sink = ParquetSink(out, schema.target_columns)
+    truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
+    truth_sink = ParquetSink(truth_path, schema.target_columns) if oof else None
+    try:
+        for ids, pred, truth in iter_predictions(
+            model, norm, data, batch, config.data.q0002_replacement_levels, files
+        ):
+            sink.write(ids, pred * w if w is not None else pred)
+            if truth_sink is not None:
+                t = truth.astype(np.float64)
+                truth_sink.write(ids, t * w if w is not None else t)
+        sink.close()
+        if truth_sink is not None:
+            truth_sink.close()
+    except BaseException:
+        sink.abort()
+        if truth_sink is not None:
+            truth_sink.abort()
+        raise
+    seconds = time.time() - t0
+    summary = {"out": out, "rows": sink.rows, "columns": 1 + schema.n_targets, "seconds": round(seconds, 2)}
+    if oof:
+        summary["truth"] = truth_path
+    summary["samples_per_s"] = round(sink.rows / max(seconds, 1e-9), 1)
+    return summary
+
+
+def build_parser(prog: str = "tfpipe predict") -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description="Predict targets with a trained model; write parquet.")
+    p.add_argument("--checkpoint", required=True, help="RUN/best.keras or RUN/checkpoints/ckpt-N")
+    p.add_argument("--data", default=None, help="encoded shards folder or a Kaggle test.csv")
+    p.add_argument("--out", required=True, help="parquet file to write (local or gs://)")
+    p.add_argument("--weights", default=None, help="sample_submission.csv with the per-target weights")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
+    p.add_argument("--oof", action="store_true", help="predict the run's validation data; also write truth")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        summary = predict(args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof)
+    except (ValueError, OSError, storage.StorageError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m tfpipe.predict"))
