@@ -77,6 +77,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--days", type=float, default=1.0, help="days of synthetic data (72 steps each)")
     p.add_argument("--seed", type=int, default=0)
 
+    # train and predict own their parsers (tfpipe/train.py, tfpipe/predict.py); main() hands over.
+    sub.add_parser("train", help="train a model in resumable sub-epoch chunks (tfpipe train --help)")
+    sub.add_parser("predict", help="predict with a trained model into parquet (tfpipe predict --help)")
+
     p = sub.add_parser("export", help="decode encoded shards into one parquet file")
     p.add_argument("--data", required=True, help="folder of encoded shards (local or gs://)")
     p.add_argument("--out", required=True, help="parquet file to write")
@@ -105,6 +109,11 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("train", "predict"):
+        from importlib import import_module
+
+        return import_module(f"tfpipe.{argv[0]}").main(argv[1:], prog=f"tfpipe {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":

@@ -89,7 +89,7 @@ def load_for_inference(checkpoint: str):
         if not storage.exists(path + ".index"):
             raise PredictError(f"{checkpoint}: no such checkpoint ({path}.index missing)")
         tf.train.Checkpoint(model=model).restore(storage.tf_path(path)).expect_partial()
-    in_shape, out_width = tuple(model.inputs[0].shape[1:]), model.outputs[0].shape[-1]
+    in_shape, out_width = tuple(model.inputs[0].shape[1:]), model.output["pred"].shape[-1]
     if in_shape != (60, norm.n_channels) or out_width != schema.n_targets:
         raise PredictError(
             f"{checkpoint}: model takes {in_shape} and predicts {out_width} targets, but schema "

@@ -338,6 +338,7 @@ def get_schema(name: str) -> Schema:
     except KeyError:
         raise KeyError(f"unknown schema {name!r}; choose one of {sorted(SCHEMAS)}") from None
 
+
 #: Auxiliary space-time targets derived from each sample's grid column and time (not scored):
 #: latitude, longitude, day of year and time of day, each as sin/cos so that they are continuous.
 AUX_TARGETS: tuple[str, ...] = (

@@ -1,0 +1,219 @@
+"""tfpipe.train: sub-epoch checkpoints, exact resume, config guards, time budget; tfpipe.predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.encode import EncodeConfig, encode_shard
+from data_prep.stats import compute_stats
+from tfpipe.config import load_config
+from tfpipe.predict import predict
+from tfpipe.train import TrainError, available_checkpoints, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MLP = [
+    "model.name=mlp", "model.mlp_units=[64,64]", "data.batch_size=128", "data.sub_epochs=2", "epochs=2",
+    "data.val_fraction=0.25", "data.shuffle_buffer=512", "optim.warmup_steps=0.1", "log_every_steps=20",
+    "steps_per_execution=20", "loss.confidence_weight=0.1", "seed=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def encoded(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dst = tmp_path_factory.mktemp("train-data") / "enc"
+    for i in range(2):
+        encode_shard(EncodeConfig(str(raw_tree), str(dst), i, 2, blocks_per_file=2, progress=False))
+    (dst / "stats.json").write_text(compute_stats(str(dst)).to_json())
+    return dst
+
+
+def config(encoded: Path, run_dir: Path, *extra: str):
+    return load_config(
+        "configs/tiny.yaml", [*TINY_MLP, f"data.sources.0.path={encoded}", f"run_dir={run_dir}", *extra]
+    )
+
+
+def weights_of(run_dir: Path, n: int) -> list[np.ndarray]:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints" / f"ckpt-{n}"))
+    names = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("model/"))
+    return [reader.get_tensor(k) for k in names]
+
+
+@pytest.fixture(scope="module")
+def straight_run(encoded: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    summary = train(config(encoded, run), deterministic=True, verbose=0)
+    assert summary["finished"] and summary["sub_epochs_run"] == 4 and summary["resumed_from"] is None
+    return run
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(
+    encoded: Path, straight_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "interrupted"
+    first = train(config(encoded, run), stop_after_sub_epochs=1, deterministic=True, verbose=0)
+    assert first["stopped"] == "stop-after-sub-epochs" and first["next"] == {"epoch": 0, "sub_epoch": 1}
+    assert available_checkpoints(str(run)) == [1]
+    result = subprocess.run(
+        [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_MLP,
+         f"data.sources.0.path={encoded}", "--run-dir", str(run), "--resume", "latest", "--deterministic", "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from"] == "ckpt-1" and summary["finished"] and summary["sub_epochs_run"] == 3
+    straight = json.loads((straight_run / "checkpoints" / "ckpt-4.state.json").read_text())
+    resumed = json.loads((run / "checkpoints" / "ckpt-4.state.json").read_text())
+    assert resumed["step"] == straight["step"]
+    for a, b in zip(weights_of(straight_run, 4), weights_of(run, 4), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert abs(resumed["val"]["val_r2"] - straight["val"]["val_r2"]) < 1e-4
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["checkpoint"]) == [1, 2, 3, 4]
+    assert (run / "best.keras").is_file() and (run / "config.yaml").is_file()
+
+
+def test_training_lowers_validation_loss(straight_run: Path) -> None:
+    metrics = pd.read_csv(straight_run / "metrics.csv")
+    assert metrics["val_r2"].iloc[-1] > metrics["val_r2"].iloc[0]
+    assert metrics["loss"].iloc[-1] < metrics["loss"].iloc[0]
+    assert metrics["lr"].iloc[-1] < metrics["lr"].max()  # the cosine decay runs
+
+
+def test_default_resume_and_guards(encoded: Path, straight_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "guarded"
+    train(config(encoded, run), stop_after_sub_epochs=1, verbose=0)
+    again = train(config(encoded, run), stop_after_sub_epochs=1, verbose=0)  # no --resume: takes the latest
+    assert again["resumed_from"] == "ckpt-1" and again["next"] == {"epoch": 1, "sub_epoch": 0}
+    with pytest.raises(TrainError, match=r"no such checkpoint .*available: ckpt-1, ckpt-2"):
+        train(config(encoded, run), resume="ckpt-7", verbose=0)
+    with pytest.raises(TrainError, match="differs from the checkpoint's in model.mlp_units"):
+        train(config(encoded, run, "model.mlp_units=[32,32]"), verbose=0)
+    with pytest.raises(TrainError, match="would make the checkpoint invalid: model.mlp_units"):
+        train(config(encoded, run, "model.mlp_units=[32,32]"), allow_config_change=True, verbose=0)
+    longer = train(
+        config(encoded, run, "epochs=3"), allow_config_change=True, stop_after_sub_epochs=1, verbose=0
+    )
+    assert longer["resumed_from"] == "ckpt-2" and longer["next"] == {"epoch": 1, "sub_epoch": 1}
+    with pytest.raises(TrainError, match="--resume latest: .* has no checkpoints"):
+        train(config(encoded, tmp_path / "empty"), resume="latest", verbose=0)
+
+
+def test_time_budget_stops_cleanly(encoded: Path, tmp_path: Path) -> None:
+    summary = train(config(encoded, tmp_path / "budget", "time_budget=1s"), verbose=0)
+    assert summary["stopped"] == "time budget" and summary["sub_epochs_run"] == 1
+    assert available_checkpoints(str(tmp_path / "budget")) == [1]
+
+
+def test_mirrored_strategy_on_8_cpus(encoded: Path, tmp_path: Path) -> None:
+    script = (
+        "from tfpipe.distribute import configure_logical_cpus; configure_logical_cpus(8)\n"
+        "import sys; from tfpipe.train import main; sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["--config", "configs/tiny.yaml", *TINY_MLP, "data.batch_size=16", f"data.sources.0.path={encoded}",
+            "--run-dir", str(tmp_path / "mirrored"), "--strategy", "cpu-mirrored", "--stop-after-sub-epochs", "1",
+            "--quiet"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["replicas"] == 8 and summary["strategy"] == "mirrored" and summary["step"] > 0
+    assert np.isfinite(summary["val_r2"])
+
+
+def test_cli_errors(encoded: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", "model.nope=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "model.nope" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ predict
+
+
+def test_predict_checkpoint_and_keras_agree_and_ptend_rule(
+    raw_tree: Path, encoded: Path, straight_run: Path, tmp_path: Path
+) -> None:
+    a = predict(str(straight_run / "best.keras"), str(encoded), str(tmp_path / "a.parquet"), batch_size=1000)
+    best = json.loads((straight_run / "checkpoints" / "ckpt-4.state.json").read_text())["best_checkpoint"]
+    b = predict(str(straight_run / "checkpoints" / f"ckpt-{best}"), str(encoded), str(tmp_path / "b.parquet"),
+                batch_size=1000)  # fmt: skip
+    assert a["rows"] == b["rows"] == 74 * 384
+    pa_, pb = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    pd.testing.assert_frame_equal(pa_, pb)
+    assert pa_.columns[0] == "sample_id" and pa_.shape[1] == 369
+    assert pq.ParquetFile(tmp_path / "a.parquet").num_row_groups >= 74 * 384 // 1000  # streamed in batches
+    from tfpipe.export import export_parquet
+
+    truth = pd.read_parquet(export_parquet(str(encoded), str(tmp_path / "t.parquet"))["out"])
+    assert list(truth["sample_id"]) == list(pa_["sample_id"])  # input order
+    # the replacement rule reproduces the float64 truth of the raw files exactly, 1e-50 traces included
+    from data_prep.encode import list_raw_pairs
+    from data_prep.raw import read_pair
+    from tfpipe.schema import KAGGLE
+
+    cols = [f"ptend_q0002_{k}" for k in range(12, 28)]
+    index = [KAGGLE.target_columns.index(c) for c in cols]
+    exact = {}
+    for mli, mlo in list_raw_pairs(str(raw_tree), 1):
+        raw = read_pair(mli, mlo, KAGGLE)
+        exact |= {f"{raw.time.stamp}_{c}": raw.targets[c, index] for c in raw.ncol}
+    want = np.stack([exact[i] for i in pa_["sample_id"]])
+    np.testing.assert_array_equal(pa_[cols].to_numpy(), want)
+    assert (np.abs(want) < 1e-40).any()
+    assert (pa_[[f"ptend_u_{k}" for k in range(12)]] == 0).all().all()
+
+
+def test_predict_csv_equals_encoded(encoded: Path, straight_run: Path, tmp_path: Path) -> None:
+    from tfpipe.export import export_parquet
+    from tfpipe.schema import KAGGLE
+
+    frame = pd.read_parquet(export_parquet(str(encoded), str(tmp_path / "t.parquet"))["out"]).iloc[:1500]
+    frame[["sample_id", *KAGGLE.input_columns]].to_csv(
+        tmp_path / "test.csv", index=False, float_format="%.17g"
+    )
+    test_enc = tmp_path / "test-enc"
+    encode_shard(
+        EncodeConfig(str(tmp_path / "test.csv"), str(test_enc), 0, 1, format="kaggle-csv", progress=False)
+    )
+    model = str(straight_run / "best.keras")
+    predict(model, str(tmp_path / "test.csv"), str(tmp_path / "csv.parquet"), batch_size=256)
+    predict(model, str(test_enc), str(tmp_path / "enc.parquet"), batch_size=256)
+    assert (tmp_path / "csv.parquet").read_bytes() == (tmp_path / "enc.parquet").read_bytes()
+    bad = frame[["sample_id", *KAGGLE.input_columns]].rename(columns={"state_t_0": "state_T_0"})
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfpipe.predict", "--checkpoint", model, "--data", str(tmp_path / "bad.csv"),
+         "--out", str(tmp_path / "bad.parquet")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "bad.csv: column 1 is 'state_T_0'" in result.stderr
+    assert not (tmp_path / "bad.parquet").exists() and not list(tmp_path.glob("*.parquet.tmp"))
+
+
+def test_predict_refuses_a_checkpoint_of_another_layout(
+    encoded: Path, straight_run: Path, tmp_path: Path
+) -> None:
+    from tfpipe.predict import PredictError
+
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = (straight_run / "config.yaml").read_text().replace("[column, variable, log]", "[column]")
+    (other / "config.yaml").write_text(cfg)
+    os.link(straight_run / "best.keras", other / "best.keras")
+    with pytest.raises(PredictError, match=r"model takes \(60, 75\).*needs \(60, 25\)"):
+        predict(str(other / "best.keras"), str(encoded), str(tmp_path / "x.parquet"))
