@@ -14,58 +14,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
 
 from tfpipe.cliutil import ArgumentParser
 from tfpipe.schema import SCHEMAS, get_schema
-
-
-def demo(workdir: str, days: float, seed: int) -> dict:
-    """Synthesise a raw tree under ``workdir/raw`` and summarise its samples."""
-    from data_prep.raw import read_pair
-    from data_prep.synth import synthesize
-    from tfpipe.rawtree import partner_path
-
-    t0 = time.perf_counter()
-    root = Path(workdir).absolute()
-    root.mkdir(parents=True, exist_ok=True)
-    summary = synthesize(root / "raw", days=days, seed=seed, overwrite=True)
-    print(
-        f"[demo] synthetic raw tree: {summary.files} files, {summary.bytes / 1e6:.1f} MB, "
-        f"{summary.steps} steps {summary.first} .. {summary.last}",
-        file=sys.stderr,
-    )
-
-    schema = get_schema("kaggle")
-    heating, precip, samples = [], [], 0
-    for mli in sorted((root / "raw").glob("train/*/E3SM-MMF.mli.*.nc")):
-        pair = read_pair(str(mli), partner_path(str(mli)), schema)
-        samples += pair.targets.shape[0]
-        heating.append(np.abs(pair.targets[:, schema.target_slice("ptend_t")]).mean() * 86400)
-        precip.append(pair.targets[:, schema.target_slice("cam_out_PRECC")].mean() * 86400e3)
-    report = {
-        "workdir": str(root),
-        "raw": summary.out,
-        "files": summary.files,
-        "bytes": summary.bytes,
-        "steps": summary.steps,
-        "samples": samples,
-        "inputs_per_sample": schema.n_inputs,
-        "targets_per_sample": schema.n_targets,
-        "mean_abs_heating_k_per_day": round(float(np.mean(heating)), 3),
-        "mean_precip_mm_per_day": round(float(np.mean(precip)), 3),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    print(
-        f"[demo] {samples} samples x ({schema.n_inputs} inputs, {schema.n_targets} targets); "
-        f"mean |heating| {report['mean_abs_heating_k_per_day']} K/day, "
-        f"precipitation {report['mean_precip_mm_per_day']} mm/day",
-        file=sys.stderr,
-    )
-    return report
 
 
 def build_parser() -> ArgumentParser:
@@ -76,6 +27,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--workdir", default="tfpipe-demo", help="folder for everything the demo writes")
     p.add_argument("--days", type=float, default=1.0, help="days of synthetic data (72 steps each)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="only the final JSON line")
 
     # train and predict own their parsers (tfpipe/train.py, tfpipe/predict.py); main() hands over.
     sub.add_parser("train", help="train a model in resumable sub-epoch chunks (tfpipe train --help)")
@@ -117,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            print(json.dumps(demo(args.workdir, args.days, args.seed)))
+            from tfpipe.demo import run_demo
+
+            print(json.dumps(run_demo(args.workdir, args.days, args.seed, quiet=args.quiet)))
         elif args.command == "export":
             from tfpipe.export import export_parquet
 
@@ -150,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"tfpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

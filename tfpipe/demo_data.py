@@ -40,7 +40,7 @@ def prepare_demo_data(
     raw, encoded = root / "raw", root / "encoded"
     root.mkdir(parents=True, exist_ok=True)
     if not (raw / "grid-info.nc").is_file():
-        _say(quiet, f"[demo data] synthesising {days:g} days into {raw}")
+        say(quiet, f"[demo data] synthesising {days:g} days into {raw}")
         synthesize(raw, days=days, seed=seed, overwrite=raw.exists())
     for shard in range(num_shards):
         summary = encode_shard(
@@ -49,14 +49,14 @@ def prepare_demo_data(
             )
         )
         if not summary.skipped:
-            _say(quiet, f"[demo data] encoded shard {shard}/{num_shards}: {summary.samples} samples")
+            say(quiet, f"[demo data] encoded shard {shard}/{num_shards}: {summary.samples} samples")
     stats_path = encoded / "stats.json"
     if not stats_path.is_file():
         storage.write_bytes(str(stats_path), compute_stats(str(encoded)).to_json().encode())
-        _say(quiet, f"[demo data] statistics in {stats_path}")
+        say(quiet, f"[demo data] statistics in {stats_path}")
     return str(encoded)
 
 
-def _say(quiet: bool, text: str) -> None:
+def say(quiet: bool, text: str) -> None:
     if not quiet:
         print(text, file=sys.stderr)
