@@ -14,7 +14,7 @@ TFPIPE = Path(sys.executable).parent / "tfpipe"
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_end_to_end(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = subprocess.run(
         [str(TFPIPE), "demo", "--workdir", str(workdir)], capture_output=True, text=True, timeout=1500

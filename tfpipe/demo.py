@@ -81,12 +81,14 @@ def _stats(dst: Path) -> None:
 
 def _train(name: str, data: Path, runs: Path, interrupt_after: int | None, quiet: bool) -> dict:
     base = [sys.executable, "-m", "tfpipe.train", "--config", str(CONFIG), *MODELS[name],
-            f"data.sources.0.path={data}", f"name={name}", "--run-dir", str(runs / name), "--quiet"]  # fmt: skip
+            f"data.sources.0.path={data}", f"name={name}", "--run-dir", str(runs / name),
+            "--quiet"]  # fmt: skip
     if interrupt_after is not None and not (runs / name / "checkpoints").exists():
         first = _run(base + ["--stop-after-sub-epochs", str(interrupt_after)])
         say(
             quiet,
-            f"[demo] {name}: interrupted after {first['sub_epochs_run']} sub-epochs (val R² {first['val_r2']:.3f})",
+            f"[demo] {name}: interrupted after {first['sub_epochs_run']} sub-epochs "
+            f"(val R² {first['val_r2']:.3f})",
         )
         summary = _run(base + ["--resume", "latest"])
         summary["interrupted_and_resumed_from"] = summary["resumed_from"]
@@ -191,9 +193,10 @@ def _write_report(root: Path, summary: dict, plots: list[str]) -> None:
     enc = summary["encode"]
     lines += [
         "",
-        f"Encoding: {enc['shards']} shards, {enc['samples']} samples; shard {enc.get('killed_shard', '-')} was "
-        f"killed after {enc.get('files_before_kill', '-')} published file(s) and re-run to completion.",
-        f"Training: the squeezeformer run was interrupted after sub-epoch 2 and resumed from {summary['resumed_from']}.",
+        f"Encoding: {enc['shards']} shards, {enc['samples']} samples; shard {enc.get('killed_shard', '-')} "
+        f"was killed after {enc.get('files_before_kill', '-')} published file(s) and re-run to completion.",
+        "Training: the squeezeformer run was interrupted after sub-epoch 2 and resumed from "
+        f"{summary['resumed_from']}.",
         "",
     ]  # fmt: skip
     lines += [f"![{Path(p).stem}]({Path(p).relative_to(root / 'report')})" for p in plots]
