@@ -21,6 +21,9 @@ demo: install  ## run the main job on built-in synthetic data
 test: install  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
 
+bench: install  ## every benchmark (each < 5 min here); last line of each is JSON
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b | tail -n 1; done
+
 lint: install
 	$(BIN)/ruff check tfpipe data_prep tests bench
 
