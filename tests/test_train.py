@@ -133,6 +133,17 @@ def test_mirrored_strategy_on_8_cpus(encoded: Path, tmp_path: Path) -> None:
     assert np.isfinite(summary["val_r2"])
 
 
+def test_bfloat16_then_float32_after_an_epoch(encoded: Path, tmp_path: Path) -> None:
+    run = tmp_path / "bf16"
+    cfg = config(encoded, run, "precision=mixed_bfloat16", "float32_after_epoch=1")
+    first = train(cfg, stop_after_sub_epochs=1, verbose=0)
+    assert first["precision"] == "mixed_bfloat16"
+    rest = train(cfg, verbose=0)  # resumes the bf16 checkpoint, switches to float32 at epoch 1
+    assert rest["resumed_from"] == "ckpt-1" and rest["finished"] and rest["precision"] == "float32"
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert np.isfinite(metrics["loss"]).all() and metrics["loss"].iloc[-1] < metrics["loss"].iloc[0]
+
+
 def test_cli_errors(encoded: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", "model.nope=1"],

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -203,7 +204,21 @@ def _append_csv(path: str, row: dict) -> None:
     storage.write_bytes(path, (old + line + "\n").encode())
 
 
-def train(
+def train(config: TrainConfig, *args, **kwargs) -> dict:
+    """Run (or continue) training; returns a summary dict. TrainError on unusable input.
+
+    Arguments as :func:`_train`. Keras' global dtype policy is restored afterwards.
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _train(config, *args, **kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(
     config: TrainConfig,
     resume: str | None = None,
     allow_config_change: bool = False,
@@ -212,7 +227,6 @@ def train(
     strategy: str = "auto",
     verbose: int = 1,
 ) -> dict:
-    """Run (or continue) training; returns a summary dict. TrainError on unusable input."""
     import keras
     import tensorflow as tf
 
@@ -250,21 +264,6 @@ def train(
         )
     loss_cfg = dataclasses.replace(config.loss, n_profiles=len(schema.target_profiles))
 
-    with strat.scope():
-        keras.utils.set_random_seed(config.seed)
-        net = build_model(config.model, norm.n_channels, schema)
-        optimizer = make_optimizer(config.optim, total_steps)
-        if policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(net.trainable_variables)
-    ckpt = tf.train.Checkpoint(model=net, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(
-        ckpt, storage.tf_path(_ckpt_dir(run_dir)), max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt"
-    )
-    best_manager = tf.train.CheckpointManager(
-        ckpt, storage.tf_path(storage.join(run_dir, BEST)), max_to_keep=1, checkpoint_name="ckpt"
-    )
-
     start = _resume_target(run_dir, resume)
     model_hash, data_hash = config_hash(config, "model"), config_hash(config, "data")
     best_metric, best_ckpt, wall_before, epoch0, sub0 = None, None, 0.0, 0, 0
@@ -273,42 +272,74 @@ def train(
         _check_resume_config(state, config, allow_config_change)
         if state.model_hash != model_hash:
             raise TrainError(f"ckpt-{start} was trained with another model/data layout (model hash differs)")
-        ckpt.restore(
-            storage.tf_path(storage.join(_ckpt_dir(run_dir), f"ckpt-{start}"))
-        ).assert_existing_objects_matched()
         best_metric, best_ckpt, wall_before = state.best_metric, state.best_checkpoint, state.wall_time_s
         epoch0, sub0 = state.epoch, state.sub_epoch
+
+    def policy_for(epoch: int) -> str:
+        switch = config.float32_after_epoch
+        return "float32" if switch is not None and epoch >= switch else policy
+
+    def build(precision: str, source: SimpleNamespace | None = None) -> SimpleNamespace:
+        """Model, optimizer, checkpointing and compiled steps under ``precision``.
+
+        With ``source`` (a switch to float32 mid-run) its weights and optimizer slots are copied over.
+        The checkpoint holds the inner optimizer, so it does not depend on the precision.
+        """
+        keras.mixed_precision.set_global_policy(precision)
+        with strat.scope():
+            keras.utils.set_random_seed(config.seed)
+            net = build_model(config.model, norm.n_channels, schema)
+            inner = make_optimizer(config.optim, total_steps)
+            optimizer = keras.optimizers.LossScaleOptimizer(inner) if precision == "mixed_float16" else inner
+            optimizer.build(net.trainable_variables)
+            if source is not None:
+                net.set_weights(source.net.get_weights())
+                for mine, theirs in zip(inner.variables, source.inner.variables, strict=True):
+                    mine.assign(theirs)
+        ckpt = tf.train.Checkpoint(model=net, optimizer=inner)
+        e = SimpleNamespace(precision=precision, net=net, inner=inner, optimizer=optimizer, ckpt=ckpt)
+        e.manager = tf.train.CheckpointManager(
+            ckpt, storage.tf_path(_ckpt_dir(run_dir)), config.keep_checkpoints, checkpoint_name="ckpt"
+        )
+        e.best_manager = tf.train.CheckpointManager(
+            ckpt, storage.tf_path(storage.join(run_dir, BEST)), max_to_keep=1, checkpoint_name="ckpt"
+        )
+        loss_scale = optimizer is not inner
+
+        @tf.function(jit_compile=config.jit_compile)
+        def gradients(x, y, m, aux_t, aux_m):
+            with tf.GradientTape() as tape:
+                out = net(x, training=True)
+                loss, parts = total_loss(out, y, m, aux_t, aux_m, loss_cfg)
+                scaled = optimizer.scale_loss(loss / replicas) if loss_scale else loss / replicas
+            return tape.gradient(scaled, net.trainable_variables), parts
+
+        def replica_step(x, y, m, aux):
+            grads, parts = gradients(x, y, m, aux["targets"], aux["mask"])
+            optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
+            return parts
+
+        @tf.function
+        def run_steps(iterator, n):
+            total = {k: tf.constant(0.0) for k in ("main", "confidence", "aux", "level_diff", "total")}
+            for _ in tf.range(n):
+                parts = strat.run(replica_step, args=next(iterator))
+                total = {k: total[k] + strat.reduce("MEAN", parts[k], axis=None) for k in total}
+            return {k: v / tf.cast(n, tf.float32) for k, v in total.items()}
+
+        @tf.function(jit_compile=config.jit_compile)
+        def forward(x):
+            return net(x, training=False)["pred"]
+
+        e.run_steps, e.forward = run_steps, forward
+        return e
+
+    engine = build(policy_for(epoch0))
+    if start is not None:
+        path = storage.tf_path(storage.join(_ckpt_dir(run_dir), f"ckpt-{start}"))
+        engine.ckpt.restore(path).assert_existing_objects_matched()
     storage.makedirs(run_dir)
     dump_config(config, storage.join(run_dir, "config.yaml"))
-
-    loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    @tf.function(jit_compile=config.jit_compile)
-    def gradients(x, y, m, aux_t, aux_m):
-        with tf.GradientTape() as tape:
-            out = net(x, training=True)
-            loss, parts = total_loss(out, y, m, aux_t, aux_m, loss_cfg)
-            scaled = loss / replicas
-            if loss_scale:
-                scaled = optimizer.scale_loss(scaled)
-        return tape.gradient(scaled, net.trainable_variables), parts
-
-    def replica_step(x, y, m, aux):
-        grads, parts = gradients(x, y, m, aux["targets"], aux["mask"])
-        optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
-        return parts
-
-    @tf.function
-    def run_steps(iterator, n):
-        total = {k: tf.constant(0.0) for k in ("main", "confidence", "aux", "level_diff", "total")}
-        for _ in tf.range(n):
-            parts = strat.run(replica_step, args=next(iterator))
-            total = {k: total[k] + strat.reduce("MEAN", parts[k], axis=None) for k in total}
-        return {k: v / tf.cast(n, tf.float32) for k, v in total.items()}
-
-    @tf.function(jit_compile=config.jit_compile)
-    def forward(x):
-        return net(x, training=False)["pred"]
 
     mask = norm.target_mask(tuple(data.q0002_replacement_levels)) > 0
     weights = np.asarray(schema.target_weights())
@@ -317,7 +348,7 @@ def train(
         norm_r2, phys_r2 = StreamingR2(schema.n_targets), StreamingR2(schema.n_targets)
         val_ds = make_predict_dataset(sources[0].val_files, sources[0], batch, with_targets=True)
         for b in val_ds:
-            pred = forward(b["inputs"]).numpy()
+            pred = engine.forward(b["inputs"]).numpy()
             truth = b["raw_targets"].numpy().astype(np.float64)
             norm_r2.update(norm.normalize_targets64(truth), pred)
             phys = physical_predictions(pred, b["x64"].numpy(), norm, data.q0002_replacement_levels)
@@ -333,12 +364,13 @@ def train(
     def evaluate_with_ema() -> dict:
         if not config.optim.use_ema:
             return validate()
-        backup = [v.numpy() for v in net.trainable_variables]
-        optimizer.finalize_variable_values(net.trainable_variables)
+        variables = engine.net.trainable_variables
+        backup = [v.numpy() for v in variables]
+        engine.inner.finalize_variable_values(variables)
         try:
             return validate()
         finally:
-            for v, value in zip(net.trainable_variables, backup, strict=True):
+            for v, value in zip(variables, backup, strict=True):
                 v.assign(value)
 
     writer = tf.summary.create_file_writer(storage.tf_path(storage.join(run_dir, "tb")))
@@ -353,24 +385,23 @@ def train(
             stopped = "stop-after-sub-epochs"
             break
         t0 = time.time()
+        if policy_for(epoch) != engine.precision:
+            print(f"[train] epoch {epoch}: switching from {engine.precision} to float32", file=sys.stderr)
+            engine = build(policy_for(epoch), source=engine)
         steps = plan[epoch][k]
         ds = make_dataset(data, "train", epoch, k, seed=seed, batch_size=batch, sources=sources)
         iterator = iter(strat.experimental_distribute_dataset(ds))
         bar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=list(["loss", "main", "lr"]))
         done = 0
         while done < steps:
-            n = min(config.steps_per_execution * config.log_every_steps, steps - done)
-            parts = run_steps(iterator, tf.constant(n))
+            n = min(config.steps_per_execution, steps - done)
+            parts = engine.run_steps(iterator, tf.constant(n))
             done += n
-            lr = (
-                float(optimizer.learning_rate)
-                if not loss_scale
-                else float(optimizer.inner_optimizer.learning_rate)
-            )
+            lr = float(engine.inner.learning_rate)
             bar.update(done, [("loss", float(parts["total"])), ("main", float(parts["main"])), ("lr", lr)])
         val = evaluate_with_ema()
         n_ckpt = epoch * k_max + k + 1
-        step = int(optimizer.iterations.numpy())
+        step = int(engine.inner.iterations.numpy())
         epoch, k = (epoch, k + 1) if k + 1 < k_max else (epoch + 1, 0)
         improved = best_metric is None or val["val_r2"] > best_metric
         if improved:
@@ -395,11 +426,11 @@ def train(
         storage.write_bytes(
             _state_path(run_dir, n_ckpt), json.dumps(dataclasses.asdict(state), indent=1).encode()
         )
-        manager.save(checkpoint_number=n_ckpt)
-        _drop_stale_states(run_dir, manager, best_ckpt)
+        engine.manager.save(checkpoint_number=n_ckpt)
+        _drop_stale_states(run_dir, engine.manager, best_ckpt)
         if improved:
-            best_manager.save(checkpoint_number=n_ckpt)
-            export_keras(net, storage.join(run_dir, "best.keras"))
+            engine.best_manager.save(checkpoint_number=n_ckpt)
+            export_keras(engine.net, storage.join(run_dir, "best.keras"))
         last_val = val
         done_here += 1
         longest = max(longest, time.time() - t0)
@@ -416,13 +447,13 @@ def train(
         "next": {"epoch": epoch, "sub_epoch": k},
         "finished": epoch >= config.epochs,
         "stopped": stopped if epoch < config.epochs else "finished",
-        "step": int(optimizer.iterations.numpy()),
+        "step": int(engine.inner.iterations.numpy()),
         "val_r2": last_val.get("val_r2"),
         "best_r2": best_metric,
         "best_checkpoint": None if best_ckpt is None else f"ckpt-{best_ckpt}",
         "strategy": kind,
         "replicas": replicas,
-        "precision": policy,
+        "precision": engine.precision,
         "seconds": round(time.time() - t_start, 2),
     }
 
