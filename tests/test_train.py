@@ -228,3 +228,35 @@ def test_predict_refuses_a_checkpoint_of_another_layout(
     os.link(straight_run / "best.keras", other / "best.keras")
     with pytest.raises(PredictError, match=r"model takes \(60, 75\).*needs \(60, 25\)"):
         predict(str(other / "best.keras"), str(encoded), str(tmp_path / "x.parquet"))
+
+
+def test_run_dir_on_the_gcs_emulator_with_ema(encoded: Path, gcs, tmp_path: Path, monkeypatch) -> None:
+    """Checkpoints, state, logs and best.keras on gs:// (TF through the tensorflow-io plugin); resume."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_storage
+
+    gcs.create_bucket("runs-bucket")
+    env = {**os.environ, **gcs.env()}
+    args = [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_MLP,
+            f"data.sources.0.path={encoded}", "optim.use_ema=true", "--run-dir", "gs://runs-bucket/run1",
+            "--quiet", "--stop-after-sub-epochs", "1"]  # fmt: skip
+    for expected in (None, "ckpt-1"):
+        result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["resumed_from"] == expected and np.isfinite(summary["val_r2"])
+    client = gcs_storage.Client(
+        project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs.endpoint}
+    )
+    names = {b.name for b in client.list_blobs("runs-bucket", prefix="run1/")}
+    for name in ("config.yaml", "metrics.csv", "best.keras", "checkpoints/checkpoint", "checkpoints/ckpt-2.index",
+                 "checkpoints/ckpt-2.state.json"):  # fmt: skip
+        assert f"run1/{name}" in names, sorted(names)
+    from tfpipe import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)
+    storage.reset_clients()
+    model = predict(
+        "gs://runs-bucket/run1/best.keras", str(encoded), str(tmp_path / "p.parquet"), batch_size=4096
+    )
+    assert model["rows"] == 74 * 384

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -112,19 +113,61 @@ def _read_state(run_dir: str, n: int) -> RunState:
         raise TrainError(f"{path}: cannot read the checkpoint's state ({err})") from None
 
 
+def _listed_checkpoints(folder: str) -> list[int]:
+    """Numbers in a CheckpointManager's ``checkpoint`` index file (its commit marker)."""
+    index = storage.join(folder, "checkpoint")
+    if not storage.exists(index):
+        return []
+    text = storage.read_bytes(index).decode()
+    return sorted({int(n) for n in re.findall(r'all_model_checkpoint_paths: ".*?ckpt-(\d+)"', text)})
+
+
 def available_checkpoints(run_dir: str) -> list[int]:
     """Checkpoint numbers in the run directory that are complete (index, data and state present)."""
-    import tensorflow as tf
+    return [n for n in _listed_checkpoints(_ckpt_dir(run_dir)) if storage.exists(_state_path(run_dir, n))]
 
-    state = tf.train.get_checkpoint_state(storage.tf_path(_ckpt_dir(run_dir)))
-    if state is None:
-        return []
-    numbers = []
-    for path in state.all_model_checkpoint_paths:
-        n = int(path.rsplit("ckpt-", 1)[1])
-        if storage.exists(_state_path(run_dir, n)):
-            numbers.append(n)
-    return sorted(numbers)
+
+class CheckpointMirror:
+    """Where TensorFlow writes checkpoints: the run dir itself, or a local folder mirrored to a remote one.
+
+    Object stores have no appends or renames, and the GCS emulator cannot take TF's checkpoint uploads,
+    so for a ``gs://`` run dir TF saves locally and :meth:`push` uploads the new files, the
+    ``checkpoint`` index last (the commit marker), then deletes what the manager rotated out.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.remote = storage.is_remote(run_dir)
+        self.root = tempfile.mkdtemp(prefix="tfpipe-ckpt-") if self.remote else run_dir
+
+    def local(self, sub: str) -> str:
+        return os.path.join(self.root, sub)
+
+    def pull(self, sub: str, n: int) -> None:
+        """Fetch checkpoint ``n`` of ``sub`` and its index (remote run dirs only)."""
+        if not self.remote:
+            return
+        os.makedirs(self.local(sub), exist_ok=True)
+        for path in storage.list_files(storage.join(self.run_dir, sub)):
+            name = path.rsplit("/", 1)[-1]
+            if name == "checkpoint" or name.startswith(f"ckpt-{n}.") and not name.endswith(".state.json"):
+                storage.download_file(path, os.path.join(self.local(sub), name))
+
+    def push(self, sub: str, keep: list[int]) -> None:
+        """Upload checkpoints ``keep`` of ``sub`` that the remote lacks, the index last; drop the others."""
+        if not self.remote:
+            return
+        remote = storage.join(self.run_dir, sub)
+        there = {p.rsplit("/", 1)[-1] for p in storage.list_files(remote)}
+        for name in sorted(os.listdir(self.local(sub))):
+            n = re.match(r"ckpt-(\d+)\.", name)
+            if n and int(n[1]) in keep and name not in there:
+                storage.upload_file(os.path.join(self.local(sub), name), storage.join(remote, name))
+        storage.upload_file(os.path.join(self.local(sub), "checkpoint"), storage.join(remote, "checkpoint"))
+        for name in there:
+            n = re.match(r"ckpt-(\d+)\.", name)
+            if n and int(n[1]) not in keep and not name.endswith(".state.json"):
+                storage.delete(storage.join(remote, name), missing_ok=True)
 
 
 def _resume_target(run_dir: str, resume: str | None) -> int | None:
@@ -299,11 +342,9 @@ def _train(
         ckpt = tf.train.Checkpoint(model=net, optimizer=inner)
         e = SimpleNamespace(precision=precision, net=net, inner=inner, optimizer=optimizer, ckpt=ckpt)
         e.manager = tf.train.CheckpointManager(
-            ckpt, storage.tf_path(_ckpt_dir(run_dir)), config.keep_checkpoints, checkpoint_name="ckpt"
+            ckpt, mirror.local(CHECKPOINTS), config.keep_checkpoints, checkpoint_name="ckpt"
         )
-        e.best_manager = tf.train.CheckpointManager(
-            ckpt, storage.tf_path(storage.join(run_dir, BEST)), max_to_keep=1, checkpoint_name="ckpt"
-        )
+        e.best_manager = tf.train.CheckpointManager(ckpt, mirror.local(BEST), 1, checkpoint_name="ckpt")
         loss_scale = optimizer is not inner
 
         @tf.function(jit_compile=config.jit_compile)
@@ -334,9 +375,14 @@ def _train(
         e.run_steps, e.forward = run_steps, forward
         return e
 
+    mirror = CheckpointMirror(run_dir)
+    if start is not None:
+        mirror.pull(CHECKPOINTS, start)
+        if best_ckpt is not None:
+            mirror.pull(BEST, best_ckpt)
     engine = build(policy_for(epoch0))
     if start is not None:
-        path = storage.tf_path(storage.join(_ckpt_dir(run_dir), f"ckpt-{start}"))
+        path = os.path.join(mirror.local(CHECKPOINTS), f"ckpt-{start}")
         engine.ckpt.restore(path).assert_existing_objects_matched()
     storage.makedirs(run_dir)
     dump_config(config, storage.join(run_dir, "config.yaml"))
@@ -373,7 +419,11 @@ def _train(
             for v, value in zip(variables, backup, strict=True):
                 v.assign(value)
 
-    writer = tf.summary.create_file_writer(storage.tf_path(storage.join(run_dir, "tb")))
+    # TensorBoard events go to a local folder, mirrored to a remote run dir after each flush: TF's
+    # event writer appends to its file, which object stores (and the GCS emulator) do not support.
+    tb_dir = storage.join(run_dir, "tb")
+    tb_local = tempfile.mkdtemp(prefix="tfpipe-tb-") if storage.is_remote(run_dir) else tb_dir
+    writer = tf.summary.create_file_writer(tb_local)
     budget = parse_duration(config.time_budget) if config.time_budget else None
     done_here, longest, last_val, stopped = 0, 0.0, {}, "finished"
     epoch, k = epoch0, sub0
@@ -417,6 +467,9 @@ def _train(
                 if isinstance(value, float):
                     tf.summary.scalar(key, value)
         writer.flush()
+        if tb_local != tb_dir:
+            for name in os.listdir(tb_local):
+                storage.upload_file(os.path.join(tb_local, name), storage.join(tb_dir, name))
         _append_csv(storage.join(run_dir, "metrics.csv"), row)
         _log_mlflow(config, row, step)
         state = RunState(
@@ -427,9 +480,11 @@ def _train(
             _state_path(run_dir, n_ckpt), json.dumps(dataclasses.asdict(state), indent=1).encode()
         )
         engine.manager.save(checkpoint_number=n_ckpt)
+        mirror.push(CHECKPOINTS, _numbers(engine.manager))
         _drop_stale_states(run_dir, engine.manager, best_ckpt)
         if improved:
             engine.best_manager.save(checkpoint_number=n_ckpt)
+            mirror.push(BEST, _numbers(engine.best_manager))
             export_keras(engine.net, storage.join(run_dir, "best.keras"))
         last_val = val
         done_here += 1
@@ -458,9 +513,13 @@ def _train(
     }
 
 
+def _numbers(manager) -> list[int]:
+    return [int(p.rsplit("ckpt-", 1)[1]) for p in manager.checkpoints]
+
+
 def _drop_stale_states(run_dir: str, manager, best: int | None) -> None:
     """Delete state records of checkpoints the manager has rotated out (the best one's is kept)."""
-    kept = {int(p.rsplit("ckpt-", 1)[1]) for p in manager.checkpoints} | {best}
+    kept = set(_numbers(manager)) | {best}
     for path in storage.list_files(_ckpt_dir(run_dir), suffix=".state.json"):
         n = int(path.rsplit("ckpt-", 1)[1].split(".")[0])
         if n not in kept:
