@@ -197,6 +197,23 @@ def test_features_and_targets(stats: Stats, encoded: Path, tmp_path: Path) -> No
     assert mask.sum() == KAGGLE.n_targets - 60 - 16
 
 
+def test_channel_expansion_equals_the_gather_layout(stats: Stats) -> None:
+    norm = Normalizer(KAGGLE, stats, ("column", "variable", "log"))
+    rng = np.random.default_rng(1)
+    x = (stats.inputs.mean + stats.inputs.std * rng.normal(size=(50, KAGGLE.n_inputs))).astype(np.float32)
+    x64 = tf.constant(x[:, KAGGLE.input_slice("state_q0002")].astype(np.float64))
+    got = norm.features(tf.constant(x), x64).numpy()
+    col = norm._z(tf.constant(x), x64, norm.col_mean, norm.col_std)
+    reps = [
+        col,
+        norm._z(tf.constant(x), x64, norm.var_mean, norm.var_std),
+        tf.sign(col) * tf.math.log1p(tf.abs(col)),
+    ]
+    layout = channel_layout(KAGGLE)
+    want = soft_clip(tf.concat([tf.gather(r, layout, axis=1) for r in reps], axis=-1), 6.0).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_nan_never_leaves_silently(stats: Stats) -> None:
     norm = Normalizer(KAGGLE, stats)
     inputs = np.zeros((2, KAGGLE.n_inputs), np.float32)

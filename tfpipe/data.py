@@ -171,7 +171,11 @@ def aux_targets(source: Source, ncol: tf.Tensor, time: tf.Tensor) -> tuple[tf.Te
     return values * mask, mask
 
 
-def _block_fn(source: Source, with_targets: bool):
+_TRAIN_KEYS = ("inputs", "targets", "aux", "aux_mask")
+
+
+def _block_fn(source: Source, with_targets: bool, keys: tuple[str, ...] | None = None):
+    """Parse and normalise one record (a block of samples); keep ``keys`` (default: all)."""
     schema, norm = source.normalizer.schema, source.normalizer
 
     def prepare(record: tf.Tensor) -> dict:
@@ -189,7 +193,7 @@ def _block_fn(source: Source, with_targets: bool):
         if with_targets:
             out["targets"] = norm.targets(block["targets"])
             out["raw_targets"] = block["targets"]
-        return out
+        return out if keys is None else {k: out[k] for k in keys}
 
     return prepare
 
@@ -214,7 +218,7 @@ def _records(files: list[str], config, ordered: bool) -> tf.data.Dataset:
 def _source_samples(source: Source, files: list[str], config, shuffle_seed: int | None) -> tf.data.Dataset:
     ordered = shuffle_seed is None
     ds = _records(files, config, ordered).map(
-        _block_fn(source, with_targets=True),
+        _block_fn(source, with_targets=True, keys=_TRAIN_KEYS),  # only what training needs goes on
         num_parallel_calls=AUTOTUNE,
         deterministic=True if ordered else bool(config.deterministic),
     )
@@ -233,9 +237,6 @@ def _to_training_element(mask: np.ndarray):
         return batch["inputs"], batch["targets"], target_mask, aux
 
     return element
-
-
-_TRAIN_KEYS = ("inputs", "targets", "aux", "aux_mask")
 
 
 def make_dataset(
@@ -266,14 +267,11 @@ def make_dataset(
     batch = batch_size or config.batch_size
     mask = sources[0].normalizer.target_mask(tuple(config.q0002_replacement_levels))
 
-    def strip(d: dict) -> dict:
-        return {k: d[k] for k in _TRAIN_KEYS}
-
     if split == "train":
         parts = []
         for i, s in enumerate(sources):
             files = sub_epoch_files(s.train_files, seed, epoch, sub_epoch, config.sub_epochs)
-            part = _source_samples(s, files, config, _seed(seed, epoch, sub_epoch, i)).map(strip)
+            part = _source_samples(s, files, config, _seed(seed, epoch, sub_epoch, i))
             parts.append(part if i == 0 or len(sources) == 1 else part.repeat())
         if len(parts) == 1:
             ds = parts[0]
@@ -284,7 +282,7 @@ def make_dataset(
                 stop_on_empty_dataset=True,
             )  # fmt: skip
     else:
-        parts = [_source_samples(s, s.val_files, config, None).map(strip) for s in sources if s.val_files]
+        parts = [_source_samples(s, s.val_files, config, None) for s in sources if s.val_files]
         if not parts:
             raise DataError("no validation files (val_fraction is 0 and no val_path)")
         ds = parts[0]
@@ -304,11 +302,13 @@ def make_dataset(
 def make_predict_dataset(files: list[str], source: Source, batch_size: int, with_targets: bool):
     """Ordered batches of ``{inputs, x64, sample_id, ncol, time[, raw_targets]}`` for inference."""
     cfg = _PredictConfig()
-    ds = _records(files, cfg, ordered=True).map(
-        _block_fn(source, with_targets=with_targets), num_parallel_calls=AUTOTUNE, deterministic=True
-    )
     keys = ("inputs", "x64", "sample_id", "ncol", "time") + (("raw_targets",) if with_targets else ())
-    ds = ds.map(lambda d: {k: d[k] for k in keys}).unbatch()
+    ds = _records(files, cfg, ordered=True).map(
+        _block_fn(source, with_targets=with_targets, keys=keys),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.unbatch()
     return ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
 

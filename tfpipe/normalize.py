@@ -88,7 +88,6 @@ class Normalizer:
             var_std[s.input_slice(name)] = v["std"]
         self.col_mean, self.col_std = x.mean, _safe_std(x.std)
         self.var_mean, self.var_std = var_mean, _safe_std(var_std)
-        self.layout = channel_layout(s)
         if self.stats.targets is not None:
             self.target_mean = self.stats.targets.mean
             self.target_scale = _safe_std(self.stats.targets.std)
@@ -105,14 +104,41 @@ class Normalizer:
         return tf.concat([z[:, : q.start], zq, z[:, q.stop :]], axis=1)
 
     def features(self, inputs: tf.Tensor, x64: tf.Tensor) -> tf.Tensor:
-        """``[n, 556] float32`` + ``[n, 60] float64`` → ``[n, 60, C] float32`` (soft-clipped)."""
+        """``[n, 556] float32`` + ``[n, 60] float64`` → ``[n, 60, C] float32`` (soft-clipped).
+
+        Element-wise work (z-scores, log, clipping, the NaN check) runs on the flat columns, then one
+        reshape/transpose per run of profiles and one broadcast per run of scalars lays out the
+        channels (the same result as gathering with :func:`channel_layout`, several times faster).
+        """
         column = self._z(inputs, x64, self.col_mean, self.col_std)
         reps = {"column": lambda: column, "log": lambda: tf.sign(column) * tf.math.log1p(tf.abs(column))}
         reps["variable"] = lambda: self._z(inputs, x64, self.var_mean, self.var_std)
-        layout = tf.constant(self.layout)
-        channels = [tf.gather(reps[r](), layout, axis=1) for r in self.representations]
-        out = soft_clip(tf.concat(channels, axis=-1), self.feature_clip)
-        return tf.debugging.check_numerics(out, "normalised features (NaN/Inf in the input data)")
+        flat = soft_clip(tf.concat([reps[r]() for r in self.representations], axis=1), self.feature_clip)
+        flat = tf.debugging.check_numerics(flat, "normalised features (NaN/Inf in the input data)")
+        n, width = tf.shape(flat)[0], self.schema.n_inputs
+        channels = []
+        for r in range(len(self.representations)):
+            for start, count, profile in self._runs:
+                block = flat[:, r * width + start : r * width + start + count * (NLEV if profile else 1)]
+                if profile:
+                    channels.append(tf.transpose(tf.reshape(block, [n, count, NLEV]), [0, 2, 1]))
+                else:
+                    channels.append(tf.broadcast_to(block[:, None, :], [n, NLEV, count]))
+        return tf.concat(channels, axis=-1)
+
+    @property
+    def _runs(self) -> list[tuple[int, int, bool]]:
+        """(first column, variables, is_profile) for each run of consecutive profiles or scalars."""
+        runs: list[tuple[int, int, bool]] = []
+        column = 0
+        for name in self.schema.inputs:
+            profile = VARIABLES[name].profile
+            if runs and runs[-1][2] == profile:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1, profile)
+            else:
+                runs.append((column, 1, profile))
+            column += VARIABLES[name].width
+        return runs
 
     def targets(self, targets: tf.Tensor) -> tf.Tensor:
         """``[n, T]`` float32 physical targets → normalised, soft-clipped float32."""
