@@ -42,7 +42,7 @@ from data_prep.synth import synthesize  # noqa: E402
 from tfpipe.config import DataConfig, SourceConfig  # noqa: E402
 from tfpipe.data import Source, aux_targets, make_dataset, resolve_sources  # noqa: E402
 from tfpipe.export import export_parquet  # noqa: E402
-from tfpipe.normalize import Normalizer  # noqa: E402
+from tfpipe.normalize import Normalizer, channel_layout  # noqa: E402
 from tfpipe.records import parse_block  # noqa: E402
 from tfpipe.schema import NCOL  # noqa: E402
 
@@ -135,7 +135,8 @@ def numpy_normalise(values: np.ndarray, norm: Normalizer) -> tuple[np.ndarray, n
         "variable": (x - norm.var_mean) / norm.var_std,
         "log": np.sign(column) * np.log1p(np.abs(column)),
     }
-    features = np.concatenate([reps[r][:, norm.layout] for r in norm.representations], axis=-1)
+    layout = channel_layout(norm.schema)
+    features = np.concatenate([reps[r][:, layout] for r in norm.representations], axis=-1)
     targets = (y - norm.target_mean) / norm.target_scale
     return (
         _soft_clip(features, norm.feature_clip).astype(np.float32),
