@@ -13,6 +13,7 @@ and the options, so a killed and re-run shard equals an uninterrupted one byte f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 from data_prep.raw import RawDataError, read_pair
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser
-from tfpipe.manifest import FileEntry, Manifest, ManifestError, manifest_name, sha256_of, verify
+from tfpipe.manifest import FileEntry, Manifest, ManifestError, manifest_name, verify
 from tfpipe.rawtree import parse_raw_file_name, partner_path
 from tfpipe.records import Block, encode_block, frame_record, make_block
 from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
@@ -119,12 +120,14 @@ def _read_raw(args: tuple[str, str, str, bool]) -> tuple[str, Block | None, int,
     dropped = int((~good).sum())
     if not good.any():
         return mli, None, dropped, "every sample has NaN/Inf values"
+    if not dropped:
+        good = slice(None)  # no copies when every sample is kept
     block = make_block(
         schema,
         raw.inputs[good],
         raw.targets[good],
         raw.ncol[good],
-        np.full(int(good.sum()), raw.time.absolute_seconds, dtype=np.int64),
+        np.full(len(raw.ncol[good]), raw.time.absolute_seconds, dtype=np.int64),
         [f"{stamp}_{c}" for c in raw.ncol[good]],
     )
     return mli, block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
@@ -299,7 +302,11 @@ class ShardWriter:
         if self._writer is None:
             self._local = os.path.join(self.staging, f".{self._name(len(self.entries))}.tmp-{os.getpid()}")
             self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
-        self._writer.write(frame_record(encode_block(block)))
+            self._hash, self._bytes = hashlib.sha256(), 0
+        record = frame_record(encode_block(block))
+        self._writer.write(record)
+        self._hash.update(record)  # hashed while written: no second read of the file
+        self._bytes += len(record)
         self._records += 1
         self._samples += len(block)
         if self._records >= self.config.blocks_per_file:
@@ -317,14 +324,14 @@ class ShardWriter:
             return
         self._writer.close()
         name = self._name(len(self.entries))
-        data = Path(self._local).read_bytes()
         target = storage.join(self.config.dst, name)
         if storage.is_remote(target):
             storage.upload_file(self._local, target)
             os.unlink(self._local)
         else:
             os.replace(self._local, target)
-        self.entries.append(FileEntry(name, len(data), sha256_of(data), self._records, self._samples))
+        digest = self._hash.hexdigest()
+        self.entries.append(FileEntry(name, self._bytes, digest, self._records, self._samples))
         self._writer = None
         self._records = self._samples = 0
 
