@@ -260,3 +260,45 @@ def test_run_dir_on_the_gcs_emulator_with_ema(encoded: Path, gcs, tmp_path: Path
         "gs://runs-bucket/run1/best.keras", str(encoded), str(tmp_path / "p.parquet"), batch_size=4096
     )
     assert model["rows"] == 74 * 384
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "training ended before the signal could be sent"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_sub_epoch_and_sigterm_then_resume_match_the_straight_run(
+    encoded: Path, straight_run: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_MLP,
+           f"data.sources.0.path={encoded}", "--run-dir", str(run), "--deterministic", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "checkpoints" / "ckpt-1.state.json", proc)
+    time.sleep(1.0)  # into sub-epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert available_checkpoints(str(run)) in ([1], [1, 2])
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "checkpoints" / "ckpt-2.state.json", proc)
+    proc.send_signal(signal.SIGTERM)  # what Kaggle/Colab and pre-emptible VMs send
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    if not summary["finished"]:
+        assert summary["stopped"] == "signal 15" and "run the same command again" in err
+
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["finished"]
+    for a, b in zip(weights_of(straight_run, 4), weights_of(run, 4), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -273,7 +273,14 @@ def _train(
     import keras
     import tensorflow as tf
 
-    from tfpipe.data import make_dataset, make_predict_dataset, resolve_sources, sub_epoch_steps
+    from tfpipe.data import (
+        diagnose_read_error,
+        make_dataset,
+        make_predict_dataset,
+        resolve_sources,
+        sub_epoch_files,
+        sub_epoch_steps,
+    )
     from tfpipe.distribute import choose_strategy, set_precision
     from tfpipe.losses import total_loss
     from tfpipe.models import build_model
@@ -427,6 +434,8 @@ def _train(
     budget = parse_duration(config.time_budget) if config.time_budget else None
     done_here, longest, last_val, stopped = 0, 0.0, {}, "finished"
     epoch, k = epoch0, sub0
+    terminated: list[int] = []  # SIGTERM (notebook and pre-emptible VM shutdowns): stop at the next chunk
+    previous_handler = _catch_sigterm(terminated)
     while epoch < config.epochs:
         if budget is not None and done_here and time.time() - t_start + longest * 1.1 > budget:
             stopped = "time budget"
@@ -443,12 +452,22 @@ def _train(
         iterator = iter(strat.experimental_distribute_dataset(ds))
         bar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=list(["loss", "main", "lr"]))
         done = 0
-        while done < steps:
+        while done < steps and not terminated:
             n = min(config.steps_per_execution, steps - done)
-            parts = engine.run_steps(iterator, tf.constant(n))
+            try:
+                parts = engine.run_steps(iterator, tf.constant(n))
+            except tf.errors.DataLossError as err:
+                files = [
+                    f for src in sources for f in sub_epoch_files(src.train_files, seed, epoch, k, k_max)
+                ]
+                problem = diagnose_read_error(files) or err.message.splitlines()[0]
+                raise TrainError(f"corrupt training data: {problem}") from None
             done += n
             lr = float(engine.inner.learning_rate)
             bar.update(done, [("loss", float(parts["total"])), ("main", float(parts["main"])), ("lr", lr)])
+        if terminated:
+            stopped = f"signal {terminated[0]}"  # the unfinished sub-epoch is abandoned, nothing is written
+            break
         val = evaluate_with_ema()
         n_ckpt = epoch * k_max + k + 1
         step = int(engine.inner.iterations.numpy())
@@ -495,6 +514,13 @@ def _train(
             f"val R2 {val['val_r2']:.4f} (normalised {val['val_r2_normalized']:.4f}) in {row['seconds']} s",
             file=sys.stderr,
         )
+    _restore_sigterm(previous_handler)
+    if epoch < config.epochs:
+        print(
+            f"[train] stopped ({stopped}) before epoch {epoch} sub-epoch {k}; to continue, run the same "
+            f"command again (it resumes from the latest checkpoint in {run_dir}) or add --resume latest",
+            file=sys.stderr,
+        )
     return {
         "run_dir": run_dir,
         "resumed_from": None if start is None else f"ckpt-{start}",
@@ -511,6 +537,23 @@ def _train(
         "precision": engine.precision,
         "seconds": round(time.time() - t_start, 2),
     }
+
+
+def _catch_sigterm(received: list[int]):
+    """Record SIGTERM in ``received`` instead of dying; returns the old handler (None off the main thread)."""
+    import signal
+
+    try:
+        return signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    except ValueError:  # signals can only be handled in the main thread
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _numbers(manager) -> list[int]:
