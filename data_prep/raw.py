@@ -41,7 +41,10 @@ def read_variables(
     ``allow_nonfinite``: return NaN/Inf values instead of raising (the caller drops those samples).
     """
     try:
-        ds = netCDF4.Dataset(path, memory=data) if data is not None else netCDF4.Dataset(path)
+        if data is None:
+            ds = netCDF4.Dataset(path)
+        else:  # in memory the name is only a label, but netCDF-C takes "scheme://..." names for URLs
+            ds = netCDF4.Dataset(path.rsplit("/", 1)[-1], memory=data)
     except (OSError, RuntimeError) as err:
         raise RawDataError(f"{path}: cannot open as netCDF ({err})") from None
     out = {}

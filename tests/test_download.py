@@ -467,3 +467,21 @@ def test_local_and_gs_sources(
         assert len(files) == 5 and "grid-info.nc" in files
         for rel in files:
             assert (out / rel).read_bytes() == (small_raw_tree / rel).read_bytes()
+
+
+def test_encode_streams_directly_from_hf(hub: FakeHub, hub_tree: Path, tmp_path: Path) -> None:
+    """`data_prep.encode --src hf://...` reads the hub's files without a download step."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_ETAG_TIMEOUT="5")
+    for src, dst in ((SRC, tmp_path / "from-hf"), (str(hub_tree), tmp_path / "from-local")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "data_prep.encode", "--src", src, "--dst", str(dst), "--shard", "0",
+             "--num-shards", "1", "--no-progress"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["samples"] == 8 * 384
+    parts = sorted(p.name for p in (tmp_path / "from-local").glob("part-*"))
+    assert parts and parts == sorted(p.name for p in (tmp_path / "from-hf").glob("part-*"))
+    for name in parts:  # the same records, whichever way the files were read
+        assert (tmp_path / "from-hf" / name).read_bytes() == (tmp_path / "from-local" / name).read_bytes()

@@ -331,3 +331,37 @@ def test_encode_to_gcs_emulator_matches_local(small_raw_tree: Path, tmp_path: Pa
     a = pd.read_parquet(export_parquet("gs://enc-bucket/data", str(tmp_path / "g.parquet"))["out"])
     b = pd.read_parquet(export_parquet(str(tmp_path / "local"), str(tmp_path / "l.parquet"))["out"])
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_encode_reads_a_raw_tree_on_gcs(small_raw_tree: Path, tmp_path: Path, gcs, monkeypatch) -> None:
+    from tfpipe import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)
+    storage.reset_clients()
+    gcs.create_bucket("raw-bucket")
+    for path in small_raw_tree.rglob("*.nc"):
+        storage.upload_file(str(path), f"gs://raw-bucket/tree/{path.relative_to(small_raw_tree).as_posix()}")
+    encode_all("gs://raw-bucket/tree", tmp_path / "from-gcs", 1)
+    encode_all(small_raw_tree, tmp_path / "from-local", 1)
+    local = {k: v for k, v in tree_files(tmp_path / "from-local").items() if k.startswith("part-")}
+    assert local and local == {
+        k: v for k, v in tree_files(tmp_path / "from-gcs").items() if k.startswith("part-")
+    }
+    assert (tmp_path / "from-gcs" / "grid-info.nc").is_file()
+
+
+def test_unreachable_and_missing_buckets_fail_fast(small_raw_tree: Path, tmp_path: Path, gcs) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    for host, pattern in ((gcs.endpoint, "bucket does not exist"), (f"http://127.0.0.1:{closed}", "gs://")):
+        start = time.monotonic()
+        result = run_encode(
+            "--src", str(small_raw_tree), "--dst", "gs://no-such-bucket/x", "--shard", "0", "--num-shards", "1",
+            env={"STORAGE_EMULATOR_HOST": host, "TFPIPE_GCS_DEADLINE_S": "3"},
+        )  # fmt: skip
+        assert result.returncode == 2 and pattern in result.stderr, result.stderr[-1000:]
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert time.monotonic() - start < 60

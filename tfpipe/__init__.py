@@ -3,3 +3,9 @@ import os as _os
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features, absl) drowns our one-line errors;
 # users who want it set TF_CPP_MIN_LOG_LEVEL themselves.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import warnings as _warnings
+
+# google-api-core warns on every import that Python 3.11 support ends in 2027; it is noise in our
+# one-line error messages (the pinned stack supports 3.10-3.12).
+_warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
