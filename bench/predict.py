@@ -117,8 +117,9 @@ class StageClock:
     """Wall-clock stamps of each batch's stages inside one ``predict`` call.
 
     Wraps names that ``tfpipe.predict`` looks up at call time (``load_for_inference``, the encoded
-    batch generator, ``physical_predictions``, ``ParquetSink``); a name that is missing is left out
-    and its stages read as 0 (the totals stay exact).
+    batch generator, ``physical_predictions``, ``ParquetSink``). ``ParquetSink`` is required (its
+    writes mark the batches); another name that is missing is left out and its stage reads as 0
+    (the totals stay exact).
     """
 
     def __init__(self) -> None:
