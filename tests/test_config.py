@@ -55,7 +55,7 @@ def test_reference_config_is_the_reference_experiment():
 
 def test_tiny_config_uses_demo_data_and_small_sizes():
     cfg = load_config(TINY)
-    assert (cfg.model.d_model, cfg.model.n_blocks, cfg.model.n_heads, cfg.model.head_units) == (64, 2, 4, 256)
+    assert (cfg.model.d_model, cfg.model.n_blocks, cfg.model.n_heads, cfg.model.head_units) == (32, 2, 2, 64)
     assert (cfg.data.batch_size, cfg.epochs, cfg.data.sub_epochs) == (64, 2, 4)
     assert cfg.data.sources[0].path == "" and cfg.data.sources[0].stats_path == ""
     assert cfg.precision == "float32" and cfg.jit_compile is True
