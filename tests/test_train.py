@@ -213,7 +213,7 @@ def test_predict_csv_equals_encoded(encoded: Path, straight_run: Path, tmp_path:
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and "bad.csv: column 1 is 'state_T_0'" in result.stderr
-    assert not (tmp_path / "bad.parquet").exists() and not list(tmp_path.glob("*.parquet.tmp"))
+    assert not (tmp_path / "bad.parquet").exists() and not list(tmp_path.glob(".*tfpipe-tmp*"))
 
 
 def test_predict_refuses_a_checkpoint_of_another_layout(

@@ -9,9 +9,6 @@ first, so memory stays bounded and a killed export leaves no parquet file behind
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 from tfpipe import storage
@@ -41,25 +38,14 @@ def export_parquet(data: str, out: str) -> dict:
     arrow_schema = pa.schema(fields + [pa.field(n, pa.float64()) for n in names])
 
     rows = 0
-    folder = None if storage.is_remote(out) else os.path.dirname(os.path.abspath(out))
-    with tempfile.NamedTemporaryFile(suffix=".parquet.tmp", dir=folder, delete=False) as tmp:
-        tmp_path = tmp.name
-    try:
-        with pq.ParquetWriter(tmp_path, arrow_schema) as writer:
-            for block in read_blocks(data_files(data, manifests), schema):
-                inputs, targets = block_columns(block, schema)
-                values = np.concatenate([inputs, targets], axis=1) if has_targets else inputs
-                arrays = [pa.array(block.sample_id), pa.array(block.ncol), pa.array(block.time)]
-                arrays += [pa.array(values[:, k]) for k in range(values.shape[1])]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=arrow_schema))
-                rows += len(block)
-        if storage.is_remote(out):
-            storage.upload_file(tmp_path, out)
-        else:
-            os.replace(tmp_path, out)
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+    with storage.staged_output(out) as tmp_path, pq.ParquetWriter(tmp_path, arrow_schema) as writer:
+        for block in read_blocks(data_files(data, manifests), schema):
+            inputs, targets = block_columns(block, schema)
+            values = np.concatenate([inputs, targets], axis=1) if has_targets else inputs
+            arrays = [pa.array(block.sample_id), pa.array(block.ncol), pa.array(block.time)]
+            arrays += [pa.array(values[:, k]) for k in range(values.shape[1])]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=arrow_schema))
+            rows += len(block)
     return {
         "out": out,
         "rows": rows,

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import posixpath
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -381,20 +380,8 @@ def write_predictions(path: str, ids: np.ndarray, values: np.ndarray, schema: Sc
         pa.array(values[:, k]) for k in range(values.shape[1])
     ]
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    folder = None if storage.is_remote(path) else os.path.dirname(os.path.abspath(path))
-    if folder:
-        storage.makedirs(folder)
-    with tempfile.NamedTemporaryFile(suffix=".parquet.tmp", dir=folder, delete=False) as tmp:
-        tmp_path = tmp.name
-    try:
+    with storage.staged_output(path) as tmp_path:
         pq.write_table(table, tmp_path)
-        if storage.is_remote(path):
-            storage.upload_file(tmp_path, path)
-        else:
-            os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
     return path
 
 

@@ -160,11 +160,7 @@ class ParquetSink:
         self.schema = pa.schema(
             [pa.field("sample_id", pa.string())] + [pa.field(c, pa.float64()) for c in columns]
         )
-        folder = None if storage.is_remote(out) else os.path.dirname(os.path.abspath(out))
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(suffix=".parquet.tmp", dir=folder)
-        os.close(fd)
+        self.tmp = storage.local_temp_for(out)
         # dictionary encoding only for the ids: float columns never fill a dictionary (it halves write speed)
         self.writer = pq.ParquetWriter(self.tmp, self.schema, use_dictionary=["sample_id"])
         self.rows = 0
@@ -192,11 +188,7 @@ class ParquetSink:
     def close(self) -> None:
         self._flush()
         self.writer.close()
-        if storage.is_remote(self.out):
-            storage.upload_file(self.tmp, self.out)
-            os.unlink(self.tmp)
-        else:
-            os.replace(self.tmp, self.out)
+        storage.publish(self.tmp, self.out)
 
     def abort(self) -> None:
         self._pending = []

@@ -620,7 +620,48 @@ def open_text(path: str | os.PathLike[str]) -> IO[str]:
 
 
 def _is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tfpipe-tmp")
+    return name.startswith(".") and ".tfpipe-tmp" in name
+
+
+def local_temp_for(target: str | os.PathLike[str], suffix: str = "") -> str:
+    """A new empty local file to write ``target``'s content into before :func:`publish`.
+
+    Beside a local target (so that the rename is atomic), in the system temp folder for a remote one.
+    Its name is hidden from :func:`listdir` and :func:`list_files`. ``suffix``: e.g. ``.keras``.
+    """
+    import tempfile
+
+    target = os.fspath(target)
+    folder = None
+    if not is_remote(target):
+        folder = os.path.dirname(os.path.abspath(target))
+        os.makedirs(folder, exist_ok=True)
+    name = posixpath.basename(target.rstrip("/"))
+    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tfpipe-tmp{suffix}", dir=folder)
+    os.close(fd)
+    return path
+
+
+def publish(local: str, target: str | os.PathLike[str]) -> None:
+    """Move a finished local file to ``target`` atomically: rename locally, one upload to gs://."""
+    target = os.fspath(target)
+    if is_remote(target):
+        upload_file(local, target)
+        os.unlink(local)
+    else:
+        os.replace(local, target)
+
+
+@contextmanager
+def staged_output(target: str | os.PathLike[str], suffix: str = "") -> Iterator[str]:
+    """Yield a local temporary path; on success it is published to ``target``, on error deleted."""
+    local = local_temp_for(target, suffix)
+    try:
+        yield local
+        publish(local, target)
+    finally:
+        if os.path.exists(local):
+            os.unlink(local)
 
 
 @contextmanager

@@ -206,23 +206,10 @@ def _check_resume_config(state: RunState, config: TrainConfig, allow_change: boo
     print(f"[train] resuming with changed config: {', '.join(changed)}", file=sys.stderr)
 
 
-def _publish_local(local: str, target: str) -> None:
-    if storage.is_remote(target):
-        storage.upload_file(local, target)
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        os.replace(local, target)
-
-
 def export_keras(model, target: str) -> None:
     """Save ``model`` as a ``.keras`` file atomically (temporary file, then rename or upload)."""
-    folder = None if storage.is_remote(target) else os.path.dirname(os.path.abspath(target))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        local = os.path.join(tmp, "model.keras")
+    with storage.staged_output(target, suffix=".keras") as local:
         model.save(local)
-        _publish_local(local, target)
 
 
 # ------------------------------------------------------------------ the loop
