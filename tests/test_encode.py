@@ -328,6 +328,13 @@ def test_encode_to_gcs_emulator_matches_local(small_raw_tree: Path, tmp_path: Pa
         if name.endswith(".tfrecord") or name.startswith("manifest-"):
             assert storage.read_bytes(f"gs://enc-bucket/data/{name}") == data, name
     assert all(s.skipped for s in encode_all(small_raw_tree, "gs://enc-bucket/data", 2, blocks_per_file=1))
+    # a killed shard on gs:// (a file published, no manifest) is redone, byte for byte the same
+    storage.delete("gs://enc-bucket/data/manifest-00001-of-00002.json")
+    storage.write_bytes("gs://enc-bucket/data/part-00001-of-00002-00000.tfrecord", b"half a file")
+    assert not encode_all(small_raw_tree, "gs://enc-bucket/data", 2, blocks_per_file=1)[1].skipped
+    for name, data in tree_files(tmp_path / "local").items():
+        if name.endswith(".tfrecord") or name.startswith("manifest-"):
+            assert storage.read_bytes(f"gs://enc-bucket/data/{name}") == data, name
     a = pd.read_parquet(export_parquet("gs://enc-bucket/data", str(tmp_path / "g.parquet"))["out"])
     b = pd.read_parquet(export_parquet(str(tmp_path / "local"), str(tmp_path / "l.parquet"))["out"])
     pd.testing.assert_frame_equal(a, b)
