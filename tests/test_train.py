@@ -302,3 +302,17 @@ def test_sigkill_mid_sub_epoch_and_sigterm_then_resume_match_the_straight_run(
     assert json.loads(result.stdout.strip().splitlines()[-1])["finished"]
     for a, b in zip(weights_of(straight_run, 4), weights_of(run, 4), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_group_finetune_after_the_main_epochs(encoded: Path, tmp_path: Path) -> None:
+    run = tmp_path / "finetune"
+    extra = ("epochs=1", "finetune.groups=[ptend_t, ptend_q0001+ptend_q0002, cam_out]")
+    first = train(config(encoded, run, *extra), stop_after_sub_epochs=3, verbose=0)
+    assert first["next"] == {"epoch": 2, "sub_epoch": 0} and not first["finished"]  # inside the fine-tune
+    rest = train(config(encoded, run, *extra), verbose=0)
+    assert rest["resumed_from"] == "ckpt-3" and rest["finished"] and rest["sub_epochs_run"] == 2
+    metrics = pd.read_csv(run / "metrics.csv", keep_default_na=False)
+    assert list(metrics["finetune_group"]) == ["", "", "ptend_t", "ptend_q0001+ptend_q0002", "cam_out"]
+    assert list(metrics["epoch"]) == [0, 0, 1, 2, 3] and np.isfinite(metrics["val_r2"]).all()
+    with pytest.raises(TrainError, match="'ptend_x' is not a target"):
+        train(config(encoded, tmp_path / "bad", "finetune.groups=[ptend_x]"), verbose=0)

@@ -224,6 +224,22 @@ class OptimConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Group fine-tuning after the main epochs (LEAP 2nd place): the loss on one target group at a time."""
+
+    groups: tuple[str, ...] = _f(
+        (),
+        doc="Target groups in order, each a target variable or several joined by `+` (`cam_out` = all "
+        "scalars), e.g. `[ptend_t, ptend_q0001+ptend_q0002, cam_out]`; empty: no fine-tuning.",
+    )
+    sub_epochs_per_group: int = _f(1, doc="Sub-epochs trained on each group.")
+
+    def __post_init__(self) -> None:
+        self.groups = tuple(self.groups)
+        _check(self.sub_epochs_per_group >= 1, "finetune.sub_epochs_per_group must be >= 1")
+
+
+@dataclass
 class TrainConfig:
     """One experiment: data, model, loss, optimizer and how training runs."""
 
@@ -245,6 +261,7 @@ class TrainConfig:
     keep_checkpoints: int = _f(3, doc="Checkpoints kept by the CheckpointManager.")
     log_every_steps: int = _f(50, doc="Steps between training log lines.")
     mlflow: bool = _f(False, doc="Also log to MLflow (when installed).")
+    finetune: FinetuneConfig = _f(factory=FinetuneConfig, doc="Group fine-tuning after the main epochs.")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name must not be empty")

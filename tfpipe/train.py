@@ -290,12 +290,16 @@ def _train(
     norm = sources[0].normalizer
     schema = norm.schema
     data, seed, k_max = config.data, config.seed, config.data.sub_epochs
-    plan = [
-        [sub_epoch_steps(sources, data, seed, e, k, batch) for k in range(k_max)]
-        for e in range(config.epochs)
+    group_masks = [_group_mask(schema, g) for g in config.finetune.groups]
+    # (epoch, sub-epoch, fine-tune group or None) in order: the main epochs, then one epoch per group
+    stages = [(e, k, None) for e in range(config.epochs) for k in range(k_max)] + [
+        (config.epochs + g, k, g)
+        for g in range(len(group_masks))
+        for k in range(config.finetune.sub_epochs_per_group)
     ]
-    total_steps = max(1, sum(map(sum, plan)))
-    if min(map(min, plan)) < 1:
+    plan = {(e, k): sub_epoch_steps(sources, data, seed, e, k, batch) for e, k, _ in stages}
+    total_steps = max(1, sum(plan.values()))
+    if min(plan.values()) < 1:
         raise TrainError(
             f"a sub-epoch has fewer samples than one global batch of {batch}: use less batch_size"
         )
@@ -342,23 +346,23 @@ def _train(
         loss_scale = optimizer is not inner
 
         @tf.function(jit_compile=config.jit_compile)
-        def gradients(x, y, m, aux_t, aux_m):
+        def gradients(x, y, m, aux_t, aux_m, group):
             with tf.GradientTape() as tape:
                 out = net(x, training=True)
-                loss, parts = total_loss(out, y, m, aux_t, aux_m, loss_cfg)
+                loss, parts = total_loss(out, y, m * group, aux_t, aux_m, loss_cfg)
                 scaled = optimizer.scale_loss(loss / replicas) if loss_scale else loss / replicas
             return tape.gradient(scaled, net.trainable_variables), parts
 
-        def replica_step(x, y, m, aux):
-            grads, parts = gradients(x, y, m, aux["targets"], aux["mask"])
+        def replica_step(x, y, m, aux, group):
+            grads, parts = gradients(x, y, m, aux["targets"], aux["mask"], group)
             optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
             return parts
 
         @tf.function
-        def run_steps(iterator, n):
+        def run_steps(iterator, n, group):
             total = {k: tf.constant(0.0) for k in ("main", "confidence", "aux", "level_diff", "total")}
             for _ in tf.range(n):
-                parts = strat.run(replica_step, args=next(iterator))
+                parts = strat.run(replica_step, args=(*next(iterator), group))
                 total = {k: total[k] + strat.reduce("MEAN", parts[k], axis=None) for k in total}
             return {k: v / tf.cast(n, tf.float32) for k, v in total.items()}
 
@@ -420,10 +424,12 @@ def _train(
     writer = tf.summary.create_file_writer(tb_local)
     budget = parse_duration(config.time_budget) if config.time_budget else None
     done_here, longest, last_val, stopped = 0, 0.0, {}, "finished"
-    epoch, k = epoch0, sub0
+    index = next((i for i, (e, k_, _) in enumerate(stages) if (e, k_) == (epoch0, sub0)), len(stages))
+    all_ones = tf.ones([schema.n_targets], tf.float32)
     terminated: list[int] = []  # SIGTERM (notebook and pre-emptible VM shutdowns): stop at the next chunk
     previous_handler = _catch_sigterm(terminated)
-    while epoch < config.epochs:
+    while index < len(stages):
+        epoch, k, group = stages[index]
         if budget is not None and done_here and time.time() - t_start + longest * 1.1 > budget:
             stopped = "time budget"
             break
@@ -434,7 +440,8 @@ def _train(
         if policy_for(epoch) != engine.precision:
             print(f"[train] epoch {epoch}: switching from {engine.precision} to float32", file=sys.stderr)
             engine = build(policy_for(epoch), source=engine)
-        steps = plan[epoch][k]
+        steps = plan[epoch, k]
+        group_mask = all_ones if group is None else tf.constant(group_masks[group])
         ds = make_dataset(data, "train", epoch, k, seed=seed, batch_size=batch, sources=sources)
         iterator = iter(strat.experimental_distribute_dataset(ds))
         bar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=list(["loss", "main", "lr"]))
@@ -442,7 +449,7 @@ def _train(
         while done < steps and not terminated:
             n = min(config.steps_per_execution, steps - done)
             try:
-                parts = engine.run_steps(iterator, tf.constant(n))
+                parts = engine.run_steps(iterator, tf.constant(n), group_mask)
             except tf.errors.DataLossError as err:
                 files = [
                     f for src in sources for f in sub_epoch_files(src.train_files, seed, epoch, k, k_max)
@@ -456,15 +463,16 @@ def _train(
             stopped = f"signal {terminated[0]}"  # the unfinished sub-epoch is abandoned, nothing is written
             break
         val = evaluate_with_ema()
-        n_ckpt = epoch * k_max + k + 1
+        n_ckpt = index + 1
         step = int(engine.inner.iterations.numpy())
-        epoch, k = (epoch, k + 1) if k + 1 < k_max else (epoch + 1, 0)
+        index += 1
+        next_epoch, next_k = stages[index][:2] if index < len(stages) else (stages[-1][0] + 1, 0)
         improved = best_metric is None or val["val_r2"] > best_metric
         if improved:
             best_metric, best_ckpt = val["val_r2"], n_ckpt
         row = {
-            "checkpoint": n_ckpt, "epoch": (n_ckpt - 1) // k_max, "sub_epoch": (n_ckpt - 1) % k_max,
-            "step": step,
+            "checkpoint": n_ckpt, "epoch": epoch, "sub_epoch": k, "step": step,
+            "finetune_group": "" if group is None else config.finetune.groups[group],
             "loss": float(parts["total"]), "main": float(parts["main"]), "lr": lr, **val,
             "seconds": round(time.time() - t0, 2),
         }  # fmt: skip
@@ -479,7 +487,7 @@ def _train(
         _append_csv(storage.join(run_dir, "metrics.csv"), row)
         _log_mlflow(config, row, step)
         state = RunState(
-            n_ckpt, epoch, k, seed, step, model_hash, data_hash, best_metric, best_ckpt,
+            n_ckpt, next_epoch, next_k, seed, step, model_hash, data_hash, best_metric, best_ckpt,
             round(wall_before + time.time() - t_start, 2), val, config_to_dict(config),
         )  # fmt: skip
         storage.write_bytes(
@@ -502,7 +510,9 @@ def _train(
             file=sys.stderr,
         )
     _restore_sigterm(previous_handler)
-    if epoch < config.epochs:
+    finished = index >= len(stages)
+    epoch, k = stages[index][:2] if not finished else (stages[-1][0] + 1, 0)
+    if not finished:
         print(
             f"[train] stopped ({stopped}) before epoch {epoch} sub-epoch {k}; to continue, run the same "
             f"command again (it resumes from the latest checkpoint in {run_dir}) or add --resume latest",
@@ -513,8 +523,8 @@ def _train(
         "resumed_from": None if start is None else f"ckpt-{start}",
         "sub_epochs_run": done_here,
         "next": {"epoch": epoch, "sub_epoch": k},
-        "finished": epoch >= config.epochs,
-        "stopped": stopped if epoch < config.epochs else "finished",
+        "finished": finished,
+        "stopped": "finished" if finished else stopped,
         "step": int(engine.inner.iterations.numpy()),
         "val_r2": last_val.get("val_r2"),
         "best_r2": best_metric,
@@ -541,6 +551,23 @@ def _restore_sigterm(previous) -> None:
 
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _group_mask(schema, group: str) -> np.ndarray:
+    """``[T]`` 0/1 mask of a fine-tune group: target variables joined by ``+`` (``cam_out``: all scalars)."""
+    names: list[str] = []
+    for part in group.split("+"):
+        part = part.strip()
+        if part == "cam_out":
+            names += list(schema.target_scalars)
+        elif part in schema.targets:
+            names.append(part)
+        else:
+            raise TrainError(f"finetune group {group!r}: {part!r} is not a target of schema {schema.name!r}")
+    mask = np.zeros(schema.n_targets, np.float32)
+    for name in names:
+        mask[schema.target_slice(name)] = 1.0
+    return mask
 
 
 def _numbers(manager) -> list[int]:
