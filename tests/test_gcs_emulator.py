@@ -88,21 +88,10 @@ _TF_SCRIPT = textwrap.dedent(
 
 
 def _tfrecord_bytes(payloads: list[bytes]) -> bytes:
-    """TFRecord framing written by hand, so the upload below is independent of TF."""
-    import struct
+    """TFRecord files built by tfpipe.records' pure-Python framing: the pytest process needs no TensorFlow."""
+    from tfpipe.records import frame_record
 
-    import google_crc32c
-
-    def masked_crc(data: bytes) -> int:
-        crc = google_crc32c.value(data)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-    out = bytearray()
-    for payload in payloads:
-        length = struct.pack("<Q", len(payload))
-        out += length + struct.pack("<I", masked_crc(length))
-        out += payload + struct.pack("<I", masked_crc(payload))
-    return bytes(out)
+    return b"".join(frame_record(p) for p in payloads)
 
 
 @pytest.mark.skipif(

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -274,20 +273,10 @@ def test_gcs_unreachable_or_silent_endpoint_fails_within_the_deadline(
 
 
 def _tfrecord_bytes(payloads: list[bytes]) -> bytes:
-    """TFRecord framing written by hand (masked crc32c), so the pytest process needs no TensorFlow."""
-    import google_crc32c
+    """TFRecord files built by tfpipe.records' pure-Python framing: the pytest process needs no TensorFlow."""
+    from tfpipe.records import frame_record
 
-    def masked_crc(data: bytes) -> int:
-        crc = google_crc32c.value(data)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-    out = bytearray()
-    for payload in payloads:
-        length = struct.pack("<Q", len(payload))
-        out += (
-            length + struct.pack("<I", masked_crc(length)) + payload + struct.pack("<I", masked_crc(payload))
-        )
-    return bytes(out)
+    return b"".join(frame_record(p) for p in payloads)
 
 
 _TF_READER = textwrap.dedent(

@@ -270,14 +270,19 @@ def _bucket_exists(bucket: str) -> bool:
         return True  # unknown: do not claim it is missing
 
 
-def _gcs_call(path: str, func: Callable[[], T]) -> T:
-    """Run ``func`` and turn any GCS or transport failure into a StorageError naming ``path``."""
+def _call(path: str, func: Callable[[], T], to_error: Callable[[str, BaseException], StorageError]) -> T:
+    """Run ``func``; any failure other than a StorageError becomes ``to_error(path, err)``."""
     try:
         return func()
     except StorageError:
         raise
     except Exception as err:
-        raise _gcs_error(path, err) from None
+        raise to_error(path, err) from None
+
+
+def _gcs_call(path: str, func: Callable[[], T]) -> T:
+    """Run ``func`` and turn any GCS or transport failure into a StorageError naming ``path``."""
+    return _call(path, func, _gcs_error)
 
 
 def _blob(path: str) -> Any:
@@ -334,12 +339,7 @@ def _hf_error(path: str, err: BaseException) -> StorageError:
 
 
 def _hf_call(path: str, func: Callable[[], T]) -> T:
-    try:
-        return func()
-    except StorageError:
-        raise
-    except Exception as err:
-        raise _hf_error(path, err) from None
+    return _call(path, func, _hf_error)
 
 
 def _read_only(path: str) -> StorageError:
