@@ -32,7 +32,7 @@ from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser
 from tfpipe.manifest import FileEntry, Manifest, ManifestError, manifest_name, verify
 from tfpipe.rawtree import parse_raw_file_name, partner_path
-from tfpipe.records import Block, encode_block, frame_record, make_block
+from tfpipe.records import Block, block_pieces, frame_pieces, make_block
 from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
 
 FORMATS = ("raw", "kaggle-csv")
@@ -303,10 +303,10 @@ class ShardWriter:
             self._local = os.path.join(self.staging, f".{self._name(len(self.entries))}.tmp-{os.getpid()}")
             self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
             self._hash, self._bytes = hashlib.sha256(), 0
-        record = frame_record(encode_block(block))
-        self._writer.write(record)
-        self._hash.update(record)  # hashed while written: no second read of the file
-        self._bytes += len(record)
+        for piece in frame_pieces(block_pieces(block)):  # the large arrays are never copied into one record
+            self._writer.write(piece)
+            self._hash.update(piece)  # hashed while written: no second read of the file
+            self._bytes += len(piece)
         self._records += 1
         self._samples += len(block)
         if self._records >= self.config.blocks_per_file:

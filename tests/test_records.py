@@ -70,3 +70,28 @@ def test_parse_block_in_a_graph_matches_numpy() -> None:
     assert [s.decode() for s in got["sample_id"].numpy()] == block.sample_id
     no_targets = parse_block(tf.constant(encode_block(test_block)), KAGGLE, with_targets=False)
     assert "targets" not in no_targets and no_targets["inputs"].shape == (4, KAGGLE.n_inputs)
+
+
+def test_hand_written_example_equals_protobufs() -> None:
+    """The hand-written wire format parses to exactly the Example protobuf would have built."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    for n, with_targets in ((1, True), (384, False)):
+        block, _ = random_block(n, with_targets=with_targets, seed=n)
+
+        def b(value: bytes) -> feature_pb2.Feature:
+            return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
+
+        features = {
+            "n": feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[n])),
+            "x": b(block.inputs.astype("<f4").tobytes()),
+            "y": b(b"" if block.targets is None else block.targets.astype("<f4").tobytes()),
+            "x64": b(block.x64.astype("<f8").tobytes()),
+            "ncol": b(block.ncol.astype("<i4").tobytes()),
+            "time": b(block.time.astype("<i8").tobytes()),
+            "sample_id": b("\n".join(block.sample_id).encode()),
+        }
+        expected = example_pb2.Example(features=feature_pb2.Features(feature=features))
+        ours = encode_block(block)
+        assert example_pb2.Example.FromString(ours) == expected
+        assert len(ours) == expected.ByteSize()

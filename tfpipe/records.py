@@ -96,27 +96,57 @@ def _le(array: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
-def encode_block(block: Block) -> bytes:
-    """Serialize a block as one ``tf.train.Example`` (deterministic bytes)."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits, value = value & 0x7F, value >> 7
+        out.append(bits | 0x80 if value else bits)
+        if not value:
+            return bytes(out)
 
-    def b(value: bytes) -> feature_pb2.Feature:
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
 
-    ids = "\n".join(block.sample_id)
+def _head(field: int, length: int) -> bytes:
+    """Tag (wire type 2, length-delimited) and length of a protobuf field."""
+    return _varint(field << 3 | 2) + _varint(length)
+
+
+def block_pieces(block: Block) -> list[bytes]:
+    """A block as a ``tf.train.Example`` in protobuf wire format, as pieces whose concatenation is the record.
+
+    Written by hand rather than through protobuf so that the large arrays are never copied and the bytes
+    do not depend on the protobuf version: features in sorted key order, ``n`` as a packed Int64List, every
+    other feature a one-value BytesList (``Example.features=1``, ``Features.feature=1`` map entries of
+    ``key=1, value=2``, ``Feature.bytes_list=1 | int64_list=3``, ``*List.value=1``).
+    """
     if any("\n" in s for s in block.sample_id):
         raise ValueError("sample ids must not contain newlines")
-    features = {
-        "n": feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[len(block)])),
-        "x": b(_le(block.inputs, "f4")),
-        "y": b(b"" if block.targets is None else _le(block.targets, "f4")),
-        "x64": b(_le(block.x64, "f8")),
-        "ncol": b(_le(block.ncol, "i4")),
-        "time": b(_le(block.time, "i8")),
-        "sample_id": b(ids.encode()),
+    payloads = {
+        "ncol": _le(block.ncol, "i4"),
+        "sample_id": "\n".join(block.sample_id).encode(),
+        "time": _le(block.time, "i8"),
+        "x": _le(block.inputs, "f4"),
+        "x64": _le(block.x64, "f8"),
+        "y": b"" if block.targets is None else _le(block.targets, "f4"),
     }
-    example = example_pb2.Example(features=feature_pb2.Features(feature=features))
-    return example.SerializeToString(deterministic=True)
+    packed_n = _varint(len(block))
+    n_list = _head(1, len(packed_n)) + packed_n
+    pieces: list[bytes] = []
+    for key in sorted([*payloads, "n"]):
+        if key == "n":
+            feature = [_head(3, len(n_list)) + n_list]
+        else:
+            data = payloads[key]
+            value_head = _head(1, len(data))
+            feature = [_head(1, len(value_head) + len(data)) + value_head, data]
+        feature_len = sum(len(p) for p in feature)
+        entry_start = _head(1, len(key)) + key.encode() + _head(2, feature_len)
+        pieces += [_head(1, len(entry_start) + feature_len) + entry_start, *feature]
+    return [_head(1, sum(len(p) for p in pieces)), *pieces]
+
+
+def encode_block(block: Block) -> bytes:
+    """Serialize a block as one ``tf.train.Example`` (deterministic bytes; see :func:`block_pieces`)."""
+    return b"".join(block_pieces(block))
 
 
 def decode_block(record: bytes, schema: Schema) -> Block:
@@ -142,14 +172,32 @@ def decode_block(record: bytes, schema: Schema) -> Block:
 def _masked_crc(data: bytes) -> int:
     import google_crc32c
 
-    crc = google_crc32c.value(data)
+    return _mask_int(google_crc32c.value(data))
+
+
+def _mask_int(crc: int) -> int:
+    """TFRecord's CRC masking: rotate right by 15 bits and add a constant."""
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _mask(digest: bytes) -> int:
+    return _mask_int(int.from_bytes(digest, "big"))
 
 
 def frame_record(data: bytes) -> bytes:
     """One record in TFRecord framing: length, its masked CRC32C, data, its masked CRC32C."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+    return b"".join(frame_pieces([data]))
+
+
+def frame_pieces(pieces: list[bytes]) -> list[bytes]:
+    """TFRecord framing around a record given as pieces (no joined copy of the record is made)."""
+    import google_crc32c
+
+    length = struct.pack("<Q", sum(len(p) for p in pieces))
+    crc = google_crc32c.Checksum()
+    for piece in pieces:
+        crc.update(piece)
+    return [length + struct.pack("<I", _masked_crc(length)), *pieces, struct.pack("<I", _mask(crc.digest()))]
 
 
 def iter_records(data: bytes, where: str) -> Iterator[bytes]:
