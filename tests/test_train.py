@@ -316,3 +316,18 @@ def test_group_finetune_after_the_main_epochs(encoded: Path, tmp_path: Path) -> 
     assert list(metrics["epoch"]) == [0, 0, 1, 2, 3] and np.isfinite(metrics["val_r2"]).all()
     with pytest.raises(TrainError, match="'ptend_x' is not a target"):
         train(config(encoded, tmp_path / "bad", "finetune.groups=[ptend_x]"), verbose=0)
+
+
+def test_predict_multiplies_by_submission_weights(encoded: Path, straight_run: Path, tmp_path: Path) -> None:
+    from tfpipe.schema import KAGGLE
+
+    weights = np.linspace(0.5, 2.0, KAGGLE.n_targets)
+    sub = pd.DataFrame([weights, weights], columns=list(KAGGLE.target_columns))
+    sub.insert(0, "sample_id", ["test_0", "test_1"])
+    sub.to_csv(tmp_path / "sample_submission.csv", index=False)
+    model = str(straight_run / "best.keras")
+    predict(model, str(encoded), str(tmp_path / "plain.parquet"), batch_size=4096)
+    predict(model, str(encoded), str(tmp_path / "w.parquet"), str(tmp_path / "sample_submission.csv"), 4096)
+    plain = pd.read_parquet(tmp_path / "plain.parquet").set_index("sample_id")
+    weighted = pd.read_parquet(tmp_path / "w.parquet").set_index("sample_id")
+    np.testing.assert_array_equal(weighted.to_numpy(), plain.to_numpy() * weights)
