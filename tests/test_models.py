@@ -175,12 +175,70 @@ def test_xla_train_step_under_bfloat16(policy):
 
 
 def test_models_bench_quick():
-    env = {**os.environ, "TFPIPE_BENCH_QUICK": "1"}
+    env = {**os.environ, "TFPIPE_BENCH_QUICK": "1", "TFPIPE_BENCH_PEAK_TFLOPS": "0.1"}
     result = subprocess.run(
         [sys.executable, "bench/models.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report["models"]) >= {f"{n}_tiny" for n in NAMES}
+    assert report["backend"] == "tensorflow" and report["precision"] == "float32"
     for entry in report["models"].values():
         assert entry["params"] > 0 and entry["samples_per_s"] > 0 and entry["flops_per_sample"] > 0
+        assert entry["infer_samples_per_s"] > 0
+        assert entry["mfu"] == pytest.approx(entry["flops_per_sample"] * entry["samples_per_s"] / 1e11, rel=0.01)
+
+
+# One while loop (trip count 60) whose body calls a computation holding a [4,16] x [16,32] dot, plus
+# a [4,1,8] x [3,8,2] convolution in the entry: TensorFlow writes operand shapes inline and names with
+# '%'; JAX writes bare names whose shapes are defined earlier in the same computation.
+_HLO_TF = """HloModule tf
+%inner (a: f32[4,16], b: f32[16,32]) -> f32[4,32] {
+  %a = f32[4,16]{1,0} parameter(0)
+  %b = f32[16,32]{1,0} parameter(1)
+  ROOT %d = f32[4,32]{1,0} dot(f32[4,16]{1,0} %a, f32[16,32]{1,0} %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+%body (p: (s32[], f32[4,16])) -> (s32[], f32[4,16]) {
+  %c = f32[4,32]{1,0} call(f32[4,16]{1,0} %x, f32[16,32]{1,0} %w), to_apply=%inner
+}
+%cond (p: (s32[], f32[4,16])) -> pred[] {
+  %n = s32[] constant(60)
+}
+ENTRY %main (x: f32[4,1,8], k: f32[3,8,2]) -> f32[4,1,2] {
+  %x = f32[4,1,8]{2,1,0} parameter(0)
+  %k = f32[3,8,2]{2,1,0} parameter(1)
+  %w = (s32[], f32[4,16]) while((s32[], f32[4,16]) %t), condition=%cond, body=%body
+  ROOT %y = f32[4,1,2]{2,1,0} convolution(f32[4,1,8]{2,1,0} %x, f32[3,8,2]{2,1,0} %k), window={size=3 pad=1_1}, dim_labels=b0f_0io->b0f
+}
+"""
+_HLO_JAX = """HloModule jax
+inner.1 {
+  a.1 = f32[4,16]{1,0} parameter(0)
+  b.1 = f32[16,32]{1,0} parameter(1)
+  ROOT d.1 = f32[4,32]{1,0} dot(a.1, b.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+body.1 {
+  c.1 = f32[4,32]{1,0} call(x.1, w.1), to_apply=inner.1
+}
+cond.1 {
+  n.1 = s32[] constant(60)
+}
+ENTRY main.1 {
+  x.1 = f32[4,1,8]{2,1,0} parameter(0)
+  k.1 = f32[3,8,2]{2,1,0} parameter(1)
+  w.2 = (s32[], f32[4,16]) while(t.1), condition=cond.1, body=body.1
+  ROOT y.1 = f32[4,1,2]{2,1,0} convolution(x.1, k.1), window={size=3 pad=1_1}, dim_labels=b0f_0io->b0f
+}
+"""
+
+
+@pytest.mark.parametrize("hlo", [_HLO_TF, _HLO_JAX], ids=["tensorflow", "jax"])
+def test_bench_hlo_flops_reads_both_dialects(hlo):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from models import hlo_flops
+    finally:
+        sys.path.pop(0)
+    dot = 2 * 4 * 32 * 16  # output elements x contracted size
+    conv = 2 * (4 * 1 * 2) * (3 * 8)  # output elements x (window x input features)
+    assert hlo_flops(hlo) == 60 * dot + conv

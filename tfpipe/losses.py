@@ -1,8 +1,11 @@
-"""Losses on normalised targets: pure TensorFlow functions, XLA friendly, computed in float32.
+"""Losses on normalised targets: ``keras.ops`` functions, XLA friendly, computed in float32.
+
+They run on any Keras 3 backend: TensorFlow for training here, JAX for the GPU benchmark
+(``bench/gpu.py``).
 
 Masks are 0/1 (or non-negative weights) broadcastable to ``[B, T]``: a ``[T]`` vector per target or a
 ``[B, T]`` array. Means are over unmasked entries (weighted by the mask); masked entries are
-removed with ``tf.where`` before any arithmetic, so they contribute exactly zero gradient even when
+removed with ``where`` before any arithmetic, so they contribute exactly zero gradient even when
 the prediction there is NaN or inf. Every function returns a float32 scalar; an all-masked batch
 gives 0.
 """
@@ -11,39 +14,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tensorflow as tf
+from keras import ops
 
 from tfpipe.schema import NLEV
 
 LOSS_KINDS = ("mae", "smooth_l1")
 
 
-def _f32(x) -> tf.Tensor:
-    return tf.cast(x, tf.float32)
+def _f32(x):
+    return ops.cast(x, "float32")
 
 
-def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+def _masked_mean(values, mask):
     """Weighted mean of ``values`` (already zero where ``mask == 0``) over the mask."""
-    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+    return ops.divide_no_nan(ops.sum(values * mask), ops.sum(mask))
 
 
-def _smooth_l1(diff: tf.Tensor, beta: float) -> tf.Tensor:
+def _smooth_l1(diff, beta: float):
     """Elementwise SmoothL1 (Huber / beta): ``0.5 d^2 / beta`` below ``beta``, ``|d| - beta / 2`` above."""
-    ad = tf.abs(diff)
+    ad = ops.abs(diff)
     if beta <= 0:
         return ad
-    return tf.where(ad < beta, 0.5 * tf.square(diff) / beta, ad - 0.5 * beta)
+    return ops.where(ad < beta, 0.5 * ops.square(diff) / beta, ad - 0.5 * beta)
 
 
-def _masked_elementwise(y, pred, mask, beta: float) -> tf.Tensor:
+def _masked_elementwise(y, pred, mask, beta: float):
     y, pred = _f32(y), _f32(pred)
-    mask = tf.broadcast_to(_f32(mask), tf.shape(pred))
+    mask = ops.broadcast_to(_f32(mask), ops.shape(pred))
     keep = mask > 0
-    diff = tf.where(keep, pred - y, tf.zeros_like(pred))
+    diff = ops.where(keep, pred - y, ops.zeros_like(pred))
     return _masked_mean(_smooth_l1(diff, beta), mask)
 
 
-def masked_mae(y, pred, mask) -> tf.Tensor:
+def masked_mae(y, pred, mask):
     """Mean absolute error over unmasked entries.
 
     Args:
@@ -54,7 +57,7 @@ def masked_mae(y, pred, mask) -> tf.Tensor:
     return _masked_elementwise(y, pred, mask, 0.0)
 
 
-def masked_smooth_l1(y, pred, mask, beta: float = 1.0) -> tf.Tensor:
+def masked_smooth_l1(y, pred, mask, beta: float = 1.0):
     """SmoothL1 over unmasked entries (``beta <= 0`` gives the MAE).
 
     Args:
@@ -66,7 +69,7 @@ def masked_smooth_l1(y, pred, mask, beta: float = 1.0) -> tf.Tensor:
     return _masked_elementwise(y, pred, mask, float(beta))
 
 
-def confidence_loss(y, pred, conf, mask) -> tf.Tensor:
+def confidence_loss(y, pred, conf, mask):
     """Masked mean of ``|conf - stop_gradient(|pred - y|)|``: conf learns the absolute error only.
 
     Args:
@@ -76,14 +79,14 @@ def confidence_loss(y, pred, conf, mask) -> tf.Tensor:
         mask: broadcastable to ``[B, T]``.
     """
     y, pred, conf = _f32(y), _f32(pred), _f32(conf)
-    mask = tf.broadcast_to(_f32(mask), tf.shape(conf))
+    mask = ops.broadcast_to(_f32(mask), ops.shape(conf))
     keep = mask > 0
-    err = tf.stop_gradient(tf.where(keep, tf.abs(pred - y), tf.zeros_like(pred)))
-    diff = tf.where(keep, conf - err, tf.zeros_like(conf))
-    return _masked_mean(tf.abs(diff), mask)
+    err = ops.stop_gradient(ops.where(keep, ops.abs(pred - y), ops.zeros_like(pred)))
+    diff = ops.where(keep, conf - err, ops.zeros_like(conf))
+    return _masked_mean(ops.abs(diff), mask)
 
 
-def aux_loss(aux_true, aux_pred, aux_mask, beta: float = 0.0) -> tf.Tensor:
+def aux_loss(aux_true, aux_pred, aux_mask, beta: float = 0.0):
     """Auxiliary space-time loss, masked per sample.
 
     Args:
@@ -94,12 +97,12 @@ def aux_loss(aux_true, aux_pred, aux_mask, beta: float = 0.0) -> tf.Tensor:
         beta: SmoothL1 beta (0: MAE).
     """
     mask = _f32(aux_mask)
-    if mask.shape.rank == 1:
+    if len(mask.shape) == 1:
         mask = mask[:, None]
     return _masked_elementwise(aux_true, aux_pred, mask, float(beta))
 
 
-def level_difference_loss(y, pred, mask, n_profiles: int, beta: float = 1.0) -> tf.Tensor:
+def level_difference_loss(y, pred, mask, n_profiles: int, beta: float = 1.0):
     """SmoothL1 of level-to-level differences (level k+1 minus k) of the profile targets.
 
     The first ``n_profiles * 60`` columns are the profiles (``schema.target_columns`` order); a
@@ -113,19 +116,19 @@ def level_difference_loss(y, pred, mask, n_profiles: int, beta: float = 1.0) -> 
         beta: SmoothL1 beta (0: absolute differences).
     """
     if n_profiles <= 0:
-        return tf.constant(0.0, tf.float32)
+        return ops.convert_to_tensor(0.0, "float32")
     y, pred = _f32(y), _f32(pred)
     width = n_profiles * NLEV
-    mask = tf.broadcast_to(_f32(mask), tf.shape(pred))[:, :width]
+    mask = ops.broadcast_to(_f32(mask), ops.shape(pred))[:, :width]
     keep = mask > 0
-    pred = tf.where(keep, pred[:, :width], tf.zeros_like(pred[:, :width]))
-    y = tf.where(keep, y[:, :width], tf.zeros_like(y[:, :width]))
+    pred = ops.where(keep, pred[:, :width], ops.zeros_like(pred[:, :width]))
+    y = ops.where(keep, y[:, :width], ops.zeros_like(y[:, :width]))
 
-    def diff(t: tf.Tensor) -> tf.Tensor:
-        t = tf.reshape(t, [-1, n_profiles, NLEV])
+    def diff(t):
+        t = ops.reshape(t, [-1, n_profiles, NLEV])
         return t[:, :, 1:] - t[:, :, :-1]
 
-    m = tf.reshape(mask, [-1, n_profiles, NLEV])
+    m = ops.reshape(mask, [-1, n_profiles, NLEV])
     pair = m[:, :, 1:] * m[:, :, :-1]
     return _masked_elementwise(diff(y), diff(pred), pair, float(beta))
 
@@ -159,7 +162,7 @@ class LossConfig:
 
 def total_loss(
     outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig
-) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+) -> tuple:
     """Weighted sum of the losses of one batch.
 
     Args:
@@ -178,10 +181,10 @@ def total_loss(
     main = _masked_elementwise(y, pred, mask, config.main_beta)
     conf = confidence_loss(y, pred, outputs["conf"], mask)
     if aux_true is None:
-        aux = tf.constant(0.0, tf.float32)
+        aux = ops.convert_to_tensor(0.0, "float32")
     else:
         if aux_mask is None:
-            aux_mask = tf.ones(tf.shape(aux_true)[:1], tf.float32)
+            aux_mask = ops.ones(ops.shape(aux_true)[:1], "float32")
         aux = aux_loss(aux_true, outputs["aux"], aux_mask, config.main_beta)
     level = level_difference_loss(y, pred, mask, config.n_profiles, config.beta)
     total = (
