@@ -186,7 +186,9 @@ def test_models_bench_quick():
     for entry in report["models"].values():
         assert entry["params"] > 0 and entry["samples_per_s"] > 0 and entry["flops_per_sample"] > 0
         assert entry["infer_samples_per_s"] > 0
-        assert entry["mfu"] == pytest.approx(entry["flops_per_sample"] * entry["samples_per_s"] / 1e11, rel=0.01)
+        assert entry["mfu"] == pytest.approx(
+            entry["flops_per_sample"] * entry["samples_per_s"] / 1e11, rel=0.01
+        )
 
 
 # One while loop (trip count 60) whose body calls a computation holding a [4,16] x [16,32] dot, plus

@@ -160,9 +160,7 @@ class LossConfig:
         return self.beta if self.kind == "smooth_l1" else 0.0
 
 
-def total_loss(
-    outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig
-) -> tuple:
+def total_loss(outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig) -> tuple:
     """Weighted sum of the losses of one batch.
 
     Args:
