@@ -40,7 +40,7 @@ from data_prep.encode import EncodeConfig, encode_shard  # noqa: E402
 from data_prep.stats import compute_stats  # noqa: E402
 from data_prep.synth import synthesize  # noqa: E402
 from tfpipe.config import DataConfig, SourceConfig  # noqa: E402
-from tfpipe.data import Source, aux_targets, make_dataset, resolve_sources  # noqa: E402
+from tfpipe.data import Source, aux_targets, make_dataset, resolve_sources, shuffle_samples  # noqa: E402
 from tfpipe.export import export_parquet  # noqa: E402
 from tfpipe.normalize import Normalizer, channel_layout  # noqa: E402
 from tfpipe.records import parse_block  # noqa: E402
@@ -210,23 +210,27 @@ def breakdown(source: Source, cfg: DataConfig) -> None:
     def strip(d: dict) -> dict:
         return {k: d[k] for k in keep}
 
-    def batched(ds: tf.data.Dataset, shuffle: bool = True) -> tf.data.Dataset:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=1) if shuffle else ds
-        return ds.map(strip).batch(BATCH, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+    def shuffled(blocks: tf.data.Dataset) -> tf.data.Dataset:
+        return shuffle_samples(blocks, cfg.shuffle_buffer, seed=1).rebatch(BATCH, drop_remainder=True)
 
-    def raw_batches() -> tf.data.Dataset:
-        raw = parsed().map(lambda d: {k: d[k] for k in ("inputs", "x64", "targets", "ncol", "time")})
-        return raw.unbatch().shuffle(cfg.shuffle_buffer, seed=1).batch(BATCH, drop_remainder=True)
+    def per_sample_shuffle() -> tf.data.Dataset:
+        samples = normalised().map(strip).unbatch().shuffle(cfg.shuffle_buffer, seed=1)
+        return samples.batch(BATCH, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+
+    def raw_blocks() -> tf.data.Dataset:
+        return parsed().map(lambda d: {k: d[k] for k in ("inputs", "x64", "targets", "ncol", "time")})
 
     stages: list[tuple[str, Callable[[], tf.data.Dataset]]] = [
         ("read records", records),
         ("+ parse", parsed),
-        ("+ normalise per block (features, targets, aux)", normalised),
-        ("+ unbatch (9 keys) + keep 4 + batch", lambda: batched(normalised().unbatch(), shuffle=False)),
-        ("+ shuffle before batch (= make_dataset train)", lambda: batched(normalised().unbatch())),
-        ("  alt: keep 4 keys before unbatch", lambda: batched(normalised().map(strip).unbatch())),
-        ("  alt: no normalisation at all", raw_batches),
-        ("  alt: normalise per batch after shuffle", lambda: raw_batches().map(normalise, AUTOTUNE)),
+        ("+ two-stage shuffle of raw samples + rebatch", lambda: shuffled(raw_blocks())),
+        (
+            "+ normalise per batch (= make_dataset train)",
+            lambda: shuffled(raw_blocks()).map(lambda b: strip(normalise(b)), AUTOTUNE),
+        ),
+        ("  alt: normalise per block, then shuffle", lambda: shuffled(normalised().map(strip))),
+        ("  alt: normalise per block, per-sample shuffle", per_sample_shuffle),
+        ("  alt: normalise per block, no shuffle", lambda: normalised().map(strip).rebatch(BATCH, True)),
     ]
     options = tf.data.Options()
     options.deterministic = False

@@ -142,7 +142,11 @@ class DataConfig:
     feature_clip: float = _f(6.0, doc="Soft-clip threshold of normalised features.")
     target_clip: float = _f(6.0, doc="Soft-clip threshold of normalised targets.")
     batch_size: int = _f(1024, doc="Batch size per replica (global = this x replicas).")
-    shuffle_buffer: int = _f(16384, doc="Samples in the shuffle buffer.")
+    shuffle_buffer: int = _f(
+        16384,
+        doc="Samples per shuffle window (each permuted at once, after a buffer of whole blocks of about "
+        "as many samples); 0: no shuffle.",
+    )
     sub_epochs: int = _f(10, doc="Sub-epochs per epoch; validation and a checkpoint after each.")
     val_fraction: float = _f(0.05, doc="Fraction of shard files held out for validation.")
     val_path: str = _f("", doc="Separate validation folder; empty: hold out `val_fraction` of the shards.")

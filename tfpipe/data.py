@@ -5,11 +5,14 @@ chunks; sub-epoch ``k`` reads chunk ``k``. The plan is a pure function of ``(see
 resumed run rebuilds exactly the data it would have seen. Validation files are a fixed, seeded
 choice of ``val_fraction`` of each source's files (or a separate folder) and never overlap training.
 
-Per source: interleave the files' records (blocks of samples) → parse → normalise the whole block
-with the source's own statistics → unbatch → shuffle (seeded). Sources are then mixed by
-``sample_from_datasets`` with the configured weights, batched with ``drop_remainder`` (static shapes
-for TPUs) and prefetched. Elements are ``(inputs [B,60,C], targets [B,T], mask [B,T], aux)`` with
-``aux = {"targets": [B,8], "mask": [B,8]}`` (space-time targets from ``ncol`` and ``time``).
+Per source: interleave the files' records (blocks of samples) → parse → shuffle the raw samples
+(seeded, in two vectorised stages: whole blocks in a buffer, then every window of ``shuffle_buffer``
+samples permuted at once; no per-sample tf.data step) → re-batch → normalise each batch with the
+source's own statistics. Several sources are then mixed by ``sample_from_datasets`` with the
+configured weights, in granules of ``MIX_GRANULE`` samples, and re-batched. Batches keep
+``drop_remainder`` (static shapes for TPUs) and are prefetched. Elements are
+``(inputs [B,60,C], targets [B,T], mask [B,T], aux)`` with ``aux = {"targets": [B,8], "mask": [B,8]}``
+(space-time targets from ``ncol`` and ``time``).
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from tfpipe.grid import read_grid
 from tfpipe.manifest import data_files, read_manifests
 from tfpipe.normalize import Normalizer
 from tfpipe.records import iter_records, parse_block
-from tfpipe.schema import get_schema
+from tfpipe.schema import NCOL, get_schema
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_SEED = 20240717
 """Seed of the train/validation file split: fixed, so that runs with different seeds share it."""
 GRID_FILE = "grid-info.nc"
+MIX_GRANULE = 8
+"""Samples drawn from one source at a time when mixing several (each draw is one tf.data step)."""
 
 
 class DataError(ValueError):
@@ -172,30 +177,35 @@ def aux_targets(source: Source, ncol: tf.Tensor, time: tf.Tensor) -> tuple[tf.Te
 
 
 _TRAIN_KEYS = ("inputs", "targets", "aux", "aux_mask")
+_RAW_TRAIN_KEYS = ("inputs", "x64", "targets", "ncol", "time")
 
 
-def _block_fn(source: Source, with_targets: bool, keys: tuple[str, ...] | None = None):
-    """Parse and normalise one record (a block of samples); keep ``keys`` (default: all)."""
-    schema, norm = source.normalizer.schema, source.normalizer
+def _parse_fn(schema, with_targets: bool, keys: tuple[str, ...]):
+    """Parse one record (a block of samples) and keep ``keys`` of it."""
 
-    def prepare(record: tf.Tensor) -> dict:
+    def parse(record: tf.Tensor) -> dict:
         block = parse_block(record, schema, with_targets=with_targets)
-        aux, aux_mask = aux_targets(source, block["ncol"], block["time"])
-        out = {
-            "inputs": norm.features(block["inputs"], block["x64"]),
-            "aux": aux,
-            "aux_mask": aux_mask,
-            "x64": block["x64"],
-            "ncol": block["ncol"],
-            "time": block["time"],
-            "sample_id": block["sample_id"],
-        }
-        if with_targets:
-            out["targets"] = norm.targets(block["targets"])
-            out["raw_targets"] = block["targets"]
-        return out if keys is None else {k: out[k] for k in keys}
+        return {k: block[k] for k in keys}
 
-    return prepare
+    return parse
+
+
+def _normalise_fn(source: Source, keys: tuple[str, ...]):
+    """Normalise a batch of parsed samples (features, targets, space-time aux); keep ``keys``.
+
+    ``targets`` become the normalised targets and ``raw_targets`` the parsed ones; ``x64``,
+    ``ncol``, ``time`` and ``sample_id`` pass through when present.
+    """
+    norm = source.normalizer
+
+    def normalise(batch: dict) -> dict:
+        aux, aux_mask = aux_targets(source, batch["ncol"], batch["time"])
+        out = dict(batch, inputs=norm.features(batch["inputs"], batch["x64"]), aux=aux, aux_mask=aux_mask)
+        if "targets" in batch:
+            out.update(targets=norm.targets(batch["targets"]), raw_targets=batch["targets"])
+        return {k: out[k] for k in keys}
+
+    return normalise
 
 
 def _records(files: list[str], config, ordered: bool) -> tf.data.Dataset:
@@ -215,17 +225,43 @@ def _records(files: list[str], config, ordered: bool) -> tf.data.Dataset:
     )
 
 
-def _source_samples(source: Source, files: list[str], config, shuffle_seed: int | None) -> tf.data.Dataset:
+def _source_batches(
+    source: Source, files: list[str], config, shuffle_seed: int | None, batch: int, drop: bool
+) -> tf.data.Dataset:
+    """Batches of one source's normalised training samples (``_TRAIN_KEYS``).
+
+    Parsed samples are shuffled (``shuffle_samples``, when a seed is given) before normalisation:
+    a raw sample is about 8 times smaller than its ``[60, C]`` features, so shuffling first moves
+    fewer bytes, and normalising whole batches costs the same per sample as whole blocks.
+    """
     ordered = shuffle_seed is None
     ds = _records(files, config, ordered).map(
-        _block_fn(source, with_targets=True, keys=_TRAIN_KEYS),  # only what training needs goes on
+        _parse_fn(source.normalizer.schema, True, _RAW_TRAIN_KEYS),
         num_parallel_calls=AUTOTUNE,
         deterministic=True if ordered else bool(config.deterministic),
     )
-    ds = ds.unbatch()
-    if shuffle_seed is not None:
-        ds = ds.shuffle(config.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    return ds
+    if shuffle_seed is not None and config.shuffle_buffer > 0:
+        ds = shuffle_samples(ds, config.shuffle_buffer, shuffle_seed)
+    ds = ds.rebatch(batch, drop_remainder=drop)
+    return ds.map(_normalise_fn(source, _TRAIN_KEYS), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def shuffle_samples(blocks: tf.data.Dataset, window: int, seed: int) -> tf.data.Dataset:
+    """Seeded shuffle of the samples of ``blocks`` without a tf.data step per sample.
+
+    Whole blocks go through a buffer of ``window // NCOL`` blocks; the stream is then cut into
+    windows of ``window`` samples and each window is permuted as a whole (a stateless permutation
+    from ``(seed, window index)``). Up to about ``2 x window`` samples are held in memory.
+    """
+    blocks = blocks.shuffle(max(2, window // NCOL), seed=seed, reshuffle_each_iteration=False)
+
+    def permute(index: tf.Tensor, samples: dict) -> dict:
+        n = tf.shape(tf.nest.flatten(samples)[0])[0]
+        key = tf.stack([tf.constant(seed % (2**31), tf.int64), index])
+        order = tf.argsort(tf.random.stateless_uniform([n], seed=key))
+        return {k: tf.gather(v, order) for k, v in samples.items()}
+
+    return blocks.rebatch(window).enumerate().map(permute, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _to_training_element(mask: np.ndarray):
@@ -267,12 +303,17 @@ def make_dataset(
     batch = batch_size or config.batch_size
     mask = sources[0].normalizer.target_mask(tuple(config.q0002_replacement_levels))
 
+    drop = split == "train" if drop_remainder is None else drop_remainder
     if split == "train":
         parts = []
         for i, s in enumerate(sources):
             files = sub_epoch_files(s.train_files, seed, epoch, sub_epoch, config.sub_epochs)
-            part = _source_samples(s, files, config, _seed(seed, epoch, sub_epoch, i))
-            parts.append(part if i == 0 or len(sources) == 1 else part.repeat())
+            shuffle_seed = _seed(seed, epoch, sub_epoch, i)
+            if len(sources) == 1:
+                parts.append(_source_batches(s, files, config, shuffle_seed, batch, drop))
+                continue
+            part = _source_batches(s, files, config, shuffle_seed, batch, False).rebatch(MIX_GRANULE)
+            parts.append(part if i == 0 else part.repeat())
         if len(parts) == 1:
             ds = parts[0]
         else:
@@ -281,15 +322,18 @@ def make_dataset(
                 parts, weights=(weights / weights.sum()).tolist(), seed=_seed(seed, epoch, sub_epoch, 999),
                 stop_on_empty_dataset=True,
             )  # fmt: skip
+            ds = ds.rebatch(batch, drop_remainder=drop)
     else:
-        parts = [_source_samples(s, s.val_files, config, None) for s in sources if s.val_files]
-        if not parts:
+        with_val = [s for s in sources if s.val_files]
+        if not with_val:
             raise DataError("no validation files (val_fraction is 0 and no val_path)")
+        single = len(with_val) == 1
+        parts = [_source_batches(s, s.val_files, config, None, batch, drop and single) for s in with_val]
         ds = parts[0]
         for p in parts[1:]:
             ds = ds.concatenate(p)
-    drop = split == "train" if drop_remainder is None else drop_remainder
-    ds = ds.batch(batch, drop_remainder=drop, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if not single:  # whole batches across the sources' boundaries
+            ds = ds.rebatch(batch, drop_remainder=drop)
     if split == "train":
         ds = ds.take(sub_epoch_steps(sources, config, seed, epoch, sub_epoch, batch))
     ds = ds.map(_to_training_element(mask), num_parallel_calls=AUTOTUNE)
@@ -302,14 +346,18 @@ def make_dataset(
 def make_predict_dataset(files: list[str], source: Source, batch_size: int, with_targets: bool):
     """Ordered batches of ``{inputs, x64, sample_id, ncol, time[, raw_targets]}`` for inference."""
     cfg = _PredictConfig()
-    keys = ("inputs", "x64", "sample_id", "ncol", "time") + (("raw_targets",) if with_targets else ())
+    keys = ("inputs", "x64", "sample_id", "ncol", "time")
+    raw_keys = keys + (("targets",) if with_targets else ())
+    keys += ("raw_targets",) if with_targets else ()
     ds = _records(files, cfg, ordered=True).map(
-        _block_fn(source, with_targets=with_targets, keys=keys),
+        _parse_fn(source.normalizer.schema, with_targets, raw_keys),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.unbatch()
-    return ds.batch(batch_size, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+    ds = ds.rebatch(batch_size)
+    return ds.map(_normalise_fn(source, keys), num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(
+        AUTOTUNE
+    )
 
 
 @dataclass
