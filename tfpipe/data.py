@@ -180,14 +180,18 @@ _TRAIN_KEYS = ("inputs", "targets", "aux", "aux_mask")
 _RAW_TRAIN_KEYS = ("inputs", "x64", "targets", "ncol", "time")
 
 
-def _parse_fn(schema, with_targets: bool, keys: tuple[str, ...]):
-    """Parse one record (a block of samples) and keep ``keys`` of it."""
+def _parsed_blocks(
+    files: list[str], schema, config, with_targets: bool, keys: tuple[str, ...], ordered: bool
+) -> tf.data.Dataset:
+    """The files' records (blocks of samples), parsed, keeping ``keys``."""
 
     def parse(record: tf.Tensor) -> dict:
         block = parse_block(record, schema, with_targets=with_targets)
         return {k: block[k] for k in keys}
 
-    return parse
+    return _records(files, config, ordered).map(
+        parse, num_parallel_calls=AUTOTUNE, deterministic=True if ordered else bool(config.deterministic)
+    )
 
 
 def _normalise_fn(source: Source, keys: tuple[str, ...]):
@@ -235,11 +239,7 @@ def _source_batches(
     fewer bytes, and normalising whole batches costs the same per sample as whole blocks.
     """
     ordered = shuffle_seed is None
-    ds = _records(files, config, ordered).map(
-        _parse_fn(source.normalizer.schema, True, _RAW_TRAIN_KEYS),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True if ordered else bool(config.deterministic),
-    )
+    ds = _parsed_blocks(files, source.normalizer.schema, config, True, _RAW_TRAIN_KEYS, ordered)
     if shuffle_seed is not None and config.shuffle_buffer > 0:
         ds = shuffle_samples(ds, config.shuffle_buffer, shuffle_seed)
     ds = ds.rebatch(batch, drop_remainder=drop)
@@ -345,19 +345,13 @@ def make_dataset(
 
 def make_predict_dataset(files: list[str], source: Source, batch_size: int, with_targets: bool):
     """Ordered batches of ``{inputs, x64, sample_id, ncol, time[, raw_targets]}`` for inference."""
-    cfg = _PredictConfig()
     keys = ("inputs", "x64", "sample_id", "ncol", "time")
     raw_keys = keys + (("targets",) if with_targets else ())
     keys += ("raw_targets",) if with_targets else ()
-    ds = _records(files, cfg, ordered=True).map(
-        _parse_fn(source.normalizer.schema, with_targets, raw_keys),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.rebatch(batch_size)
-    return ds.map(_normalise_fn(source, keys), num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(
-        AUTOTUNE
-    )
+    ds = _parsed_blocks(files, source.normalizer.schema, _PredictConfig(), with_targets, raw_keys, True)
+    normalise = _normalise_fn(source, keys)
+    ds = ds.rebatch(batch_size).map(normalise, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)
 
 
 @dataclass
