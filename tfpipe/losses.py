@@ -1,7 +1,7 @@
 """Losses on normalised targets: ``keras.ops`` functions, XLA friendly, computed in float32.
 
-They run on any Keras 3 backend: TensorFlow for training here, JAX for the GPU benchmark
-(``bench/gpu.py``).
+They run on any Keras 3 backend: TensorFlow for training here, JAX too (``bench/models.py`` under
+``KERAS_BACKEND=jax``).
 
 Masks are 0/1 (or non-negative weights) broadcastable to ``[B, T]``: a ``[T]`` vector per target or a
 ``[B, T]`` array. Means are over unmasked entries (weighted by the mask); masked entries are
@@ -13,6 +13,7 @@ gives 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from keras import ops
 
@@ -160,7 +161,7 @@ class LossConfig:
         return self.beta if self.kind == "smooth_l1" else 0.0
 
 
-def total_loss(outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig) -> tuple:
+def total_loss(outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig) -> tuple[Any, dict[str, Any]]:
     """Weighted sum of the losses of one batch.
 
     Args:
