@@ -303,12 +303,16 @@ class ShardWriter:
             self._local = os.path.join(self.staging, f".{self._name(len(self.entries))}.tmp-{os.getpid()}")
             self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
             self._hash, self._bytes = hashlib.sha256(), 0
+            self._times: list[int] = []
         for piece in frame_pieces(block_pieces(block)):  # the large arrays are never copied into one record
             self._writer.write(piece)
             self._hash.update(piece)  # hashed while written: no second read of the file
             self._bytes += len(piece)
         self._records += 1
         self._samples += len(block)
+        known = block.time[block.time >= 0]
+        if len(known):
+            self._times += [int(known.min()), int(known.max())]
         if self._records >= self.config.blocks_per_file:
             self.close_file()
 
@@ -331,7 +335,8 @@ class ShardWriter:
         else:
             os.replace(self._local, target)
         digest = self._hash.hexdigest()
-        self.entries.append(FileEntry(name, self._bytes, digest, self._records, self._samples))
+        times = (min(self._times), max(self._times)) if self._times else (None, None)
+        self.entries.append(FileEntry(name, self._bytes, digest, self._records, self._samples, *times))
         self._writer = None
         self._records = self._samples = 0
 

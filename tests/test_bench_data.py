@@ -53,6 +53,7 @@ def positive_numbers(report: dict) -> list[float]:
                 "samples_per_s",
                 "ratio_vs_memory",
                 "ratio_vs_pandas_csv",
+                "ratio_vs_pandas_read_only",
                 "bytes_per_s",
                 "samples_per_s_by_threads",
             },

@@ -1,4 +1,4 @@
-"""tfpipe.data: sub-epoch plans, splits, batches, mixing, determinism, graph purity, tf.distribute."""
+"""tfpipe.data: raw batches, exact mixing of sources, padded validation, determinism, graph purity, tf.distribute."""
 
 from __future__ import annotations
 
@@ -15,14 +15,8 @@ import tensorflow as tf
 from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import compute_stats
 from tfpipe.config import DataConfig, SourceConfig
-from tfpipe.data import (
-    DataError,
-    diagnose_read_error,
-    make_dataset,
-    resolve_sources,
-    split_files,
-    sub_epoch_files,
-)
+from tfpipe.data import diagnose_read_error, make_train_dataset, make_validation_dataset, resolve_sources
+from tfpipe.sampling import plan_sub_epoch, sub_epoch_files
 from tfpipe.schema import AUX_TARGETS, KAGGLE, NCOL, NLEV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,57 +47,73 @@ def highres(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return encode_tree(tree, tmp_path_factory.mktemp("highres") / "d", shards=1, blocks_per_file=1)
 
 
+@pytest.fixture(scope="module")
+def third(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A third source (Sept 1st)."""
+    from data_prep.synth import synthesize
+
+    tree = tmp_path_factory.mktemp("third") / "tree"
+    synthesize(tree, days=12 / 72, start="0001-09-01", seed=9)
+    return encode_tree(tree, tmp_path_factory.mktemp("third-enc") / "d", shards=1, blocks_per_file=1)
+
+
 def config(path: Path, **kw) -> DataConfig:
     kw.setdefault("batch_size", 128)
     kw.setdefault("sub_epochs", 4)
     kw.setdefault("shuffle_buffer", 2048)
     kw.setdefault("deterministic", True)
+    kw.setdefault("val_split", "random")
     return DataConfig(sources=[SourceConfig(name="lowres", path=str(path))], **kw)
 
 
-def test_split_and_plan_partition_the_files() -> None:
-    files = [f"f{i:03d}" for i in range(50)]
-    train, val = split_files(files, 0.1)
-    assert len(val) == 5 and not set(train) & set(val) and sorted(train + val) == files
-    assert split_files(files, 0.1) == (train, val)  # fixed, whatever the run's seed
-    for epoch in range(3):
-        chunks = [sub_epoch_files(train, 1, epoch, k, 4) for k in range(4)]
-        assert sorted(sum(chunks, [])) == sorted(train)  # a partition of the training files
-        assert chunks == [sub_epoch_files(train, 1, epoch, k, 4) for k in range(4)]  # pure function
-    assert sub_epoch_files(train, 1, 0, 0, 4) != sub_epoch_files(train, 1, 1, 0, 4)  # new epoch, new order
-    with pytest.raises(DataError, match="3 training files cannot make 4 sub-epochs"):
-        sub_epoch_files(files[:3], 0, 0, 0, 4)
+def train_dataset(cfg: DataConfig, sources, epoch: int, k: int, seed: int, replicas: int = 1):
+    files = sub_epoch_files(sources[0].train_files, seed, epoch, k, cfg.sub_epochs)
+    plan = plan_sub_epoch(sum(f.samples for f in files), cfg.batch_size, replicas, [s.weight for s in sources])
+    return make_train_dataset(sources, cfg, seed, epoch, k, plan, replicas), plan
 
 
-def test_batches_have_static_shapes_and_the_right_content(lowres: Path) -> None:
+def test_batches_are_raw_columns_with_static_shapes(lowres: Path) -> None:
     cfg = config(lowres)
     (source,) = resolve_sources(cfg)
-    assert not set(source.train_files) & set(source.val_files)
-    ds = make_dataset(cfg, "train", epoch=0, sub_epoch=1, seed=3)
+    assert not {f.path for f in source.train_files} & {f.path for f in source.val_files}
+    ds, plan = train_dataset(cfg, [source], 0, 1, 3)
     spec = ds.element_spec
-    assert spec[0].shape == (128, NLEV, 75) and spec[1].shape == (128, KAGGLE.n_targets)
-    assert spec[2].shape == (128, KAGGLE.n_targets) and spec[3]["targets"].shape == (128, len(AUX_TARGETS))
+    assert spec[0].shape == (128, KAGGLE.n_inputs) and spec[1].shape == (128, KAGGLE.n_targets)
+    assert spec[2].shape == (128, len(AUX_TARGETS)) and spec[3].shape == (128, len(AUX_TARGETS))
     batches = list(ds)
     files = sub_epoch_files(source.train_files, 3, 0, 1, 4)
-    n_samples = sum(len(list(tf.data.TFRecordDataset(f))) for f in files) * NCOL
-    assert len(batches) == n_samples // 128
-    x, y, mask, aux = batches[0]
+    n_samples = sum(len(list(tf.data.TFRecordDataset(f.path))) for f in files) * NCOL
+    assert len(batches) == plan.steps == n_samples // 128
+    x, y, aux, aux_mask = batches[0]
     assert np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()
-    assert mask.numpy()[0].sum() == KAGGLE.n_targets - 60 - 16
-    lat_sin, lat_cos = aux["targets"].numpy()[:, 0], aux["targets"].numpy()[:, 1]
+    t = KAGGLE.input_slice("state_t")
+    assert 150 < x.numpy()[:, t].min() and x.numpy()[:, t].max() < 350  # raw kelvins: the model normalises
+    lat_sin, lat_cos = aux.numpy()[:, 0], aux.numpy()[:, 1]
     np.testing.assert_allclose(lat_sin**2 + lat_cos**2, 1, rtol=1e-5)
-    assert (aux["mask"].numpy() == 1).all()
-    val = list(make_dataset(cfg, "val"))
-    n_val = sum(len(list(tf.data.TFRecordDataset(f))) for f in source.val_files) * NCOL
-    assert sum(int(b[0].shape[0]) for b in val) == n_val > 0  # every validation sample, once
+    assert (aux_mask.numpy() == 1).all()
+
+
+def test_validation_batches_are_padded_and_carry_float64(lowres: Path) -> None:
+    cfg = config(lowres)
+    (source,) = resolve_sources(cfg)
+    batches = list(make_validation_dataset(source.val_paths, KAGGLE, 1000))
+    n_val = sum(f.samples for f in source.val_files)
+    assert all(b["inputs"].shape == (1000, KAGGLE.n_inputs) for b in batches)
+    assert sum(float(b["valid"].numpy().sum()) for b in batches) == n_val > 0  # every sample once
+    last = batches[-1]
+    rows = int(last["valid"].numpy().sum())
+    assert rows < 1000 and (last["inputs"].numpy()[rows:] == 0).all()
+    x64 = last["x64"].numpy().view(np.float64).reshape(1000, NLEV)[:rows]
+    q = last["inputs"].numpy()[:rows, KAGGLE.input_slice("state_q0002")]
+    np.testing.assert_allclose(x64.astype(np.float32), q, rtol=1e-6)  # the exact float64 copy, bit-cast
 
 
 def test_same_seed_epoch_subepoch_gives_the_same_batches(lowres: Path) -> None:
     cfg = config(lowres)
     sources = resolve_sources(cfg)
-    a = [b[1].numpy() for b in make_dataset(cfg, "train", 1, 2, seed=5, sources=sources)]
-    b = [b[1].numpy() for b in make_dataset(cfg, "train", 1, 2, seed=5, sources=sources)]
-    c = [b[1].numpy() for b in make_dataset(cfg, "train", 1, 2, seed=6, sources=sources)]
+    a = [b[1].numpy() for b in train_dataset(cfg, sources, 1, 2, 5)[0]]
+    b = [b[1].numpy() for b in train_dataset(cfg, sources, 1, 2, 5)[0]]
+    c = [b[1].numpy() for b in train_dataset(cfg, sources, 1, 2, 6)[0]]
     assert len(a) == len(b) and all((p == q).all() for p, q in zip(a, b, strict=True))
     assert not all(p.shape == q.shape and (p == q).all() for p, q in zip(a, c, strict=False))
 
@@ -113,9 +123,8 @@ def test_shuffle_permutes_every_sample_once(lowres: Path) -> None:
     sources = resolve_sources(config(lowres))
 
     def rows(**kw) -> np.ndarray:
-        ds = make_dataset(config(lowres, **kw), "train", 0, 1, seed=4, sources=sources, drop_remainder=False)
-        ds = ds.unbatch().map(lambda x, y, m, aux: y).batch(10_000)  # unbatch: slow is fine in a test
-        return np.concatenate([b.numpy() for b in ds])
+        cfg = config(lowres, batch_size=NCOL, **kw)  # whole blocks: no remainder is left out
+        return np.concatenate([b[1].numpy() for b in train_dataset(cfg, sources, 0, 1, 4)[0]])
 
     plain, shuffled = rows(shuffle_buffer=0), rows(shuffle_buffer=1000)
     assert plain.shape == shuffled.shape and len(plain) % NCOL == 0
@@ -127,51 +136,51 @@ def test_shuffle_permutes_every_sample_once(lowres: Path) -> None:
     assert sum(tuple(r[:8]) in first_block for r in shuffled[:NCOL]) < NCOL // 2
 
 
-def test_mixing_follows_the_weights(lowres: Path, highres: Path) -> None:
-    cfg = DataConfig(
-        sources=[
-            SourceConfig(name="lowres", path=str(lowres), weight=2.0),
-            SourceConfig(name="highres", path=str(highres), weight=1.0),
-        ],
-        batch_size=500,
-        sub_epochs=1,
-        shuffle_buffer=1000,
-        deterministic=True,
-        val_fraction=0.05,
-    )
-    sources = resolve_sources(cfg)
-    # tell the sources apart by their day of year: lowres is Jan 31/Feb 1, highres June 1 (day 151)
-    ds = make_dataset(cfg, "train", 0, 0, seed=1, sources=sources).take(20)
-    n = 0
-    from_low = 0
-    for _, _, _, aux in ds:
-        doy_sin = aux["targets"].numpy()[:, 4]
-        from_low += int((np.abs(doy_sin - np.sin(2 * np.pi * 151 / 365)) > 1e-4).sum())
-        n += len(doy_sin)
-    assert n == 10_000
-    share = from_low / n
-    assert abs(share - 2 / 3) < 0.02, share
+def mixed(paths: list[Path], weights: list[float], batch: int) -> DataConfig:
+    return DataConfig(
+        sources=[SourceConfig(name=f"s{i}", path=str(p), weight=w) for i, (p, w) in enumerate(zip(paths, weights))],
+        batch_size=batch, sub_epochs=2, shuffle_buffer=1000, deterministic=True, val_fraction=0.1, val_split="random",
+    )  # fmt: skip
+
+
+def day_of_year(aux: np.ndarray) -> np.ndarray:
+    angle = np.arctan2(aux[:, 4], aux[:, 5]) % (2 * np.pi)
+    return np.floor(angle * 365 / (2 * np.pi) + 1e-3).astype(int)
+
+
+@pytest.mark.parametrize("replicas", [1, 4])
+def test_every_batch_holds_the_planned_count_of_every_source(
+    lowres: Path, highres: Path, third: Path, replicas: int
+) -> None:
+    """2 and 3 sources: every sub-epoch runs its planned steps, each replica slice has the configured mix."""
+    days = {0: {30, 31}, 1: {151}, 2: {243}}  # Jan 31/Feb 1, June 1, Sept 1 (days since Jan 1)
+    for weights, paths in (([2.0, 1.0], [lowres, highres]), ([3.0, 2.0, 1.0], [lowres, highres, third])):
+        cfg = mixed(paths, weights, 48)
+        sources = resolve_sources(cfg)
+        for k in range(2):
+            ds, plan = train_dataset(cfg, sources, 0, k, 1, replicas)
+            batches = list(ds)
+            assert len(batches) == plan.steps > 0
+            for step, (_, _, aux, _) in enumerate(batches):
+                doy = day_of_year(aux.numpy()).reshape(replicas, 48)
+                for i in range(len(sources)):
+                    per_replica = np.isin(doy, list(days[i])).sum(axis=1)
+                    assert (per_replica == plan.counts[i, step]).all(), (weights, k, step, i, per_replica)
+            shares = plan.counts.sum(axis=1) / plan.counts.sum()
+            np.testing.assert_allclose(shares, np.array(weights) / sum(weights), atol=len(weights) / plan.counts.sum())
 
 
 def test_pipeline_has_no_python_ops(lowres: Path) -> None:
     cfg = config(lowres)
-    ds = make_dataset(cfg, "train", 0, 0, seed=0)
-    graph = tf.Graph()
-    with graph.as_default():
-        element = tf.compat.v1.data.make_one_shot_iterator(
-            make_dataset(cfg, "train", 0, 0, seed=0)
-        ).get_next()
-        assert element is not None
-    ops = {op.type for op in graph.get_operations()}
-    assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
+    ds, _ = train_dataset(cfg, resolve_sources(cfg), 0, 0, 0)
     serialized = ds._as_serialized_graph().numpy()  # the whole pipeline graph
     assert b"PyFunc" not in serialized and b"EagerPyFunc" not in serialized
 
     @tf.function
     def consume(dataset):
         total = tf.constant(0.0)
-        for _x, y, m, _aux in dataset:
-            total += tf.reduce_sum(y * m)
+        for _x, y, _aux, m in dataset:
+            total += tf.reduce_sum(y) + tf.reduce_sum(m)
         return total
 
     assert np.isfinite(consume(ds).numpy())
@@ -180,8 +189,8 @@ def test_pipeline_has_no_python_ops(lowres: Path) -> None:
 def test_bad_inputs(lowres: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no encoded shards"):
         resolve_sources(config(tmp_path))
-    with pytest.raises(ValueError, match="representations.*wavelet"):
-        resolve_sources(config(lowres, representations=("column", "wavelet")))
+    with pytest.raises(ValueError, match="val_split"):
+        config(lowres, val_split="tomorrow")
     broken = tmp_path / "broken"
     import shutil
 
@@ -191,15 +200,15 @@ def test_bad_inputs(lowres: Path, tmp_path: Path) -> None:
     data[5000] ^= 0xFF
     victim.write_bytes(bytes(data))
     cfg = config(broken, sub_epochs=1, val_fraction=0.0)
+    sources = resolve_sources(cfg)
     with pytest.raises(tf.errors.DataLossError):
-        for _ in make_dataset(cfg, "train", 0, 0):
+        for _ in train_dataset(cfg, sources, 0, 0, 0)[0]:
             pass
-    (source,) = resolve_sources(cfg)
-    message = diagnose_read_error(source.train_files)
+    message = diagnose_read_error(sources[0].train_paths)
     assert message is not None and victim.name in message and "corrupted" in message
     ignoring = config(broken, sub_epochs=1, val_fraction=0.0, ignore_errors=True)
-    total = sum(int(b[0].shape[0]) for b in make_dataset(ignoring, "train", 0, 0))
-    assert 0 < total < 74 * NCOL
+    ds, plan = train_dataset(ignoring, resolve_sources(ignoring), 0, 0, 0)
+    assert len(list(ds)) == plan.steps  # a skipped record: the chunk wraps around, the steps stay planned
 
 
 DISTRIBUTED = textwrap.dedent(
@@ -209,15 +218,19 @@ DISTRIBUTED = textwrap.dedent(
     configure_logical_cpus(8)
     import tensorflow as tf
     from tfpipe.config import DataConfig, SourceConfig
-    from tfpipe.data import make_dataset
-    cfg = DataConfig(sources=[SourceConfig(path=sys.argv[1])], batch_size=64, sub_epochs=2,
+    from tfpipe.data import make_train_dataset, resolve_sources
+    from tfpipe.sampling import plan_sub_epoch, sub_epoch_files
+    cfg = DataConfig(sources=[SourceConfig(path=sys.argv[1])], batch_size=8, sub_epochs=2,
                      shuffle_buffer=512, deterministic=True)
+    sources = resolve_sources(cfg)
+    files = sub_epoch_files(sources[0].train_files, 0, 0, 0, 2)
+    plan = plan_sub_epoch(sum(f.samples for f in files), 8, 8, [1.0])
     strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
-    dist = strategy.experimental_distribute_dataset(make_dataset(cfg, "train", 0, 0, seed=0))
+    dist = strategy.experimental_distribute_dataset(make_train_dataset(sources, cfg, 0, 0, 0, plan, 8))
 
     @tf.function
-    def step(x, y, m, aux):
-        return tf.reduce_sum(y * m) + tf.reduce_sum(x)
+    def step(x, y, aux, m):
+        return tf.reduce_sum(y) + tf.reduce_sum(x)
 
     sums = []
     for batch in dist:

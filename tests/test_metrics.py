@@ -14,6 +14,7 @@ from sklearn.metrics import r2_score
 
 from tfpipe.metrics import (
     ScoreError,
+    StreamingR2,
     kaggle_score,
     load_predictions,
     load_truth,
@@ -179,3 +180,25 @@ def test_score_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"tfpipe score: error: {tmp_path / 'N.parquet'}: non-finite values in 1 columns: ptend_t_7 (1 NaN)"
     )
+
+
+def test_streaming_r2_equals_sklearn_batch_by_batch() -> None:
+    rng = np.random.default_rng(4)
+    truth = rng.normal(size=(5000, 6)) * [1.0, 1e-3, 1e6, 1.0, 1.0, 1.0] + [0.0, 0.0, 1e9, 5.0, 0.0, 0.0]
+    pred = truth + rng.normal(size=truth.shape) * [0.5, 1e-4, 1e5, 2.0, 0.0, 0.1]
+    truth[:, 4] = 7.0  # constant column, predicted exactly
+    pred[:, 4] = 7.0
+    truth[:, 5] = 3.0  # constant column, predicted with errors
+    streaming = StreamingR2(6)
+    for start in range(0, 5000, 733):  # uneven batches
+        streaming.update(truth[start : start + 733], pred[start : start + 733])
+    want = r2_score(truth, pred, multioutput="raw_values", force_finite=True)
+    np.testing.assert_allclose(streaming.r2(), want, rtol=1e-10, atol=1e-12)
+    assert streaming.n == 5000 and streaming.r2()[4] == 1.0 and streaming.r2()[5] == 0.0
+    np.testing.assert_allclose(streaming.r2()[:4], r2_scores_of(truth[:, :4], pred[:, :4]), rtol=1e-10)
+
+
+def r2_scores_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    ss_res = ((truth - pred) ** 2).sum(axis=0)
+    ss_tot = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+    return 1 - ss_res / ss_tot

@@ -104,7 +104,7 @@ def test_checkpoint_round_trip_continues_the_schedule(tmp_path):
 
     def fresh() -> tuple[keras.optimizers.Optimizer, tf.Variable]:
         var = tf.Variable([1.0, 1.0])
-        opt = make_optimizer(config, total_steps=12)
+        opt = make_optimizer(config, 12)
         opt.build([var])
         return opt, var
 
@@ -124,3 +124,46 @@ def test_checkpoint_round_trip_continues_the_schedule(tmp_path):
     assert int(resumed_opt.iterations) == 10
     assert float(resumed_opt.learning_rate) == pytest.approx(lr_at(schedule, 10))
     np.testing.assert_allclose(resumed_var.numpy(), reference_var.numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ phases (tfpipe.schedule.Segment)
+
+
+def test_one_segment_is_the_warmup_cosine():
+    from tfpipe.schedule import Segment, SegmentedSchedule
+
+    one = SegmentedSchedule([Segment(0, TOTAL, 0.0, PEAK, WARMUP, RATIO * PEAK).to_dict()])
+    reference = WarmupCosine(PEAK, TOTAL, WARMUP, RATIO)
+    for step in (0, 1, 50, 99, 100, 101, 350, 600, 1099, 1100, 5000):
+        assert lr_at(one, step) == pytest.approx(lr_at(reference, step), rel=1e-6, abs=1e-12)
+        assert Segment(0, TOTAL, 0.0, PEAK, WARMUP, RATIO * PEAK).value(step) == pytest.approx(
+            lr_at(reference, step), rel=1e-6, abs=1e-12
+        )
+    config = keras.saving.serialize_keras_object(one)
+    assert keras.saving.deserialize_keras_object(config).get_config() == one.get_config()
+
+
+def test_phases_follow_one_another_and_restart_their_warmup():
+    from tfpipe.schedule import Segment, SegmentedSchedule
+
+    main = Segment(0, 100, 0.0, 1e-3, 10, 0.0)
+    group = Segment(100, 140, 0.0, 1e-4, 104, 0.0)
+    schedule = SegmentedSchedule([main.to_dict(), group.to_dict()])
+    assert lr_at(schedule, 99) == pytest.approx(main.value(99), rel=1e-4)  # float32 near the floor
+    assert lr_at(schedule, 100) == 0.0  # the group's own warm-up starts from 0
+    assert lr_at(schedule, 104) == pytest.approx(1e-4)
+    assert lr_at(schedule, 140) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="ordered"):
+        SegmentedSchedule([group.to_dict(), main.to_dict()])
+    with pytest.raises(ValueError):
+        Segment(10, 5, 0.0, 1.0, 7, 0.0)
+
+
+def test_all_reduced_adamw_leaves_the_summing_to_the_caller():
+    from tfpipe.schedule import AllReducedAdamW
+
+    opt = make_optimizer(OptimConfig(clipnorm=0.5), 100, gradients_reduced=True)
+    assert isinstance(opt, AllReducedAdamW) and opt.clipnorm == 0.5
+    pairs = [(tf.constant([3.0]), tf.Variable([1.0]))]
+    assert opt._all_reduce_sum_gradients(pairs) == pairs
+    assert not isinstance(make_optimizer(OptimConfig(), 100), AllReducedAdamW)

@@ -15,7 +15,16 @@ import tensorflow as tf
 from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import MIN_STD, Moments, Stats, StatsError, compute_stats, load_stats, merge_files
 from tfpipe.export import export_parquet
-from tfpipe.normalize import NormalizeError, Normalizer, channel_layout, soft_clip, soft_unclip
+from tfpipe.normalize import (
+    Normalization,
+    NormalizeError,
+    channel_layout,
+    soft_clip,
+    soft_clip64,
+    soft_unclip,
+    soft_unclip64,
+    stats_sha256,
+)
 from tfpipe.schema import KAGGLE, NLEV, V1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,11 +142,18 @@ def test_soft_clip_is_monotone_continuous_and_invertible() -> None:
     np.testing.assert_allclose(back, z, rtol=1e-12, atol=0)
     eps = 1e-9  # continuous at the threshold
     assert abs(soft_clip(tf.constant(3 + eps, tf.float64), 3.0).numpy() - 3.0) < 2 * eps
+    np.testing.assert_allclose(soft_clip64(z, 3.0), c, rtol=1e-15)  # the host (numpy) twin, to rounding
+    np.testing.assert_allclose(soft_unclip64(c, 3.0), z, rtol=1e-12, atol=0)
 
 
 @pytest.fixture(scope="module")
 def stats(encoded: Path) -> Stats:
     return compute_stats(str(encoded))
+
+
+def layer_of(stats: Stats, **kw) -> Normalization:
+    kw.setdefault("replacement_levels", tuple(range(12, 28)))
+    return Normalization.from_stats(KAGGLE, stats, **kw)
 
 
 def test_layout_of_model_inputs(stats: Stats) -> None:
@@ -149,19 +165,22 @@ def test_layout_of_model_inputs(stats: Stats) -> None:
     )
     ps = KAGGLE.inputs.index("state_ps")
     assert (layout[:, ps] == KAGGLE.input_slice("state_ps").start).all()  # a scalar on every level
-    norm = Normalizer(KAGGLE, stats, ("column", "variable", "log"))
-    assert norm.n_channels == 75
+    assert layer_of(stats, representations=("column", "variable", "log")).n_channels == 75
     with pytest.raises(NormalizeError, match="unknown representation"):
-        Normalizer(KAGGLE, stats, ("column", "fourier"))
+        layer_of(stats, representations=("column", "fourier"))
+    with pytest.raises(NormalizeError, match="schema"):
+        Normalization.from_stats(V1, stats)
+    no_targets = Stats(stats.schema, stats.inputs, None)
+    with pytest.raises(NormalizeError, match="without targets"):
+        Normalization.from_stats(KAGGLE, no_targets)
 
 
 def test_features_and_targets(stats: Stats, encoded: Path, tmp_path: Path) -> None:
     frame = pd.read_parquet(export_parquet(str(encoded), str(tmp_path / "x.parquet"))["out"]).iloc[:500]
     inputs = frame[list(KAGGLE.input_columns)].to_numpy()
     targets = frame[list(KAGGLE.target_columns)].to_numpy()
-    x64 = inputs[:, KAGGLE.input_slice("state_q0002")]
-    norm = Normalizer(KAGGLE, stats, ("column", "variable", "log"), feature_clip=1e9)
-    out = norm.features(tf.constant(inputs, tf.float32), tf.constant(x64)).numpy()
+    norm = layer_of(stats, feature_clip=1e9)
+    out = norm(tf.constant(inputs, tf.float32)).numpy()
     assert out.shape == (500, NLEV, 75) and out.dtype == np.float32 and np.isfinite(out).all()
     col = (inputs - stats.inputs.mean) / np.where(stats.inputs.std > MIN_STD, stats.inputs.std, 1.0)
     t, ps = KAGGLE.inputs.index("state_t"), KAGGLE.inputs.index("state_ps")
@@ -169,6 +188,7 @@ def test_features_and_targets(stats: Stats, encoded: Path, tmp_path: Path) -> No
     np.testing.assert_allclose(
         out[:, 7, ps], col[:, KAGGLE.input_slice("state_ps").start], rtol=1e-4, atol=1e-4
     )
+    # state_q0002 (down to 1e-50): float32 arithmetic still gives the float64 z-score
     q = KAGGLE.inputs.index("state_q0002")
     np.testing.assert_allclose(out[:, :, q], col[:, KAGGLE.input_slice("state_q0002")], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
@@ -187,36 +207,51 @@ def test_features_and_targets(stats: Stats, encoded: Path, tmp_path: Path) -> No
     back = norm.denormalize_targets(y)
     # exact in float64: error within 1e-12 of the value or of the target's scale, whichever is larger
     # (values far below their column's spread, e.g. 0 W/m2 at night, cannot do better in an affine map)
-    bound = 1e-12 * np.maximum(np.abs(targets), norm.target_scale)
+    scale = norm.values64["target_scale"]
+    bound = 1e-12 * np.maximum(np.abs(targets), scale)
     assert (np.abs(back - targets) <= bound).all()
-    big = np.abs(targets) >= norm.target_scale
+    big = np.abs(targets) >= scale
     np.testing.assert_allclose(back[big], targets[big], rtol=1e-12)
-    y32 = norm.targets(tf.constant(targets, tf.float32)).numpy()
+    y32 = norm.normalize_targets(tf.constant(targets, tf.float32)).numpy()
     assert np.isfinite(y32).all() and np.abs(y32).max() <= 6 + np.log1p(1e30)
-    mask = norm.target_mask(tuple(range(12, 28)))
-    assert mask.sum() == KAGGLE.n_targets - 60 - 16
+    np.testing.assert_allclose(y32, y, rtol=1e-4, atol=1e-4)  # the device (float32) and host twins agree
+    assert norm.target_mask().sum() == KAGGLE.n_targets - 60 - 16
 
 
 def test_channel_expansion_equals_the_gather_layout(stats: Stats) -> None:
-    norm = Normalizer(KAGGLE, stats, ("column", "variable", "log"))
+    norm = layer_of(stats)
     rng = np.random.default_rng(1)
     x = (stats.inputs.mean + stats.inputs.std * rng.normal(size=(50, KAGGLE.n_inputs))).astype(np.float32)
-    x64 = tf.constant(x[:, KAGGLE.input_slice("state_q0002")].astype(np.float64))
-    got = norm.features(tf.constant(x), x64).numpy()
-    col = norm._z(tf.constant(x), x64, norm.col_mean, norm.col_std)
-    reps = [
-        col,
-        norm._z(tf.constant(x), x64, norm.var_mean, norm.var_std),
-        tf.sign(col) * tf.math.log1p(tf.abs(col)),
-    ]
+    got = norm(tf.constant(x)).numpy()
+    v = {k: w.astype(np.float32) for k, w in norm.values64.items()}
+    col = (x - v["input_mean"]) / v["input_std"]
+    reps = [col, (x - v["variable_mean"]) / v["variable_std"], np.sign(col) * np.log1p(np.abs(col))]
     layout = channel_layout(KAGGLE)
-    want = soft_clip(tf.concat([tf.gather(r, layout, axis=1) for r in reps], axis=-1), 6.0).numpy()
-    np.testing.assert_array_equal(got, want)
+    want = soft_clip64(np.concatenate([r[:, layout] for r in reps], axis=-1).astype(np.float64), 6.0)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
 
 
-def test_nan_never_leaves_silently(stats: Stats) -> None:
-    norm = Normalizer(KAGGLE, stats)
-    inputs = np.zeros((2, KAGGLE.n_inputs), np.float32)
-    inputs[1, 5] = np.nan
-    with pytest.raises(tf.errors.InvalidArgumentError, match="normalised features"):
-        norm.features(tf.constant(inputs), tf.zeros((2, NLEV), tf.float64))
+def test_the_layer_carries_its_statistics_through_save_and_checkpoint(stats: Stats, tmp_path: Path) -> None:
+    import keras
+
+    norm = layer_of(stats)
+    inputs = keras.Input((KAGGLE.n_inputs,))
+    model = keras.Model(inputs, norm(inputs))
+    x = (stats.inputs.mean + stats.inputs.std).astype(np.float32)[None, :]
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    layer = loaded.get_layer("normalization")
+    assert isinstance(layer, Normalization) and layer.stats_sha256 == stats_sha256(stats)
+    assert layer.replacement_levels == tuple(range(12, 28)) and not layer.mismatched_weights()
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    for key, value in norm.values64.items():  # float64 survives the .keras round trip exactly
+        np.testing.assert_array_equal(layer.values64[key], value)
+    assert {w.name for w in norm.weights} == set(norm.values64) and not norm.trainable_weights
+    # a checkpoint restores the float32 weights; a layer built from other statistics notices
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    other = Stats(stats.schema, stats.inputs.merge(stats.inputs), stats.targets)
+    other.inputs.mean = other.inputs.mean + 1.0
+    wrong = Normalization.from_stats(KAGGLE, other)
+    model2 = keras.Model(inputs2 := keras.Input((KAGGLE.n_inputs,)), wrong(inputs2))
+    tf.train.Checkpoint(model=model2).read(path).assert_consumed()
+    assert "input_mean" in wrong.mismatched_weights()

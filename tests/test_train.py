@@ -98,10 +98,12 @@ def test_default_resume_and_guards(encoded: Path, straight_run: Path, tmp_path: 
     assert again["resumed_from"] == "ckpt-1" and again["next"] == {"epoch": 1, "sub_epoch": 0}
     with pytest.raises(TrainError, match=r"no such checkpoint .*available: ckpt-1, ckpt-2"):
         train(config(encoded, run), resume="ckpt-7", verbose=0)
-    with pytest.raises(TrainError, match="differs from the checkpoint's in model.mlp_units"):
+    with pytest.raises(TrainError, match="trained with another model.mlp_units.*start a new run dir"):
         train(config(encoded, run, "model.mlp_units=[32,32]"), verbose=0)
-    with pytest.raises(TrainError, match="would make the checkpoint invalid: model.mlp_units"):
+    with pytest.raises(TrainError, match="trained with another model.mlp_units.*start a new run dir"):
         train(config(encoded, run, "model.mlp_units=[32,32]"), allow_config_change=True, verbose=0)
+    with pytest.raises(TrainError, match="the config differs in epochs; pass --allow-config-change"):
+        train(config(encoded, run, "epochs=3"), verbose=0)
     longer = train(
         config(encoded, run, "epochs=3"), allow_config_change=True, stop_after_sub_epochs=1, verbose=0
     )
@@ -219,15 +221,19 @@ def test_predict_csv_equals_encoded(encoded: Path, straight_run: Path, tmp_path:
 def test_predict_refuses_a_checkpoint_of_another_layout(
     encoded: Path, straight_run: Path, tmp_path: Path
 ) -> None:
+    import shutil
+
     from tfpipe.predict import PredictError
 
     other = tmp_path / "other"
-    other.mkdir()
-    cfg = (straight_run / "config.yaml").read_text().replace("[column, variable, log]", "[column]")
+    shutil.copytree(straight_run, other)
+    cfg = (other / "config.yaml").read_text().replace("[column, variable, log]", "[column]")
     (other / "config.yaml").write_text(cfg)
-    os.link(straight_run / "best.keras", other / "best.keras")
-    with pytest.raises(PredictError, match=r"model takes \(60, 75\).*needs \(60, 25\)"):
-        predict(str(other / "best.keras"), str(encoded), str(tmp_path / "x.parquet"))
+    with pytest.raises(PredictError, match=r"ckpt-4: does not fit the model of .*config.yaml"):
+        predict(str(other / "checkpoints" / "ckpt-4"), str(encoded), str(tmp_path / "x.parquet"))
+    # best.keras carries its own layout and statistics: the edited config.yaml does not matter to it
+    out = predict(str(other / "best.keras"), str(encoded), str(tmp_path / "y.parquet"), batch_size=4096)
+    assert out["rows"] == 74 * 384
 
 
 def test_run_dir_on_the_gcs_emulator_with_ema(encoded: Path, gcs, tmp_path: Path, monkeypatch) -> None:

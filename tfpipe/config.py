@@ -41,6 +41,8 @@ from tfpipe.losses import LossConfig
 from tfpipe.models.registry import ModelConfig
 from tfpipe.schema import NLEV, Q0002_REPLACEMENT_LEVELS, SCHEMAS
 
+VAL_SPLITS = ("last", "periodic", "random")
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 REPRESENTATIONS = ("column", "variable", "log")
 
@@ -66,14 +68,23 @@ RESUME_MUTABLE: frozenset[str] = frozenset(
         "data.shuffle_buffer",
         "data.val_path",
         "data.grid",
+        "data.stats",
         "data.sources.*.path",
+        "data.sources.*.stats",
+        "finetune.learning_rate",
+        "finetune.warmup_steps",
     }
 )
 """Dotted keys that may change on ``--resume`` with ``--allow-config-change`` (``*`` matches an index).
 
-Schedule, logging and performance knobs, and data locations (data moved to another bucket or disk).
-Everything else changes the model, the optimizer state or the data and needs a new run.
+Schedule, logging and performance knobs, and data locations (data moved to another bucket or disk;
+what the data holds is checked separately, by the files and statistics hashes). Everything else
+changes the model, the optimizer state or the data and needs a new run.
 """
+
+SESSION_KEYS: frozenset[str] = frozenset({"run_dir", "time_budget"})
+"""Keys that belong to one session, not to the run: never compared on resume (a run dir may be copied
+elsewhere; every notebook session has its own time budget)."""
 
 
 class ConfigError(ValueError):
@@ -117,7 +128,9 @@ class SourceConfig:
 
     name: str = _f("lowres", doc="Label of the source in logs.")
     path: str = _f("", doc="Folder of encoded shards, local or gs://; empty: the synthetic demo data.")
-    stats: str = _f("", doc="Statistics JSON; empty: `{path}/stats.json`.")
+    stats: str = _f(
+        "", doc="Statistics JSON; empty: `{path}/stats.json`. Only the model's statistics are read (see `data.stats`)."
+    )
     weight: float = _f(1.0, doc="Relative sampling weight among the sources.")
 
     def __post_init__(self) -> None:
@@ -148,8 +161,20 @@ class DataConfig:
         "as many samples); 0: no shuffle.",
     )
     sub_epochs: int = _f(10, doc="Sub-epochs per epoch; validation and a checkpoint after each.")
-    val_fraction: float = _f(0.05, doc="Fraction of shard files held out for validation.")
-    val_path: str = _f("", doc="Separate validation folder; empty: hold out `val_fraction` of the shards.")
+    stats: str = _f(
+        "",
+        doc="Statistics the model normalises every source with (inputs and targets); empty: the first "
+        "source's. The run dir keeps a copy and the model carries them.",
+    )
+    val_fraction: float = _f(0.05, doc="Share of the first source's samples held out for validation.")
+    val_split: str = _f(
+        "last",
+        doc="How the validation samples are chosen: `last` (the latest period, as the Kaggle test set follows "
+        "the training years), `periodic` (the end of every `val_period_days`), `random` (files at random, "
+        "interleaved in time with training: optimistic).",
+    )
+    val_period_days: float = _f(10.0, doc="Period of `val_split: periodic`, in days.")
+    val_path: str = _f("", doc="Separate validation folder; empty: hold out `val_fraction` of the first source.")
     grid: str = _f("", doc="Grid file; empty: `{path}/grid-info.nc` of the first source.")
     q0002_replacement_levels: tuple[int, ...] = _f(
         Q0002_REPLACEMENT_LEVELS, doc="Levels where `ptend_q0002 = -state_q0002 / 1200` replaces the model."
@@ -175,12 +200,19 @@ class DataConfig:
         _check(self.shuffle_buffer >= 0, f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         _check(self.sub_epochs >= 1, f"sub_epochs must be >= 1, got {self.sub_epochs}")
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check(self.val_split in VAL_SPLITS, f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
+        _check(self.val_period_days > 0, f"val_period_days must be > 0, got {self.val_period_days}")
         _check(self.cycle_length >= 1, f"cycle_length must be >= 1, got {self.cycle_length}")
         levels = self.q0002_replacement_levels
         _check(
             len(set(levels)) == len(levels) and all(0 <= k < NLEV for k in levels),
             f"q0002_replacement_levels must be distinct levels in [0, {NLEV}), got {list(levels)}",
         )
+
+    @property
+    def stats_path(self) -> str:
+        """The statistics of the model: ``stats``, else the first source's."""
+        return self.stats or self.sources[0].stats_path
 
     @property
     def grid_path(self) -> str:
@@ -237,10 +269,20 @@ class FinetuneConfig:
         "scalars), e.g. `[ptend_t, ptend_q0001+ptend_q0002, cam_out]`; empty: no fine-tuning.",
     )
     sub_epochs_per_group: int = _f(1, doc="Sub-epochs trained on each group.")
+    learning_rate: float | None = _f(
+        None, doc="Peak learning rate of each group's own warm-up + half-cosine; null: 0.1 x optim.learning_rate."
+    )
+    warmup_steps: int | float = _f(0.1, doc="Warm-up of each group: steps, or a fraction (< 1) of its steps.")
 
     def __post_init__(self) -> None:
         self.groups = tuple(self.groups)
         _check(self.sub_epochs_per_group >= 1, "finetune.sub_epochs_per_group must be >= 1")
+        _check(self.learning_rate is None or self.learning_rate > 0, "finetune.learning_rate must be > 0")
+        w = self.warmup_steps
+        _check(
+            w >= 0 and (float(w).is_integer() or w < 1),
+            f"finetune.warmup_steps must be a step count or a fraction < 1, got {w}",
+        )
 
 
 @dataclass
@@ -483,6 +525,13 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
     return _from_dict(TrainConfig, tree, "", where)
 
 
+def config_from_dict(tree: dict, where: str = "a saved config") -> TrainConfig:
+    """A TrainConfig from the plain tree of :func:`config_to_dict` (ConfigError if it no longer fits)."""
+    import copy
+
+    return _from_dict(TrainConfig, copy.deepcopy(tree), "", where)
+
+
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """The config as plain dicts, lists and scalars (``load_config`` of its YAML gives it back)."""
     return _plain(config)
@@ -513,8 +562,9 @@ def dump_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
 def config_hash(config: TrainConfig, part: str) -> str:
     """sha256 of the fields that change the model (``part="model"``) or the data (``part="data"``).
 
-    model: schema, representations, clip thresholds, q0002 levels and the whole model config.
-    data: sources' paths and weights, val_fraction, seed, sub_epochs, batch_size (per replica).
+    model: schema, representations, clip thresholds, q0002 levels and the whole model config (the
+    training run adds the statistics' hash). data: sources' paths and weights, the validation split,
+    seed, sub_epochs, batch_size (per replica).
     """
     d = config_to_dict(config)
     data = d["data"]
@@ -525,7 +575,7 @@ def config_hash(config: TrainConfig, part: str) -> str:
         payload = {
             "sources": [{"path": s["path"], "weight": s["weight"]} for s in data["sources"]],
             "seed": d["seed"],
-        } | {k: data[k] for k in ("val_fraction", "sub_epochs", "batch_size")}
+        } | {k: data[k] for k in ("val_fraction", "val_split", "val_period_days", "sub_epochs", "batch_size")}
     else:
         raise ValueError(f"part must be 'model' or 'data', got {part!r}")
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -549,7 +599,9 @@ def changed_fields(old: dict, new: dict) -> list[str]:
     a key present on one side only counts as changed.
     """
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, MISSING) != b.get(k, MISSING))
+    return sorted(
+        k for k in a.keys() | b.keys() if a.get(k, MISSING) != b.get(k, MISSING) and k not in SESSION_KEYS
+    )
 
 
 def is_resume_mutable(key: str) -> bool:
@@ -626,7 +678,10 @@ def config_reference_markdown() -> str:
         "Override any key on the command line as `dotted.key=value` (YAML value syntax), e.g.",
         "`model.d_model=128`, `data.sources.0.path=gs://bucket/x`, `data.representations=[column,log]`.",
         f"On `--resume` with `--allow-config-change` only these may change: "
-        f"{', '.join(f'`{k}`' for k in sorted(RESUME_MUTABLE))}.",
+        f"{', '.join(f'`{k}`' for k in sorted(RESUME_MUTABLE))}; "
+        f"{', '.join(f'`{k}`' for k in sorted(SESSION_KEYS))} belong to one session and may differ on any resume.",
+        "Other resume changes have their own flags: `--allow-data-change` (other training files or statistics),",
+        "`--allow-replica-change` (another replica count). A changed plan re-anchors the learning-rate curve.",
         "",
     ]
     return "\n".join(head + _sections(TrainConfig, "")).rstrip() + "\n"

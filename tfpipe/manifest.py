@@ -30,6 +30,9 @@ class FileEntry:
     sha256: str
     records: int
     samples: int
+    time_min: int | None = None
+    """Earliest sample time (seconds since 0001-01-01); None when unknown (Kaggle CSV) or not recorded."""
+    time_max: int | None = None
 
 
 @dataclass

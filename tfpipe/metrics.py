@@ -97,6 +97,41 @@ def kaggle_score(
     return float(r2_scores(pred, truth, weights, schema).mean())
 
 
+class StreamingR2:
+    """R² per target accumulated over batches, in float64, with :func:`r2_scores`' rules.
+
+    Keeps per target the count, mean and sum of squared deviations of the truth (Chan-merged per
+    batch, so it stays exact on millions of rows) and the sum of squared residuals. A constant truth
+    column gives 1.0 for an exact prediction, else 0.0 (sklearn's ``force_finite``).
+    """
+
+    def __init__(self, width: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+        self.ss_res = np.zeros(width)
+
+    def update(self, truth: np.ndarray, pred: np.ndarray) -> None:
+        """Add a batch of rows (``[rows, width]`` each)."""
+        t = np.asarray(truth, dtype=np.float64)
+        if len(t) == 0:
+            return
+        mean = t.mean(axis=0)
+        m2 = ((t - mean) ** 2).sum(axis=0)
+        n = self.n + len(t)
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (len(t) / n)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * len(t) / n)
+        self.ss_res = self.ss_res + ((t - np.asarray(pred, dtype=np.float64)) ** 2).sum(axis=0)
+        self.n = n
+
+    def r2(self) -> np.ndarray:
+        """R² per target of everything added so far."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = 1.0 - self.ss_res / self.m2
+        return np.where(self.m2 > 0, r2, np.where(self.ss_res == 0, 1.0, 0.0))
+
+
 # -- tables and heat map ----------------------------------------------------------------------------------
 
 

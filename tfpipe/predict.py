@@ -21,86 +21,117 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser
-from tfpipe.normalize import Normalizer
-from tfpipe.schema import TIMESTEP_S
+from tfpipe.normalize import Normalization
+from tfpipe.postprocess import physical_predictions
+from tfpipe.schema import get_schema
 
 
 class PredictError(ValueError):
     """A checkpoint that does not fit the data, or test data that does not fit the schema."""
 
 
-def physical_predictions(
-    pred: np.ndarray, x64: np.ndarray, norm: Normalizer, replacement_levels: tuple[int, ...]
-) -> np.ndarray:
-    """Normalised model outputs → physical float64 targets with the ptend_q0002 rule and zero weights."""
-    schema = norm.schema
-    out = norm.denormalize_targets(pred)
-    columns = {c: i for i, c in enumerate(schema.target_columns)}
-    for target, _ in schema.q0002_replacement_columns(tuple(replacement_levels)):
-        level = int(target.rsplit("_", 1)[1])
-        out[:, columns[target]] = -x64[:, level] / TIMESTEP_S
-    out[:, np.asarray(schema.target_weights()) == 0] = 0.0
-    return out
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else "."
 
 
-def _run_dir_of(checkpoint: str) -> str:
+def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
+    """``(run_dir, model)`` of ``RUN/best.keras``, ``RUN/checkpoints/ckpt-N``, ``RUN/ckpt-N`` or ``RUN``.
+
+    ``model`` is a ``.keras`` path or a checkpoint prefix ``RUN/{checkpoints,best}/ckpt-N``; ``RUN``
+    alone means its ``best.keras``.
+    """
     path = checkpoint.rstrip("/")
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    if os.path.basename(parent) in ("checkpoints", "best"):
-        parent = parent.rsplit("/", 1)[0] if "/" in parent else "."
-    return parent
+    name = path.rsplit("/", 1)[-1]
+    if path.endswith(".keras"):
+        return _parent(path), path
+    if name.startswith("ckpt-") and name[5:].isdigit():
+        parent = _parent(path)
+        if parent.rsplit("/", 1)[-1] in ("checkpoints", "best"):
+            return _parent(parent), path
+        return parent, storage.join(parent, "checkpoints", name)
+    return path, storage.join(path, "best.keras")
 
 
-def load_for_inference(checkpoint: str):
-    """(model, config, normalizer) from ``RUN/best.keras`` or ``RUN/checkpoints/ckpt-N``."""
+def _run_config(run_dir: str):
+    """The run's config (None without ``RUN/config.yaml``)."""
+    from tfpipe.config import load_config
+
+    path = storage.join(run_dir, "config.yaml")
+    if not storage.exists(path):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "config.yaml")
+        storage.download_file(path, local)
+        return load_config(local)
+
+
+def _load_keras(path: str):
     import keras
+
+    if not storage.exists(path):
+        raise PredictError(f"{path}: no such model file")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        storage.download_file(path, local)
+        return keras.models.load_model(local)
+
+
+def _restore_checkpoint(run_dir: str, prefix: str, config):
+    """The model of checkpoint ``prefix``, with EMA weights when the run used them."""
     import tensorflow as tf
 
     from data_prep.stats import load_stats
-    from tfpipe.config import load_config
-    from tfpipe.models import build_model
-    from tfpipe.schema import get_schema
+    from tfpipe.models import build_normalized_model
+    from tfpipe.schedule import make_optimizer
 
-    run_dir = _run_dir_of(checkpoint)
-    config_path = storage.join(run_dir, "config.yaml")
-    if not storage.exists(config_path):
-        raise PredictError(f"{checkpoint}: no {config_path} beside it (is this a tfpipe run directory?)")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "config.yaml")
-        storage.download_file(config_path, local)
-        config = load_config(local)
+    if config is None:
+        raise PredictError(f"{prefix}: no {storage.join(run_dir, 'config.yaml')} (is this a tfpipe run directory?)")
+    if not storage.exists(prefix + ".index"):
+        raise PredictError(f"{prefix}: no such checkpoint ({prefix}.index missing)")
     data = config.data
-    schema = get_schema(data.schema)
-    source = data.sources[0]
-    stats = load_stats(source.stats_path, schema=schema.name)
-    norm = Normalizer(schema, stats, tuple(data.representations), data.feature_clip, data.target_clip)
-    if checkpoint.endswith(".keras"):
-        if not storage.exists(checkpoint):
-            raise PredictError(f"{checkpoint}: no such model file")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "model.keras")
-            storage.download_file(checkpoint, local)
-            model = keras.models.load_model(local)
+    stats = load_stats(storage.join(run_dir, "stats.json"), schema=data.schema)
+    layer = Normalization.from_stats(
+        get_schema(data.schema), stats, tuple(data.representations), data.feature_clip, data.target_clip,
+        tuple(data.q0002_replacement_levels),
+    )  # fmt: skip
+    model = build_normalized_model(config.model, layer)
+    optimizer = make_optimizer(config.optim, 1)
+    optimizer.build(model.trainable_variables)
+    try:
+        tf.train.Checkpoint(model=model, optimizer=optimizer).restore(storage.tf_path(prefix)).expect_partial()
+    except (ValueError, tf.errors.OpError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise PredictError(f"{prefix}: does not fit the model of {run_dir}/config.yaml ({first})") from None
+    if layer.mismatched_weights():
+        raise PredictError(f"{prefix}: normalises with other statistics than {run_dir}/stats.json")
+    if config.optim.use_ema:
+        optimizer.finalize_variable_values(model.trainable_variables)
+    return model
+
+
+def load_for_inference(checkpoint: str):
+    """(model, run config or None, its Normalization layer) for ``RUN/best.keras``, a checkpoint or ``RUN``.
+
+    A ``.keras`` file is enough on its own: the model carries its statistics and post-processing
+    levels; ``RUN/config.yaml``, when present, gives the default batch size and the data for ``--oof``.
+    """
+    run_dir, model_path = resolve_checkpoint(checkpoint)
+    config = _run_config(run_dir)
+    if model_path.endswith(".keras"):
+        model = _load_keras(model_path)
     else:
-        model = build_model(config.model, norm.n_channels, schema)
-        path = (
-            checkpoint if "/checkpoints/" in checkpoint else storage.join(run_dir, "checkpoints", checkpoint)
-        )
-        if not storage.exists(path + ".index"):
-            raise PredictError(f"{checkpoint}: no such checkpoint ({path}.index missing)")
-        tf.train.Checkpoint(model=model).restore(storage.tf_path(path)).expect_partial()
-    in_shape, out_width = tuple(model.inputs[0].shape[1:]), model.output["pred"].shape[-1]
-    if in_shape != (60, norm.n_channels) or out_width != schema.n_targets:
-        raise PredictError(
-            f"{checkpoint}: model takes {in_shape} and predicts {out_width} targets, but schema "
-            f"{schema.name!r} with {list(data.representations)} needs (60, {norm.n_channels}) "
-            f"and {schema.n_targets}"
-        )
+        model = _restore_checkpoint(run_dir, model_path, config)
+    try:
+        norm = model.get_layer("normalization")
+    except ValueError:
+        raise PredictError(f"{checkpoint}: the model has no normalization layer (trained by an older tfpipe?)") from None
+    if not isinstance(norm, Normalization):
+        raise PredictError(f"{checkpoint}: its 'normalization' layer is not a tfpipe Normalization")
     return model, config, norm
 
 
-def _encoded_batches(path: str, norm: Normalizer, batch: int, files: list[str] | None = None):
-    from tfpipe.data import Source, _grid_tables, make_predict_dataset
+def _encoded_batches(path: str, norm: Normalization, batch: int, files: list[str] | None = None):
+    from tfpipe.data import make_predict_dataset
     from tfpipe.manifest import data_files, read_manifests
 
     if files is None:
@@ -109,27 +140,22 @@ def _encoded_batches(path: str, norm: Normalizer, batch: int, files: list[str] |
         with_targets = all(m.has_targets for m in manifests)
     else:
         with_targets = True
-    lat, lon = _grid_tables("")
-    source = Source("test", path, 1.0, files, [], norm, lat, lon, {})
-    for b in make_predict_dataset(files, source, batch, with_targets=with_targets):
+    for b in make_predict_dataset(files, norm.schema, batch, with_targets=with_targets):
         ids = [s.decode() for s in b["sample_id"].numpy()]
-        truth = b["raw_targets"].numpy() if with_targets else None
+        truth = b["targets"].numpy() if with_targets else None
         yield ids, b["inputs"], b["x64"].numpy(), truth
 
 
-def _csv_batches(path: str, norm: Normalizer, batch: int):
-    import tensorflow as tf
-
+def _csv_batches(path: str, norm: Normalization, batch: int):
     from data_prep.encode import EncodeConfig, csv_blocks
 
     config = EncodeConfig(path, "", 0, 1, format="kaggle-csv", schema=norm.schema.name, block_size=batch)
     stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
     for block in csv_blocks(config, stats):
-        features = norm.features(tf.constant(block.inputs), tf.constant(block.x64))
-        yield block.sample_id, features, block.x64, block.targets
+        yield block.sample_id, block.inputs, block.x64, block.targets
 
 
-def iter_predictions(model, norm: Normalizer, data: str, batch: int, levels, files=None) -> Iterator:
+def iter_predictions(model, norm: Normalization, data: str, batch: int, files=None) -> Iterator:
     """(ids, physical predictions float64, truth or None) per batch, in input order."""
     import tensorflow as tf
 
@@ -139,8 +165,8 @@ def iter_predictions(model, norm: Normalizer, data: str, batch: int, levels, fil
 
     is_csv = files is None and data.endswith(".csv")
     batches = _csv_batches(data, norm, batch) if is_csv else _encoded_batches(data, norm, batch, files)
-    for ids, features, x64, truth in batches:
-        pred = physical_predictions(forward(features).numpy(), x64, norm, levels)
+    for ids, inputs, x64, truth in batches:
+        pred = physical_predictions(forward(inputs).numpy(), x64, norm)
         if not np.isfinite(pred).all():
             bad = [norm.schema.target_columns[i] for i in np.nonzero(~np.isfinite(pred).all(axis=0))[0]]
             raise PredictError(f"{data}: the model predicts NaN/Inf in {', '.join(bad[:5])}")
@@ -205,13 +231,15 @@ def predict(
     t0 = time.time()
     model, config, norm = load_for_inference(checkpoint)
     schema = norm.schema
-    batch = batch_size or config.data.batch_size
+    batch = batch_size or (config.data.batch_size if config is not None else 1024)
     files = None
     if oof:
         from tfpipe.data import resolve_sources
 
+        if config is None:
+            raise PredictError(f"{checkpoint}: --oof needs the run's config.yaml beside the model")
         source = resolve_sources(config.data)[0]
-        files, data = source.val_files, data or source.path
+        files, data = source.val_paths, data or source.path
     if data is None:
         raise PredictError("--data is required (or --oof for the run's validation data)")
     w = None
@@ -223,9 +251,7 @@ def predict(
     truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
     truth_sink = ParquetSink(truth_path, schema.target_columns) if oof else None
     try:
-        for ids, pred, truth in iter_predictions(
-            model, norm, data, batch, config.data.q0002_replacement_levels, files
-        ):
+        for ids, pred, truth in iter_predictions(model, norm, data, batch, files):
             sink.write(ids, pred * w if w is not None else pred)
             if truth_sink is not None:
                 t = truth.astype(np.float64)
@@ -248,7 +274,10 @@ def predict(
 
 def build_parser(prog: str = "tfpipe predict") -> ArgumentParser:
     p = ArgumentParser(prog=prog, description="Predict targets with a trained model; write parquet.")
-    p.add_argument("--checkpoint", required=True, help="RUN/best.keras or RUN/checkpoints/ckpt-N")
+    p.add_argument(
+        "--checkpoint", required=True,
+        help="RUN/best.keras, RUN/checkpoints/ckpt-N (or RUN/ckpt-N), or RUN alone (= its best.keras)",
+    )  # fmt: skip
     p.add_argument("--data", default=None, help="encoded shards folder or a Kaggle test.csv")
     p.add_argument("--out", required=True, help="parquet file to write (local or gs://)")
     p.add_argument("--weights", default=None, help="sample_submission.csv with the per-target weights")

@@ -229,29 +229,31 @@ def read_blocks(paths: Iterable[str], schema: Schema) -> Iterator[Block]:
             yield decode_block(record, schema)
 
 
-_FEATURES = ("x", "y", "x64", "ncol", "time")
+_KEY_FEATURES = {"inputs": "x", "targets": "y", "x64": "x64", "ncol": "ncol", "time": "time", "sample_id": "sample_id"}
 
 
-def parse_block(record, schema: Schema, with_targets: bool = True) -> dict:
+def parse_block(record, schema: Schema, with_targets: bool = True, keys: tuple[str, ...] | None = None) -> dict:
     """Parse one serialized block into a dict of per-sample tensors (pure TF ops, XLA-free graph).
 
     Returns ``inputs [n, n_inputs] float32``, ``x64 [n, 60] float64``, ``ncol [n] int32``,
     ``time [n] int64``, ``sample_id [n] string`` and, when ``with_targets``, ``targets
-    [n, n_targets] float32``. Use ``dataset.map(...).unbatch()`` to get samples.
+    [n, n_targets] float32``; with ``keys``, only those (the other features are not even parsed,
+    which is most of the cost of a training read: ``x64`` and the sample ids are large).
     """
     import tensorflow as tf
 
+    if keys is None:
+        keys = ("inputs", "x64", "ncol", "time", "sample_id") + (("targets",) if with_targets else ())
     spec = {"n": tf.io.FixedLenFeature([], tf.int64)}
-    spec.update({k: tf.io.FixedLenFeature([], tf.string) for k in _FEATURES + ("sample_id",)})
+    spec.update({_KEY_FEATURES[k]: tf.io.FixedLenFeature([], tf.string) for k in keys})
     f = tf.io.parse_single_example(record, spec)
     n = tf.cast(f["n"], tf.int32)
-    out = {
-        "inputs": tf.reshape(tf.io.decode_raw(f["x"], tf.float32), [n, schema.n_inputs]),
-        "x64": tf.reshape(tf.io.decode_raw(f["x64"], tf.float64), [n, NLEV]),
-        "ncol": tf.reshape(tf.io.decode_raw(f["ncol"], tf.int32), [n]),
-        "time": tf.reshape(tf.io.decode_raw(f["time"], tf.int64), [n]),
-        "sample_id": tf.reshape(tf.strings.split(f["sample_id"], "\n"), [n]),
+    decoders = {
+        "inputs": lambda: tf.reshape(tf.io.decode_raw(f["x"], tf.float32), [n, schema.n_inputs]),
+        "targets": lambda: tf.reshape(tf.io.decode_raw(f["y"], tf.float32), [n, schema.n_targets]),
+        "x64": lambda: tf.reshape(tf.io.decode_raw(f["x64"], tf.float64), [n, NLEV]),
+        "ncol": lambda: tf.reshape(tf.io.decode_raw(f["ncol"], tf.int32), [n]),
+        "time": lambda: tf.reshape(tf.io.decode_raw(f["time"], tf.int64), [n]),
+        "sample_id": lambda: tf.reshape(tf.strings.split(f["sample_id"], "\n"), [n]),
     }
-    if with_targets:
-        out["targets"] = tf.reshape(tf.io.decode_raw(f["y"], tf.float32), [n, schema.n_targets])
-    return out
+    return {k: decoders[k]() for k in keys}

@@ -7,7 +7,9 @@ offsets to edit by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
@@ -65,20 +67,112 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One phase of the learning rate over global steps ``[start, end)``.
+
+    Linear from ``start_lr`` at ``start`` to ``peak`` at ``warmup_end``, then a half-cosine from
+    ``peak`` down to ``floor`` at ``end`` (and ``floor`` after it).
+    """
+
+    start: int
+    end: int
+    start_lr: float
+    peak: float
+    warmup_end: int
+    floor: float
+
+    def __post_init__(self) -> None:
+        if not self.start <= self.warmup_end <= self.end or self.end <= self.start:
+            raise ValueError(f"need start <= warmup_end <= end and start < end, got {self}")
+
+    def value(self, step: int) -> float:
+        """The rate at ``step`` (Python float; what :class:`SegmentedSchedule` computes in TF)."""
+        if step < self.warmup_end:
+            return self.start_lr + (self.peak - self.start_lr) * (step - self.start) / (self.warmup_end - self.start)
+        progress = min(max((step - self.warmup_end) / max(self.end - self.warmup_end, 1), 0.0), 1.0)
+        return self.floor + (self.peak - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@keras.saving.register_keras_serializable(package="tfpipe")
+class SegmentedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate as consecutive :class:`Segment` phases of the global step.
+
+    The main epochs are one warm-up + half-cosine; each fine-tune group adds its own; a resume that
+    changes the plan re-anchors the current phase at the resume step (see :mod:`tfpipe.train.plan`).
+    Before the first segment the rate is 0; after the last, its floor.
+
+    Args:
+        segments: dicts of :class:`Segment` fields, ordered by ``start``.
+    """
+
+    def __init__(self, segments: list[dict]) -> None:
+        if not segments:
+            raise ValueError("a schedule needs at least one segment")
+        self.segments = [Segment(**dict(s)) for s in segments]
+        starts = [s.start for s in self.segments]
+        if starts != sorted(starts):
+            raise ValueError(f"segments must be ordered by start, got starts {starts}")
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        value = tf.constant(0.0, tf.float32)
+        for seg in self.segments:
+            ramp = seg.start_lr + (seg.peak - seg.start_lr) * (step - seg.start) / float(max(seg.warmup_end - seg.start, 1))
+            progress = tf.clip_by_value((step - seg.warmup_end) / float(max(seg.end - seg.warmup_end, 1)), 0.0, 1.0)
+            cosine = seg.floor + (seg.peak - seg.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            here = tf.where(step < seg.warmup_end, ramp, cosine)
+            value = tf.where(step >= seg.start, here, value)
+        return value
+
+    def get_config(self) -> dict:
+        return {"segments": [s.to_dict() for s in self.segments]}
+
+
 def make_schedule(optim: OptimConfig, total_steps: int) -> WarmupCosine:
     """The schedule of ``optim`` over ``total_steps`` (a fractional warm-up is taken of them)."""
     warmup = min(optim.resolved_warmup_steps(total_steps), total_steps)
     return WarmupCosine(optim.learning_rate, total_steps, warmup, optim.min_lr_ratio)
 
 
-def make_optimizer(optim: OptimConfig, total_steps: int) -> keras.optimizers.AdamW:
-    """AdamW with :class:`WarmupCosine`, weight decay (default 4 x peak LR), clipnorm and optional EMA.
+@keras.saving.register_keras_serializable(package="tfpipe")
+class AllReducedAdamW(keras.optimizers.AdamW):
+    """AdamW for gradients that the train step has already summed over the replicas.
+
+    Keras sums gradients over replicas after ``clipnorm`` has clipped them (in its update step), so
+    each replica would clip its own share, ``1/replicas`` of the gradient: 8 TPU cores would clip 8x
+    looser than one device. The train step (:mod:`tfpipe.train.step`) all-reduces first; this
+    optimizer skips Keras's own all-reduce, so ``clipnorm`` sees the global gradient.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+def make_optimizer(
+    optim: OptimConfig,
+    schedule: int | keras.optimizers.schedules.LearningRateSchedule,
+    gradients_reduced: bool = False,
+) -> keras.optimizers.AdamW:
+    """AdamW with the schedule, weight decay (default 4 x peak LR), clipnorm and optional EMA.
+
+    Args:
+        optim: the optimizer config.
+        schedule: a learning-rate schedule, or total steps for :func:`make_schedule`.
+        gradients_reduced: the caller passes gradients already summed over replicas
+            (:class:`AllReducedAdamW`); plain AdamW otherwise.
 
     Build it inside the strategy scope. Under ``mixed_float16`` wrap it in
     ``keras.optimizers.LossScaleOptimizer`` (bfloat16 needs no loss scaling).
     """
-    return keras.optimizers.AdamW(
-        learning_rate=make_schedule(optim, total_steps),
+    if isinstance(schedule, int):
+        schedule = make_schedule(optim, schedule)
+    cls = AllReducedAdamW if gradients_reduced else keras.optimizers.AdamW
+    return cls(
+        learning_rate=schedule,
         weight_decay=optim.resolved_weight_decay,
         beta_1=optim.beta_1,
         beta_2=optim.beta_2,

@@ -120,6 +120,23 @@ def build_model(
     return MODELS[config.name](config, n_channels, schema, n_aux)
 
 
+def build_normalized_model(config: ModelConfig, normalization: keras.layers.Layer, n_aux: int = len(AUX_TARGETS)):
+    """What training and prediction use: raw input columns → ``normalization`` → the model ``config.name``.
+
+    Args:
+        config: model hyper-parameters.
+        normalization: a :class:`tfpipe.normalize.Normalization` (it carries the schema and statistics).
+        n_aux: width of the auxiliary space-time output.
+
+    The result takes ``[batch, n_inputs]`` float32 and has the outputs of :func:`build_model`;
+    ``model.get_layer("normalization")`` gives the statistics back (e.g. for the float64 inverse).
+    """
+    schema = normalization.schema
+    core = build_model(config, normalization.n_channels, schema, n_aux)
+    raw = keras.Input(shape=(schema.n_inputs,), dtype="float32", name="inputs")
+    return keras.Model(raw, core(normalization(raw)), name=f"normalized_{core.name}")
+
+
 def model_input(n_channels: int) -> keras.KerasTensor:
     """The common input: ``[batch, NLEV, n_channels]`` float32."""
     return keras.Input(shape=(NLEV, n_channels), dtype="float32", name="levels")

@@ -1,0 +1,7 @@
+"""``python -m tfpipe.train``."""
+
+import sys
+
+from tfpipe.train.cli import main
+
+sys.exit(main(prog="python -m tfpipe.train"))

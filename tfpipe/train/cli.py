@@ -1,0 +1,74 @@
+"""``tfpipe train`` / ``python -m tfpipe.train``: the command line of the training loop."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tfpipe.cliutil import ArgumentParser
+
+
+def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description="Train a model in resumable sub-epoch chunks.")
+    p.add_argument("--config", default=None, help="YAML config (e.g. configs/tiny.yaml)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.learning_rate=3e-4"
+    )
+    p.add_argument("--resume", default=None, help="ckpt-N or latest (default: latest if the run dir has any)")
+    p.add_argument("--run-dir", default=None, help="where checkpoints and logs go (local or gs://)")
+    p.add_argument("--time-budget", default=None, help="stop after the last sub-epoch that fits, e.g. 8h30m")
+    p.add_argument(
+        "--stop-after-sub-epochs", type=int, default=None, help="end this session after N sub-epochs"
+    )
+    p.add_argument(
+        "--allow-config-change", action="store_true",
+        help="resume with changed epochs, learning rate, ... (keys listed in docs/configuration.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-data-change", action="store_true",
+        help="resume although the training files or the statistics file differ from the run's",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-replica-change", action="store_true",
+        help="resume on another number of replicas (the remaining steps are re-planned)",
+    )  # fmt: skip
+    p.add_argument("--deterministic", action="store_true", help="deterministic ops and data order")
+    p.add_argument(
+        "--strategy", default="auto", help="auto, tpu, mirrored, multiworker, default, cpu-mirrored"
+    )
+    p.add_argument(
+        "--logical-cpus", type=int, default=None, metavar="N",
+        help="split the CPU into N logical devices first (with --strategy cpu-mirrored: N replicas)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    if args.time_budget:
+        overrides.append(f"time_budget={args.time_budget}")
+    from tfpipe import storage
+    from tfpipe.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, overrides)
+        if args.logical_cpus:
+            from tfpipe.distribute import configure_logical_cpus
+
+            configure_logical_cpus(args.logical_cpus)
+        from tfpipe.train.loop import train
+
+        summary = train(
+            config, args.resume, args.allow_config_change, args.stop_after_sub_epochs, args.deterministic,
+            args.strategy, 0 if args.quiet else 1, args.allow_data_change, args.allow_replica_change,
+        )  # fmt: skip
+    except (ConfigError, storage.StorageError, OSError, ValueError) as err:
+        # ValueError: TrainError, data, stats, manifest, plan and normalisation errors
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,83 @@
+"""What a run reports after each sub-epoch: ``metrics.csv``, TensorBoard events, MLflow.
+
+``metrics.csv`` has one row per checkpoint; a sub-epoch redone after a kill replaces its row (rows
+from that checkpoint on are dropped before the new one is appended). TensorBoard events go to
+``RUN/tb`` (for a ``gs://`` run dir: a local folder uploaded after each flush, since TF's event writer
+appends and object stores cannot). MLflow gets the same numbers when ``mlflow: true`` and it is
+installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from tfpipe import storage
+
+
+def _csv_text(rows: list[dict]) -> str:
+    header = ",".join(rows[-1])
+    lines = [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r.values()) for r in rows]
+    return "\n".join([header, *lines]) + "\n"
+
+
+def append_metrics_row(path: str, row: dict) -> None:
+    """Add ``row`` (with a ``checkpoint`` key) to a CSV, dropping rows of that checkpoint or later.
+
+    The file is rewritten atomically (small files; works on gs://).
+    """
+    keep: list[str] = []
+    if storage.exists(path):
+        lines = storage.read_bytes(path).decode().splitlines()
+        keep = [line for line in lines[1:] if line and int(line.split(",", 1)[0]) < row["checkpoint"]]
+        if lines and lines[0] != ",".join(row):
+            keep = []  # another layout (an older tfpipe): start over rather than mix columns
+    text = _csv_text([row])
+    header, line = text.splitlines()
+    storage.write_bytes(path, "\n".join([header, *keep, line]).encode() + b"\n")
+
+
+class RunLogs:
+    """CSV, TensorBoard and MLflow logging of one training session."""
+
+    def __init__(self, run_dir: str, mlflow: bool) -> None:
+        import tensorflow as tf
+
+        self.run_dir = run_dir
+        self.csv = storage.join(run_dir, "metrics.csv")
+        self.tb_dir = storage.join(run_dir, "tb")
+        self.remote = storage.is_remote(run_dir)
+        self.tb_local = tempfile.mkdtemp(prefix="tfpipe-tb-") if self.remote else self.tb_dir
+        self.writer = tf.summary.create_file_writer(self.tb_local)
+        self.mlflow = _mlflow() if mlflow else None
+
+    def write(self, row: dict, step: int) -> None:
+        import tensorflow as tf
+
+        with self.writer.as_default(step=step):
+            for key, value in row.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(key, value)
+        self.writer.flush()
+        if self.remote:
+            for name in os.listdir(self.tb_local):
+                storage.upload_file(os.path.join(self.tb_local, name), storage.join(self.tb_dir, name))
+        append_metrics_row(self.csv, row)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.remote:
+            shutil.rmtree(self.tb_local, ignore_errors=True)
+
+
+def _mlflow():
+    try:
+        import mlflow
+    except ImportError:
+        print("[train] mlflow: true but mlflow is not installed; skipping", file=sys.stderr)
+        return None
+    return mlflow

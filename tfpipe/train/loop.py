@@ -1,0 +1,339 @@
+"""The training loop: sub-epochs in order, validation, checkpoints, the time budget and signals.
+
+:func:`train` opens a session (:mod:`tfpipe.train.session`), builds the :class:`TrainStep`, restores
+the resume checkpoint and runs the remaining stages. After each sub-epoch: validation (EMA weights
+when on), logs, then the writes in commit order: ``best/ckpt-N``, ``best.keras`` and ``best.json``
+when the score improved, ``checkpoints/ckpt-N``, and last ``ckpt-N.state.json``.
+
+Stops: ``--stop-after-sub-epochs``, ``--time-budget`` (before a sub-epoch that would not fit),
+SIGTERM or Ctrl-C (at the next chunk of ``steps_per_execution`` steps; the unfinished sub-epoch is
+redone by the next run; a second Ctrl-C aborts at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+
+import numpy as np
+
+from tfpipe import storage
+from tfpipe.config import TrainConfig, dump_config
+from tfpipe.train.checkpoints import (
+    BEST,
+    BEST_KEEP,
+    CHECKPOINTS,
+    AllowedChanges,
+    CheckpointMirror,
+    RunState,
+    TrainError,
+    drop_stale_states,
+    numbers,
+    read_best_record,
+    write_best_record,
+    write_state,
+)
+from tfpipe.train.logs import RunLogs
+from tfpipe.train.session import Session, open_session
+from tfpipe.train.step import TrainStep
+
+
+class Signals:
+    """SIGTERM and SIGINT (Ctrl-C) become a request to stop at the next chunk; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received:
+            raise KeyboardInterrupt
+        self.received.append(signum)
+        name = signal.Signals(signum).name
+        print(f"\n[train] {name}: stopping after the current chunk of steps (Ctrl-C again aborts now)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def __enter__(self) -> Signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # signals can only be handled in the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def group_mask(schema, group: str) -> np.ndarray:
+    """``[T]`` 0/1 mask of a fine-tune group: target variables joined by ``+`` (``cam_out``: all scalars)."""
+    names: list[str] = []
+    for part in (p.strip() for p in group.split("+")):
+        if part == "cam_out":
+            names += list(schema.target_scalars)
+        elif part in schema.targets:
+            names.append(part)
+        else:
+            raise TrainError(f"finetune group {group!r}: {part!r} is not a target of schema {schema.name!r}")
+    mask = np.zeros(schema.n_targets, np.float32)
+    for name in names:
+        mask[schema.target_slice(name)] = 1.0
+    return mask
+
+
+def export_keras(step: TrainStep, target: str) -> None:
+    """Save the inference weights (EMA when on) as a ``.keras`` file, atomically."""
+    with step.inference_weights(), storage.staged_output(target, suffix=".keras") as local:
+        step.model.save(local)
+
+
+class Trainer:
+    """Runs the remaining stages of a session; owns the step, the checkpoint managers and the logs."""
+
+    def __init__(self, session: Session, stop_after: int | None, verbose: int) -> None:
+        import tensorflow as tf
+
+        self.s, self.config, self.stop_after, self.verbose = session, session.config, stop_after, verbose
+        state = session.state
+        self.best_metric = None if state is None else state.best_metric
+        self.best_ckpt = None if state is None else state.best_checkpoint
+        self.wall_before = 0.0 if state is None else state.wall_time_s
+        self.masks = [group_mask(self._schema, g) for g in self.config.finetune.groups]
+        self.mirror = CheckpointMirror(session.run_dir, session.write_dir)
+        first = session.plan.stages[min(session.start_index, len(session.plan.stages) - 1)]
+        self.step, self.manager, self.best_manager = self._build(self._precision_for(first.epoch))
+        self.t_start = time.time()
+        self.logs: RunLogs | None = None
+        self._tf = tf
+
+    @property
+    def _schema(self):
+        from tfpipe.schema import get_schema
+
+        return get_schema(self.config.data.schema)
+
+    def _precision_for(self, epoch: int) -> str:
+        switch = self.config.float32_after_epoch
+        return "float32" if switch is not None and epoch >= switch else self.s.precision
+
+    def _build(self, precision: str):
+        """(TrainStep, its CheckpointManager, its best-model CheckpointManager) under ``precision``."""
+        import tensorflow as tf
+
+        step = TrainStep(self.config, self.s.strategy, self.s.normalization_config, self.s.segments, precision)
+        managers = [
+            tf.train.CheckpointManager(step.checkpoint, self.mirror.local(sub), keep, checkpoint_name="ckpt")
+            for sub, keep in ((CHECKPOINTS, self.config.keep_checkpoints), (BEST, BEST_KEEP))
+        ]
+        return step, *managers
+
+    def restore(self) -> None:
+        """Repair ``best.keras`` if a kill left it behind its state, then restore the resume checkpoint."""
+        s = self.s
+        if s.start is None:
+            return
+        record = read_best_record(s.run_dir)
+        if self.best_ckpt is not None and (record or {}).get("checkpoint") != f"ckpt-{self.best_ckpt}":
+            self.step.checkpoint.restore(self.mirror.restore_path(BEST, self.best_ckpt)).expect_partial()
+            self._write_best(self.best_ckpt)
+            print(f"[train] best.keras re-exported from best/ckpt-{self.best_ckpt}", file=sys.stderr)
+        path = self.mirror.restore_path(CHECKPOINTS, s.start)
+        self.step.checkpoint.restore(path).assert_existing_objects_matched()
+        bad = self.step.normalization.mismatched_weights()
+        if bad:
+            raise TrainError(f"ckpt-{s.start} normalises with other statistics than {s.run_dir}/stats.json ({bad})")
+
+    def _write_best(self, n: int) -> None:
+        self.best_manager.save(checkpoint_number=n)
+        self.mirror.push(BEST, numbers(self.best_manager))
+        export_keras(self.step, storage.join(self.s.write_dir, "best.keras"))
+        write_best_record(self.s.write_dir, n, float(self.best_metric) if self.best_metric is not None else 0.0)
+
+    def run(self) -> dict:
+        """Run stages until the end or a stop; returns the summary."""
+        s = self.s
+        storage.makedirs(s.write_dir)
+        dump_config(self.config, storage.join(s.write_dir, "config.yaml"))
+        if s.start is None:
+            storage.write_bytes(storage.join(s.write_dir, "stats.json"), s.stats_text.encode())
+        self.logs = RunLogs(s.write_dir, self.config.mlflow)
+        index, done_here, longest, last_val, stopped = s.start_index, 0, 0.0, {}, "finished"
+        try:
+            with Signals() as signals:
+                while index < len(s.plan.stages):
+                    stopped = self._stop_reason(done_here, longest)
+                    if stopped:
+                        break
+                    t0 = time.time()
+                    parts = self._train_stage(index, signals)
+                    if signals.received:
+                        stopped = f"signal {signals.received[0]}"
+                        break
+                    last_val = self._finish_stage(index, parts, t0)
+                    index, done_here = index + 1, done_here + 1
+                    longest = max(longest, time.time() - t0)
+                else:
+                    stopped = "finished"
+        finally:
+            self.logs.close()
+            self.mirror.close()
+        return self._summary(index, done_here, last_val, stopped or "finished")
+
+    def _stop_reason(self, done_here: int, longest: float) -> str:
+        budget = self.config.time_budget_s
+        if budget is not None and done_here and time.time() - self.t_start + longest * 1.1 > budget:
+            return "time budget"
+        if self.stop_after is not None and done_here >= self.stop_after:
+            return "stop-after-sub-epochs"
+        return ""
+
+    def _train_stage(self, index: int, signals: Signals) -> dict:
+        import keras
+
+        from tfpipe.data import diagnose_read_error, make_train_dataset
+        from tfpipe.sampling import sub_epoch_files
+
+        tf, s, stage = self._tf, self.s, self.s.plan.stages[index]
+        if self._precision_for(stage.epoch) != self.step.precision:
+            print(f"[train] epoch {stage.epoch}: switching from {self.step.precision} to float32", file=sys.stderr)
+            old = self.step
+            self.step, self.manager, self.best_manager = self._build(self._precision_for(stage.epoch))
+            self.step.copy_from(old)
+        data = self.config.data
+        ds = make_train_dataset(s.sources, data, self.config.seed, stage.epoch, stage.sub_epoch, stage.data, s.replicas)
+        iterator = iter(s.strategy.experimental_distribute_dataset(ds))
+        mask = None if stage.group is None else self.masks[stage.group]
+        with contextlib.redirect_stdout(sys.stderr):  # progress on stderr: stdout ends with the JSON summary
+            bar = keras.utils.Progbar(stage.steps, verbose=self.verbose, stateful_metrics=["loss", "main", "lr"])
+        done, parts = 0, {}
+        while done < stage.steps and not signals.received:
+            n = min(self.config.steps_per_execution, stage.steps - done)
+            try:
+                parts = self.step.run_steps(iterator, n, mask)
+            except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:
+                files = [f.path for src in s.sources for f in sub_epoch_files(
+                    src.train_files, self.config.seed, stage.epoch, stage.sub_epoch, data.sub_epochs)]  # fmt: skip
+                problem = diagnose_read_error(files) or err.message.splitlines()[0]
+                raise TrainError(f"unreadable training data in epoch {stage.epoch} sub-epoch "
+                                 f"{stage.sub_epoch}: {problem}") from None  # fmt: skip
+            done += n
+            if not np.isfinite(parts["total"]):
+                raise TrainError(
+                    f"the loss became {parts['total']} in epoch {stage.epoch} sub-epoch {stage.sub_epoch} "
+                    f"(step {self.step.step}): a diverging model (try a lower optim.learning_rate) or bad data"
+                )
+            with contextlib.redirect_stdout(sys.stderr):
+                bar.update(done, [("loss", parts["total"]), ("main", parts["main"]), ("lr", self.step.learning_rate)])
+        return parts
+
+    def _finish_stage(self, index: int, parts: dict, t0: float) -> dict:
+        from tfpipe.data import make_validation_dataset
+        from tfpipe.train.validation import validate
+
+        s, stage = self.s, self.s.plan.stages[index]
+        val_ds = make_validation_dataset(s.sources[0].val_paths, self.step.normalization.schema, s.plan.global_batch)
+        val = validate(self.step, s.strategy.experimental_distribute_dataset(val_ds))
+        n_ckpt, step = index + 1, self.step.step
+        improved = self.best_metric is None or val["val_r2"] > self.best_metric
+        if improved:
+            self.best_metric, self.best_ckpt = val["val_r2"], n_ckpt
+        row = {
+            "checkpoint": n_ckpt, "epoch": stage.epoch, "sub_epoch": stage.sub_epoch, "step": step,
+            "finetune_group": "" if stage.group is None else self.config.finetune.groups[stage.group],
+            "loss": parts["total"], "main": parts["main"], "lr": self.step.learning_rate, **val,
+            "seconds": round(time.time() - t0, 2),
+        }  # fmt: skip
+        self.logs.write(row, step)
+        self._commit(index, val, improved)
+        print(f"[train] ckpt-{n_ckpt}: epoch {stage.epoch} sub-epoch {stage.sub_epoch} loss {row['loss']:.4f} "
+              f"val R2 {val['val_r2']:.4f} (normalised {val['val_r2_normalized']:.4f}) in {row['seconds']} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return val
+
+    def _commit(self, index: int, val: dict, improved: bool) -> None:
+        """Best model first, then the checkpoint, then the state that names both (the commit)."""
+        from tfpipe.config import config_to_dict
+
+        s, n_ckpt = self.s, index + 1
+        if improved:
+            self._write_best(n_ckpt)
+        self.manager.save(checkpoint_number=n_ckpt)
+        keep = numbers(self.manager)
+        self.mirror.push(CHECKPOINTS, keep)
+        epoch, k = s.plan.after(index)
+        state = RunState(
+            n_ckpt, epoch, k, self.config.seed, self.step.step, s.model_hash, s.data_hash,
+            s.normalization_config["stats_sha256"], s.replicas, s.plan.global_batch, s.plan_hash,
+            s.segments, self.best_metric, self.best_ckpt, round(self.wall_before + time.time() - self.t_start, 2),
+            val, config_to_dict(self.config), s.plan_steps,
+        )  # fmt: skip
+        write_state(s.write_dir, state)
+        drop_stale_states(s.write_dir, keep, self.best_ckpt)
+
+    def _summary(self, index: int, done_here: int, last_val: dict, stopped: str) -> dict:
+        s = self.s
+        finished = index >= len(s.plan.stages)
+        epoch, k = (s.plan.stages[index].epoch, s.plan.stages[index].sub_epoch) if not finished else s.plan.after(
+            len(s.plan.stages) - 1)  # fmt: skip
+        if not finished:
+            print(f"[train] stopped ({stopped}) before epoch {epoch} sub-epoch {k}; to continue, run the same "
+                  f"command again (it resumes from the latest checkpoint in {s.run_dir}) or add --resume latest",
+                  file=sys.stderr)  # fmt: skip
+        return {
+            "run_dir": s.run_dir, "resumed_from": None if s.start is None else f"ckpt-{s.start}",
+            "sub_epochs_run": done_here, "next": {"epoch": epoch, "sub_epoch": k}, "finished": finished,
+            "stopped": "finished" if finished else stopped, "step": self.step.step,
+            "val_r2": last_val.get("val_r2"), "best_r2": self.best_metric,
+            "best_checkpoint": None if self.best_ckpt is None else f"ckpt-{self.best_ckpt}",
+            "strategy": s.kind, "replicas": s.replicas, "global_batch": s.plan.global_batch,
+            "precision": self.step.precision, "seconds": round(time.time() - self.t_start, 2),
+        }  # fmt: skip
+
+
+def train(
+    config: TrainConfig,
+    resume: str | None = None,
+    allow_config_change: bool = False,
+    stop_after_sub_epochs: int | None = None,
+    deterministic: bool = False,
+    strategy: str = "auto",
+    verbose: int = 1,
+    allow_data_change: bool = False,
+    allow_replica_change: bool = False,
+) -> dict:
+    """Run (or continue) training; returns a summary dict. TrainError (a ValueError) on unusable input.
+
+    Args:
+        config: the experiment.
+        resume: ``ckpt-N``, ``latest`` or None (the latest checkpoint of the run dir, if any).
+        allow_config_change, allow_data_change, allow_replica_change: let a resume continue with a
+            changed config (mutable keys only), other files or statistics, or another replica count.
+        stop_after_sub_epochs: end this session after N sub-epochs.
+        deterministic: deterministic ops and data order (bitwise-reproducible resumes).
+        strategy: ``auto``, ``tpu``, ``mirrored``, ``multiworker``, ``default`` or ``cpu-mirrored``.
+        verbose: 1 for a progress bar (on stderr), 0 for none.
+
+    Keras' global dtype policy is restored afterwards.
+    """
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+
+    previous = keras.mixed_precision.global_policy()
+    if deterministic:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, deterministic=True))
+        keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+    allow = AllowedChanges(allow_config_change, allow_data_change, allow_replica_change)
+    session = open_session(config, resume, allow, strategy)
+    try:
+        trainer = Trainer(session, stop_after_sub_epochs, verbose)
+        trainer.restore()
+        return trainer.run()
+    finally:
+        session.close()
+        keras.mixed_precision.set_global_policy(previous)

@@ -1,0 +1,44 @@
+"""Validation after each sub-epoch: the Kaggle R² on the physical scale and R² on the normalised scale.
+
+The forward pass runs through the strategy (:meth:`TrainStep.validation_batch`); this module turns the
+gathered predictions into scores on the host, in float64, with the same post-processing as
+``tfpipe predict`` (:func:`tfpipe.postprocess.physical_predictions`), so that predicting the
+validation files with the saved checkpoint reproduces ``val_r2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfpipe.metrics import StreamingR2
+from tfpipe.postprocess import physical_predictions
+from tfpipe.train.step import TrainStep
+
+
+def validate(step: TrainStep, dist_batches) -> dict:
+    """Scores of the inference weights (EMA when on) over a distributed validation dataset.
+
+    Returns ``val_r2`` (Kaggle metric: physical scale, submission weights, zero-weight targets count
+    as 1), ``val_r2_normalized`` (mean over the targets in the loss), ``val_mae_normalized`` and
+    ``val_samples``.
+    """
+    norm = step.normalization
+    schema = norm.schema
+    weights = np.asarray(schema.target_weights())
+    in_loss = norm.target_mask() > 0
+    normalized, physical = StreamingR2(schema.n_targets), StreamingR2(schema.n_targets)
+    abs_error = weight = 0.0
+    with step.inference_weights():
+        for batch in dist_batches:
+            b = step.validation_batch(batch)
+            truth = b["targets"].astype(np.float64)
+            normalized.update(norm.normalize_targets64(truth), b["pred"])
+            physical.update(truth * weights, physical_predictions(b["pred"], b["x64"], norm) * weights)
+            abs_error, weight = abs_error + b["abs_error"], weight + b["weight"]
+    r2 = np.where(weights == 0, 1.0, physical.r2())
+    return {
+        "val_r2": float(r2.mean()),
+        "val_r2_normalized": float(normalized.r2()[in_loss].mean()),
+        "val_mae_normalized": abs_error / max(weight, 1.0),
+        "val_samples": normalized.n,
+    }
