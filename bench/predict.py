@@ -9,7 +9,8 @@ as the test set; every ``TRAIN_STRIDE``-th step encoded again as a small trainin
 
 Then, for each batch size in ``BATCH_SIZES``, several times, back to back:
 
-- ``predict(RUN/best.keras, TEST, OUT.parquet, batch_size=B)``: read → normalise → model → float64
+- ``predict(RUN/best.keras, TEST, OUT.parquet, batch_size=B)``: read → model (its first layer
+  normalises) → float64
   post-processing → parquet. Light wrappers around names that ``tfpipe.predict`` looks up at call
   time stamp every stage of every batch (the code path itself is unchanged);
 - the model alone: the same XLA-compiled forward as predict (``tf.function(jit_compile=True,
@@ -57,7 +58,7 @@ from data_prep.encode import EncodeConfig, encode_shard  # noqa: E402
 from data_prep.stats import compute_stats  # noqa: E402
 from data_prep.synth import synthesize  # noqa: E402
 from tfpipe.config import load_config  # noqa: E402
-from tfpipe.data import Source, make_predict_dataset  # noqa: E402
+from tfpipe.data import make_predict_dataset  # noqa: E402
 from tfpipe.manifest import data_files, read_manifests  # noqa: E402
 from tfpipe.predict import load_for_inference, predict  # noqa: E402
 from tfpipe.schema import NCOL  # noqa: E402
@@ -74,7 +75,7 @@ BATCH_SIZES = {256: 1} if QUICK else {1024: 7, 256: 3}
 GOAL = 0.2
 STAGES = ("read", "forward", "post", "check", "write")
 STAGE_NOTES = {
-    "read": "next(): wait for tf.data (parse, normalise), ids decode, .numpy() of x64",
+    "read": "next(): wait for tf.data (parse), ids decode, .numpy() of x64",
     "forward": "XLA forward + .numpy()",
     "post": "physical_predictions (float64 inverse transform, q0002 rule, zero weights)",
     "check": "np.isfinite check + generator hand-over",
@@ -226,8 +227,7 @@ def timed_predict(checkpoint: str, data: str, out: str, batch: int) -> tuple[Sta
 def memory_batches(model_norm, data: str, batch: int) -> list[tf.Tensor]:
     """predict's model inputs for ``data`` as in-memory tensors, batch by batch, in predict's order."""
     files = data_files(data, read_manifests(data, schema=model_norm.schema.name))
-    source = Source("test", data, 1.0, files, [], model_norm, None, None, {})
-    return [b["inputs"] for b in make_predict_dataset(files, source, batch, with_targets=False)]
+    return [b["inputs"] for b in make_predict_dataset(files, model_norm.schema, batch, with_targets=False)]
 
 
 def compiled_forward(model, xs: list[tf.Tensor]):

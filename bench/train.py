@@ -134,13 +134,23 @@ def progress_clock(stop_after_updates: int | None = None) -> Iterator[list[dict]
         keras.utils.Progbar = original
 
 
-def model_params(config) -> int:
-    """Parameters of the config's model (built as ``train`` builds it; BatchNorm statistics included)."""
-    from tfpipe.data import resolve_sources
-    from tfpipe.models import build_model
+def normalization_of(config):
+    """The Normalization layer ``train`` builds for ``config`` (from the first source's statistics)."""
+    from data_prep.stats import load_stats
+    from tfpipe.normalize import Normalization
+    from tfpipe.schema import get_schema
 
-    norm = resolve_sources(config.data)[0].normalizer
-    params = int(build_model(config.model, norm.n_channels, norm.schema).count_params())
+    data = config.data
+    stats = load_stats(data.stats_path, schema=data.schema)
+    return Normalization.from_stats(get_schema(data.schema), stats, tuple(data.representations))
+
+
+def model_params(config) -> int:
+    """Parameters of the config's model (built as ``train`` builds it; BatchNorm statistics and the
+    normalisation's statistics included)."""
+    from tfpipe.models import build_normalized_model
+
+    params = int(build_normalized_model(config.model, normalization_of(config)).count_params())
     keras.backend.clear_session()
     return params
 
@@ -205,14 +215,12 @@ def reference_throughput(data: str, run_dir: Path) -> dict:
 
 def checkpoint_cost(data: str, folder: Path, extra: list[str], saves: int) -> dict:
     """Save the model + AdamW of a config ``saves`` times with a CheckpointManager, then restore."""
-    from tfpipe.data import resolve_sources
-    from tfpipe.models import build_model
+    from tfpipe.models import build_normalized_model
     from tfpipe.schedule import make_optimizer
 
     config = load_config(TINY, [f"data.sources.0.path={data}", *extra])
-    norm = resolve_sources(config.data)[0].normalizer
     keras.utils.set_random_seed(config.seed)
-    net = build_model(config.model, norm.n_channels, norm.schema)
+    net = build_normalized_model(config.model, normalization_of(config))
     optimizer = make_optimizer(config.optim, 1000)
     optimizer.build(net.trainable_variables)
     ckpt = tf.train.Checkpoint(model=net, optimizer=optimizer)
@@ -248,8 +256,8 @@ def mark(name, value=""):
 mark("python_up")
 import keras
 import tensorflow as tf
-import tfpipe.data, tfpipe.distribute, tfpipe.losses, tfpipe.models, tfpipe.predict, tfpipe.schedule
-import tfpipe.train
+import tfpipe.config, tfpipe.data, tfpipe.predict
+import tfpipe.train.cli, tfpipe.train.loop, tfpipe.train.session, tfpipe.train.step
 mark("imports_done")
 def wrap(owner, name, label):
     fn = getattr(owner, name)
@@ -259,13 +267,13 @@ def wrap(owner, name, label):
         mark(label + "_end")
         return out
     setattr(owner, name, wrapper)
-wrap(tfpipe.train, "load_config", "config")
-wrap(tfpipe.distribute, "choose_strategy", "strategy")
-wrap(tfpipe.data, "resolve_sources", "data")
-wrap(tfpipe.models, "build_model", "model")
+wrap(tfpipe.config, "load_config", "config")
+wrap(tfpipe.train.session, "choose_strategy", "strategy")
+wrap(tfpipe.train.session, "resolve_sources", "data")
+wrap(tfpipe.train.step, "build_normalized_model", "model")
 wrap(tf.train.Checkpoint, "restore", "restore")
-wrap(tfpipe.data, "make_dataset", "dataset")
-wrap(tfpipe.losses, "total_loss", "loss")  # called once, while tracing the forward pass
+wrap(tfpipe.data, "make_train_dataset", "dataset")
+wrap(tfpipe.train.step, "total_loss", "loss")  # called once, while tracing the forward pass
 wrap(keras.optimizers.AdamW, "apply_gradients", "apply")  # traced once, after the backward pass
 class MarkedProgbar(keras.utils.Progbar):
     def __init__(self, *args, **kwargs):
@@ -275,7 +283,7 @@ class MarkedProgbar(keras.utils.Progbar):
         mark("update", current)
         super().update(current, values, finalize)
 keras.utils.Progbar = MarkedProgbar
-sys.exit(tfpipe.train.main(sys.argv[1:], prog="python -m tfpipe.train"))
+sys.exit(tfpipe.train.cli.main(sys.argv[1:], prog="python -m tfpipe.train"))
 """
 XLA_START = "XLA service"
 XLA_DONE = "Compiled cluster using XLA"
@@ -283,8 +291,8 @@ PROGRESS = re.compile(rb"\x1b\[1m\s*(\d+)/(\d+)\x1b\[0m")
 
 
 def run_timed(command: list[str]) -> dict:
-    """Run ``command`` in REPO; wall-clock (``time.time``) stamps of its progress updates (stdout) and
-    stderr lines, as they arrive."""
+    """Run ``command`` in REPO; wall-clock (``time.time``) stamps of its progress updates and stderr
+    lines, as they arrive (progress bars and logs are on stderr; stdout has the JSON summary)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}  # TF's default: keep the XLA log lines
     start = time.time()
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -294,13 +302,18 @@ def run_timed(command: list[str]) -> dict:
 
     def read_stdout() -> None:
         while chunk := os.read(proc.stdout.fileno(), 65536):
-            now = time.time()
             out_text.append(chunk)
-            updates.extend((now, int(m.group(1))) for m in PROGRESS.finditer(chunk))
 
     def read_stderr() -> None:
-        for line in iter(proc.stderr.readline, b""):
-            lines.append((time.time(), line.decode(errors="replace").rstrip()))
+        pending = b""
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            now = time.time()
+            updates.extend((now, int(m.group(1))) for m in PROGRESS.finditer(chunk))
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            lines.extend((now, line.decode(errors="replace").rstrip()) for line in complete)
+        if pending:
+            lines.append((time.time(), pending.decode(errors="replace")))
 
     threads = [threading.Thread(target=read_stdout), threading.Thread(target=read_stderr)]
     for t in threads:
@@ -354,7 +367,8 @@ def resume_breakdown(data: str, run_dir: Path) -> dict:
     marks: dict[str, float] = {}
     updates: list[tuple[float, int]] = []
     for arrived, line in run["lines"]:
-        if line.startswith("[bench-mark] "):
+        if "[bench-mark] " in line:  # a progress bar without a newline may precede it
+            line = line[line.index("[bench-mark] ") :]
             _, stamp, name, *value = line.split()
             if name == "update":
                 updates.append((float(stamp), int(value[0])))
@@ -369,13 +383,13 @@ def resume_breakdown(data: str, run_dir: Path) -> dict:
     t = {**marks, "start": run["start"], "first_update": updates[0][0]}
     stages = [
         ("process_start", "start", "python_up", "interpreter start until the first line of code"),
-        ("imports", "python_up", "imports_done", "tensorflow, keras, tfpipe.train and what _train imports"),
+        ("imports", "python_up", "imports_done", "tensorflow, keras, tfpipe.train and what train imports"),
         ("config", "imports_done", "config_end", "argument parsing + load_config"),
         ("strategy", "config_end", "strategy_end", "choose_strategy (devices)"),
         ("data_resolve", "strategy_end", "model_start", "resolve_sources (manifests, stats, grid), plan"),
         ("model_build", "model_start", "restore_start", "build_model + AdamW build + managers"),
         ("restore", "restore_start", "restore_end", "tf.train.Checkpoint.restore of the latest"),
-        ("dataset", "restore_end", "progbar", "config.yaml, TensorBoard writer, make_dataset, iterator"),
+        ("dataset", "restore_end", "progbar", "config.yaml, TensorBoard writer, make_train_dataset, iterator"),
     ]
     if {"loss_start", "apply_start", "apply_end", "xla_start", "xla_done"} <= set(marks):
         stages += [

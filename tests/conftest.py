@@ -28,6 +28,20 @@ def small_raw_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def highres(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second encoded source (other weather, June 1st, 20 steps) standing in for high-resolution data."""
+    from data_prep.encode import EncodeConfig, encode_shard
+    from data_prep.stats import compute_stats
+
+    tree = tmp_path_factory.mktemp("hr") / "tree"
+    synthesize(tree, days=20 / 72, start="0001-06-01", seed=7)
+    dst = tmp_path_factory.mktemp("highres") / "d"
+    encode_shard(EncodeConfig(str(tree), str(dst), 0, 1, blocks_per_file=1, progress=False))
+    (dst / "stats.json").write_text(compute_stats(str(dst)).to_json())
+    return dst
+
+
+@pytest.fixture(scope="session")
 def gcs() -> Iterator[GcsEmulator]:
     """fake-gcs-server on a free loopback port, stopped when the session ends."""
     with GcsEmulator() as emulator:

@@ -38,16 +38,6 @@ def lowres(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def highres(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second source (other weather, June 1st) standing in for high-resolution data."""
-    from data_prep.synth import synthesize
-
-    tree = tmp_path_factory.mktemp("hr") / "tree"
-    synthesize(tree, days=20 / 72, start="0001-06-01", seed=7)
-    return encode_tree(tree, tmp_path_factory.mktemp("highres") / "d", shards=1, blocks_per_file=1)
-
-
-@pytest.fixture(scope="module")
 def third(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A third source (Sept 1st)."""
     from data_prep.synth import synthesize

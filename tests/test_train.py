@@ -43,10 +43,14 @@ def config(encoded: Path, run_dir: Path, *extra: str):
 
 
 def weights_of(run_dir: Path, n: int) -> list[np.ndarray]:
+    """Every variable of checkpoint ``n``: the model's (BatchNorm moments and statistics included) and
+    the optimizer's (slots, EMA, step). TF files each variable once, under its first path from the root
+    (trainable weights appear under ``optimizer/_trainable_variables``)."""
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(str(run_dir / "checkpoints" / f"ckpt-{n}"))
-    names = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("model/"))
+    names = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/")))
+    assert any("moving_mean" in k for k in names) or not any("squeeze" in k for k in names)
     return [reader.get_tensor(k) for k in names]
 
 
@@ -319,6 +323,12 @@ def test_group_finetune_after_the_main_epochs(encoded: Path, tmp_path: Path) -> 
     assert rest["resumed_from"] == "ckpt-3" and rest["finished"] and rest["sub_epochs_run"] == 2
     metrics = pd.read_csv(run / "metrics.csv", keep_default_na=False)
     assert list(metrics["finetune_group"]) == ["", "", "ptend_t", "ptend_q0001+ptend_q0002", "cam_out"]
+    # each group has its own warm-up + half-cosine from 0.1 x the main peak (not the tail of the main curve)
+    schedule = json.loads((run / "checkpoints" / "ckpt-5.state.json").read_text())["schedule"]
+    steps = json.loads((run / "checkpoints" / "ckpt-5.state.json").read_text())["plan_steps"]
+    assert [s["start"] for s in schedule] == [0, sum(steps[:2]), sum(steps[:3]), sum(steps[:4])]
+    assert [s["peak"] for s in schedule[1:]] == [pytest.approx(1e-4)] * 3 and schedule[0]["peak"] == 1e-3
+    assert all(s["warmup_end"] > s["start"] for s in schedule[1:])
     assert list(metrics["epoch"]) == [0, 0, 1, 2, 3] and np.isfinite(metrics["val_r2"]).all()
     with pytest.raises(TrainError, match="'ptend_x' is not a target"):
         train(config(encoded, tmp_path / "bad", "finetune.groups=[ptend_x]"), verbose=0)
@@ -337,3 +347,215 @@ def test_predict_multiplies_by_submission_weights(encoded: Path, straight_run: P
     plain = pd.read_parquet(tmp_path / "plain.parquet").set_index("sample_id")
     weighted = pd.read_parquet(tmp_path / "w.parquet").set_index("sample_id")
     np.testing.assert_array_equal(weighted.to_numpy(), plain.to_numpy() * weights)
+
+
+# ------------------------------------------------------------------ issue 13: training at full scale
+
+
+TINY_SQUEEZE = [
+    "model.name=squeezeformer", "model.d_model=16", "model.n_blocks=1", "model.n_heads=2", "model.kernel_size=3",
+    "model.expansion=2", "model.head_units=16", "data.batch_size=64", "data.sub_epochs=2", "epochs=1",
+    "data.val_fraction=0.25", "data.shuffle_buffer=512", "optim.warmup_steps=0.1", "steps_per_execution=20",
+    "optim.use_ema=true", "optim.ema_momentum=0.9", "seed=5",
+]  # fmt: skip
+
+
+def two_sources(encoded: Path, highres: Path) -> list[str]:
+    return [f"data.sources.0.path={encoded}", "data.sources.0.weight=2", "data.sources.1.name=highres",
+            f"data.sources.1.path={highres}", "data.sources.1.weight=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mixed_run(encoded: Path, highres: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Squeezeformer (BatchNorm), EMA, two sources 2:1, straight through (deterministic)."""
+    run = tmp_path_factory.mktemp("runs") / "mixed-straight"
+    cfg = load_config("configs/tiny.yaml", [*TINY_SQUEEZE, *two_sources(encoded, highres), f"run_dir={run}"])
+    summary = train(cfg, deterministic=True, verbose=0)
+    assert summary["finished"] and summary["sub_epochs_run"] == 2
+    return run
+
+
+def test_two_sources_squeezeformer_interrupted_and_resumed_equals_straight(
+    encoded: Path, highres: Path, mixed_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "mixed-resumed"
+    args = [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_SQUEEZE,
+            *two_sources(encoded, highres), "--run-dir", str(run), "--deterministic", "--quiet"]  # fmt: skip
+    for stop in (["--stop-after-sub-epochs", "1"], []):
+        result = subprocess.run(args + stop, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from"] == "ckpt-1" and summary["finished"]
+    straight = json.loads((mixed_run / "checkpoints" / "ckpt-2.state.json").read_text())
+    resumed = json.loads((run / "checkpoints" / "ckpt-2.state.json").read_text())
+    assert resumed["step"] == straight["step"] and resumed["plan_steps"] == straight["plan_steps"]
+    for a, b in zip(weights_of(mixed_run, 2), weights_of(run, 2), strict=True):  # BatchNorm moments included
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # two sources 2:1: every step is a whole global batch, and the first source is read once per sub-epoch
+    first = sum(json.loads(m.read_text())["samples"] for m in encoded.glob("manifest-*.json"))
+    assert straight["global_batch"] == 64 and abs(sum(straight["plan_steps"]) * 64 * 2 / 3 - 0.75 * first) < 0.05 * first
+
+
+def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path: Path) -> None:
+    """Validation, best/, best.keras and predict use the same (EMA) weights."""
+    from tfpipe.metrics import kaggle_score, load_predictions, load_truth
+
+    state = json.loads((mixed_run / "checkpoints" / "ckpt-2.state.json").read_text())
+    best = state["best_checkpoint"]
+    want = json.loads((mixed_run / "checkpoints" / f"ckpt-{best}.state.json").read_text())["val"]["val_r2"]
+    assert json.loads((mixed_run / "best.json").read_text())["checkpoint"] == f"ckpt-{best}"
+    scores = {}
+    for name, model in (("keras", mixed_run / "best.keras"), ("ckpt", mixed_run / "best" / f"ckpt-{best}")):
+        out = predict(str(model), None, str(tmp_path / f"{name}.parquet"), oof=True)
+        _, pred = load_predictions(out["out"])
+        _, truth = load_truth(out["truth"])
+        scores[name] = kaggle_score(pred, truth)
+    assert scores["keras"] == pytest.approx(want, abs=1e-6) and scores["ckpt"] == pytest.approx(want, abs=1e-6)
+    # the raw (non-EMA) weights of the same checkpoint score differently: EMA is really what ships
+    import tensorflow as tf
+
+    from tfpipe.predict import load_for_inference
+
+    model, _, norm = load_for_inference(str(mixed_run / "best" / f"ckpt-{best}"))
+    tf.train.Checkpoint(model=model).restore(str(mixed_run / "best" / f"ckpt-{best}")).expect_partial()
+    ids, raw_pred = load_predictions(str(tmp_path / "ckpt.parquet"))
+    from tfpipe.predict import iter_predictions
+    from tfpipe.data import resolve_sources
+    from tfpipe.config import load_config as load
+
+    source = resolve_sources(load(str(mixed_run / "config.yaml")).data)[0]
+    raw = np.concatenate([p for _, p, _ in iter_predictions(model, norm, "", 4096, source.val_paths)])
+    assert abs(kaggle_score(raw, truth) - want) > 1e-4
+
+
+def test_clipping_sees_the_global_gradient_on_8_replicas(encoded: Path, tmp_path: Path) -> None:
+    """`--strategy cpu-mirrored` on 8 logical CPUs with batch b/8 equals one device with batch b.
+
+    Tolerance: 1e-4 absolute on the weights after one sub-epoch, against a difference of more than
+    1e-3 that the clipping itself makes (it binds at every step with clipnorm 0.01).
+    """
+    common = ["--config", "configs/tiny.yaml", *TINY_MLP, f"data.sources.0.path={encoded}", "data.sub_epochs=8",
+              "optim.clipnorm=0.01", "optim.warmup_steps=0", "--deterministic", "--quiet",
+              "--stop-after-sub-epochs", "1"]  # fmt: skip
+    runs = {
+        "one": ["data.batch_size=64", "--run-dir", str(tmp_path / "one")],
+        "eight": ["data.batch_size=8", "--run-dir", str(tmp_path / "eight"), "--logical-cpus", "8",
+                  "--strategy", "cpu-mirrored"],
+        "unclipped": ["data.batch_size=64", "optim.clipnorm=null", "--run-dir", str(tmp_path / "unclipped")],
+    }  # fmt: skip
+    for name, extra in runs.items():
+        result = subprocess.run([sys.executable, "-m", "tfpipe.train", *common, *extra], cwd=ROOT,
+                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["global_batch"] == 64 and summary["replicas"] == (8 if name == "eight" else 1)
+    one, eight, unclipped = (weights_of(tmp_path / n, 1) for n in runs)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(one, eight, strict=True))
+    clip_effect = max(float(np.abs(a - b).max()) for a, b in zip(one, unclipped, strict=True))
+    assert diff < 1e-4 and clip_effect > 1e-3, (diff, clip_effect)
+    # resuming the one-device run on 8 replicas changes the step plan: refused unless asked for
+    refused = subprocess.run([sys.executable, "-m", "tfpipe.train", *common, "data.batch_size=64", "--run-dir",
+                              str(tmp_path / "one"), "--logical-cpus", "8", "--strategy", "cpu-mirrored"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert refused.returncode == 2 and "8 replicas" in refused.stderr and "--allow-replica-change" in refused.stderr
+
+
+def test_resume_refuses_other_data_and_keeps_the_lr_curve_continuous(encoded: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tfpipe.schedule import Segment
+    from tfpipe.train.plan import schedule_value
+
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    shutil.copytree(encoded, moved)
+    train(config(moved, run), stop_after_sub_epochs=1, verbose=0)
+    # data moved elsewhere (same files): allowed as a location change
+    shutil.copytree(moved, tmp_path / "elsewhere")
+    train(config(tmp_path / "elsewhere", run), allow_config_change=True, stop_after_sub_epochs=1, verbose=0)
+    # other statistics: refused; with --allow-data-change the model keeps the run's own copy
+    stats = json.loads((moved / "stats.json").read_text())
+    stats["input_columns"]["mean"][0] += 1.0
+    (moved / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(TrainError, match="statistics file differs.*--allow-data-change"):
+        train(config(moved, run), allow_config_change=True, verbose=0)
+    # fewer files: refused (the data hash covers every file of every split)
+    victim = sorted(moved.glob("manifest-*.json"))[-1]
+    victim.rename(victim.with_suffix(".bak"))
+    with pytest.raises(TrainError, match="files differ.*--allow-data-change"):
+        train(config(moved, run), allow_config_change=True, verbose=0)
+    victim.with_suffix(".bak").rename(victim)
+    # more epochs: the plan changes, the learning rate continues from where it was
+    before = json.loads((run / "checkpoints" / "ckpt-2.state.json").read_text())
+    summary = train(config(moved, run, "epochs=3"), allow_config_change=True, allow_data_change=True,
+                    stop_after_sub_epochs=1, verbose=0)  # fmt: skip
+    assert summary["resumed_from"] == "ckpt-2"
+    after = json.loads((run / "checkpoints" / "ckpt-3.state.json").read_text())
+    step = before["step"]
+    old = schedule_value([Segment(**s) for s in before["schedule"]], step)
+    new = schedule_value([Segment(**s) for s in after["schedule"]], step)
+    assert new == pytest.approx(old, rel=1e-9) and after["plan_hash"] != before["plan_hash"]
+    assert after["stats_sha256"] == before["stats_sha256"]  # the run's statistics, not the edited file
+    assert len(after["plan_steps"]) == 6 and after["plan_steps"][:2] == before["plan_steps"][:2]
+
+
+def test_a_best_keras_behind_its_state_is_repaired(straight_run: Path, encoded: Path, tmp_path: Path) -> None:
+    """A kill after best.keras was replaced but before the state named it: the next start re-exports."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(straight_run, run)
+    state = json.loads((run / "checkpoints" / "ckpt-4.state.json").read_text())
+    best = state["best_checkpoint"]
+    want = predict(str(run / "best.keras"), str(encoded), str(tmp_path / "want.parquet"), batch_size=4096)
+    (run / "best.json").write_text(json.dumps({"checkpoint": "ckpt-99", "val_r2": 1.0}))
+    (run / "best.keras").write_bytes(b"a model of an abandoned sub-epoch")
+    summary = train(config(encoded, run), verbose=0)  # finished: restores, repairs, trains nothing
+    assert summary["finished"] and summary["sub_epochs_run"] == 0
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == f"ckpt-{best}"
+    got = predict(str(run / "best.keras"), str(encoded), str(tmp_path / "got.parquet"), batch_size=4096)
+    pd.testing.assert_frame_equal(pd.read_parquet(want["out"]), pd.read_parquet(got["out"]))
+
+
+def test_the_reference_config_trains_on_two_sources_end_to_end(encoded: Path, highres: Path, tmp_path: Path) -> None:
+    tiny = ["model.d_model=16", "model.n_blocks=1", "model.n_heads=2", "model.kernel_size=3", "model.expansion=2",
+            "model.head_units=16", "data.batch_size=48", "data.sub_epochs=2", "epochs=1", "steps_per_execution=8",
+            "optim.warmup_steps=10", "data.shuffle_buffer=1024"]  # fmt: skip
+    paths = [f"data.sources.0.path={encoded}", f"data.sources.1.path={highres}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tfpipe.train", "--config", "configs/reference.yaml", *tiny, *paths,
+         "--run-dir", str(tmp_path / "ref"), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["finished"] and summary["sub_epochs_run"] == 2 and np.isfinite(summary["val_r2"])
+    state = json.loads((tmp_path / "ref" / "checkpoints" / "ckpt-2.state.json").read_text())
+    assert state["config"]["data"]["val_split"] == "last" and len(state["plan_steps"]) == 2
+
+
+def test_metrics_csv_keeps_one_row_per_checkpoint(tmp_path: Path) -> None:
+    from tfpipe.train.logs import append_metrics_row
+
+    path = str(tmp_path / "metrics.csv")
+    for n in (1, 2, 3, 2, 3):  # sub-epochs 2 and 3 redone after a kill
+        append_metrics_row(path, {"checkpoint": n, "loss": float(n), "note": "x"})
+    frame = pd.read_csv(path)
+    assert list(frame["checkpoint"]) == [1, 2, 3]
+
+
+def test_only_the_chief_writes() -> None:
+    import tensorflow as tf
+
+    from tfpipe.train.checkpoints import is_chief
+
+    class Strategy:  # the one attribute is_chief reads, holding a real cluster resolver
+        def __init__(self, task_type: str | None, task_id: int, with_chief: bool) -> None:
+            jobs = {"worker": ["a:1", "b:1"]} | ({"chief": ["c:1"]} if with_chief else {})
+            spec = tf.train.ClusterSpec(jobs)
+            self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                spec, task_type=task_type, task_id=task_id
+            )
+
+    assert is_chief(tf.distribute.get_strategy())
+    assert is_chief(Strategy("chief", 0, True)) and not is_chief(Strategy("worker", 0, True))
+    assert is_chief(Strategy("worker", 0, False)) and not is_chief(Strategy("worker", 1, False))

@@ -62,6 +62,7 @@ RESUME_MUTABLE: frozenset[str] = frozenset(
         "optim.warmup_steps",
         "optim.min_lr_ratio",
         "optim.clipnorm",
+        "data.batch_size",
         "data.ignore_errors",
         "data.deterministic",
         "data.cycle_length",
@@ -82,9 +83,9 @@ what the data holds is checked separately, by the files and statistics hashes). 
 changes the model, the optimizer state or the data and needs a new run.
 """
 
-SESSION_KEYS: frozenset[str] = frozenset({"run_dir", "time_budget"})
+SESSION_KEYS: frozenset[str] = frozenset({"run_dir", "time_budget", "data.deterministic"})
 """Keys that belong to one session, not to the run: never compared on resume (a run dir may be copied
-elsewhere; every notebook session has its own time budget)."""
+elsewhere; every notebook session has its own time budget; ``--deterministic`` is a flag per session)."""
 
 
 class ConfigError(ValueError):

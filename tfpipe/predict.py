@@ -1,7 +1,10 @@
-"""Inference: ``tfpipe predict --checkpoint RUN/ckpt-N|RUN/best.keras --data TEST --out submission.parquet``.
+"""Inference: ``tfpipe predict --checkpoint RUN/best.keras|RUN/checkpoints/ckpt-N|RUN --data TEST --out P.parquet``.
 
 TEST is a folder of encoded shards (local or gs://) or a Kaggle ``test.csv`` (read in chunks, float64).
-Predictions are inverse-transformed in float64; on the schema's replacement levels
+The model carries its normalisation (:class:`tfpipe.normalize.Normalization`), so ``best.keras`` alone
+is enough; a checkpoint is rebuilt from ``RUN/config.yaml`` and ``RUN/stats.json`` and, when the run
+used EMA, predicts with the EMA weights (as validation did). Predictions are inverse-transformed in
+float64 (:mod:`tfpipe.postprocess`); on the schema's replacement levels
 ``ptend_q0002_k = -state_q0002_k / 1200`` from the exact float64 inputs; zero-weight targets are 0;
 ``--weights sample_submission.csv`` multiplies by the submission weights. The parquet file has
 ``sample_id`` first and the targets in schema order (float64), rows in input order, written one row

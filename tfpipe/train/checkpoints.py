@@ -169,7 +169,7 @@ def check_resume(state: RunState, now: ResumeFacts, allow: AllowedChanges, n: in
          "the training or validation files differ (added, removed or re-split shards)"),
         (now.stats_sha256 != state.stats_sha256, allow.data, "--allow-data-change",
          "the statistics file differs from the run's (the model keeps normalising with RUN/stats.json)"),
-        ((now.replicas, now.global_batch) != (state.replicas, state.global_batch), allow.replicas,
+        (now.replicas != state.replicas, allow.replicas,
          "--allow-replica-change", f"{now.replicas} replicas (global batch {now.global_batch}) instead of "
          f"{state.replicas} ({state.global_batch}): the remaining steps are re-planned"),
     ]  # fmt: skip

@@ -45,7 +45,7 @@ def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int:
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser(prog).parse_intermixed_args(argv)  # key=value overrides may follow options
     overrides = list(args.overrides)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
