@@ -171,7 +171,9 @@ def check_same_work(values: np.ndarray, norm: Normalization) -> None:
     want = norm(tf.constant(rows[:, : norm.schema.n_inputs], tf.float32)).numpy()
     got, _ = numpy_normalise(rows, norm)
     if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
-        raise SystemExit(f"numpy baseline differs from the model layer: max |diff| {np.abs(got - want).max()}")
+        raise SystemExit(
+            f"numpy baseline differs from the model layer: max |diff| {np.abs(got - want).max()}"
+        )
 
 
 # ---------------------------------------------------------------- breakdown
@@ -223,7 +225,9 @@ def breakdown(source: Source, cfg: DataConfig) -> None:
     best: dict[str, float] = {}
     for _ in range(1 if QUICK else 2):
         for name, make in stages:
-            best[name] = max(best.get(name, 0.0), _rate(make().with_options(options).prefetch(AUTOTUNE), NCOL))
+            best[name] = max(
+                best.get(name, 0.0), _rate(make().with_options(options).prefetch(AUTOTUNE), NCOL)
+            )
     say("stage breakdown (cumulative; parallel stages overlap, so added µs are approximate):")
     previous = None
     for name, _ in stages:

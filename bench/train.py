@@ -389,7 +389,12 @@ def resume_breakdown(data: str, run_dir: Path) -> dict:
         ("data_resolve", "strategy_end", "model_start", "resolve_sources (manifests, stats, grid), plan"),
         ("model_build", "model_start", "restore_start", "build_model + AdamW build + managers"),
         ("restore", "restore_start", "restore_end", "tf.train.Checkpoint.restore of the latest"),
-        ("dataset", "restore_end", "progbar", "config.yaml, TensorBoard writer, make_train_dataset, iterator"),
+        (
+            "dataset",
+            "restore_end",
+            "progbar",
+            "config.yaml, TensorBoard writer, make_train_dataset, iterator",
+        ),
     ]
     if {"loss_start", "apply_start", "apply_end", "xla_start", "xla_done"} <= set(marks):
         stages += [

@@ -29,8 +29,17 @@ import numpy as np
 
 from data_prep.raw import RawDataError, read_pair
 from tfpipe import storage
-from tfpipe.cliutil import ArgumentParser
-from tfpipe.manifest import FileEntry, Manifest, ManifestError, manifest_name, verify
+from tfpipe.cliutil import ArgumentParser, stop_on_signals
+from tfpipe.manifest import (
+    ENCODER,
+    MANIFEST_RE,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    differences,
+    manifest_name,
+    verify,
+)
 from tfpipe.rawtree import parse_raw_file_name, partner_path
 from tfpipe.records import Block, block_pieces, frame_pieces, make_block
 from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
@@ -151,8 +160,29 @@ def raw_blocks(config: EncodeConfig, pairs: list[tuple[str, str]], stats: dict) 
     if config.workers <= 1:
         yield from consume(map(_read_raw, jobs))
         return
-    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
+    context = get_context("spawn")
+    with ProcessPoolExecutor(
+        config.workers, context, initializer=die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         yield from consume(pool.map(_read_raw, jobs))
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: the kernel kills this worker when its parent dies (even by SIGKILL).
+
+    Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere the pool is only shut down on a clean exit.
+    Without it a ``kill -9`` of the encoder left its workers (and multiprocessing's resource tracker,
+    which waits for them) running.
+    """
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _csv_header(path: str) -> list[str]:
@@ -186,8 +216,14 @@ def count_csv_rows(path: str) -> int:
     return rows - 1 + (last != b"\n")
 
 
-def csv_blocks(config: EncodeConfig, stats: dict) -> Iterator[Block]:
-    """The shard's contiguous slice of CSV rows, parsed in chunks of ``block_size`` rows."""
+BAD_VALUES_HINT = "use --on-bad-values=drop-sample to drop such rows"
+
+
+def csv_blocks(config: EncodeConfig, stats: dict, bad_values_hint: str = BAD_VALUES_HINT) -> Iterator[Block]:
+    """The shard's contiguous slice of CSV rows, parsed in chunks of ``block_size`` rows.
+
+    ``bad_values_hint`` ends the error for a row with NaN/Inf or empty values (what the caller can do).
+    """
     import pandas as pd
 
     schema = get_schema(config.schema)
@@ -219,6 +255,8 @@ def csv_blocks(config: EncodeConfig, stats: dict) -> Iterator[Block]:
                 chunk = next(reader)
             except StopIteration:
                 break
+            except pd.errors.ParserError:  # a row with too many fields (a ValueError too: check first)
+                raise EncodeError(_bad_row(config.src, len(header), row, config.block_size)) from None
             except ValueError:
                 raise EncodeError(_non_numeric_cell(config.src, header, row, config.block_size)) from None
             n = len(chunk)
@@ -234,7 +272,7 @@ def csv_blocks(config: EncodeConfig, stats: dict) -> Iterator[Block]:
                     first = int(np.nonzero(~good)[0][0])
                     raise EncodeError(
                         f"{config.src}: row {row + first + 1} ({ids[first]}) has NaN/Inf or empty "
-                        f"values, e.g. in {column} (use --on-bad-values=drop-sample to drop such rows)"
+                        f"values, e.g. in {column} ({bad_values_hint})"
                     )
                 stats["dropped"] += bad
                 stats["bad_values"].append(
@@ -253,6 +291,19 @@ def csv_blocks(config: EncodeConfig, stats: dict) -> Iterator[Block]:
                     np.full(int(good.sum()), -1, np.int64),
                     [i for i, g in zip(ids, good, strict=True) if g],
                 )
+
+
+def _bad_row(path: str, width: int, row: int, n: int) -> str:
+    """Describe the first of CSV data rows ``row .. row + n`` whose field count is not the header's."""
+    with storage.open_text(path) as f:
+        f.readline()
+        for i, line in enumerate(f):
+            if i >= row + n:
+                break
+            fields = line.rstrip("\r\n").count(",") + 1
+            if i >= row and fields != width:
+                return f"{path}: row {i + 1} has {fields} fields, the header has {width}"
+    return f"{path}: rows {row + 1}..{row + n}: malformed CSV (field counts differ from the header's)"
 
 
 def _non_numeric_cell(path: str, header: list[str], row: int, n: int) -> str:
@@ -284,7 +335,12 @@ def _check_writable(dst: str) -> None:
 
 
 class ShardWriter:
-    """Writes blocks into ``part-IIIII-of-NNNNN-JJJJJ.tfrecord`` files, each published atomically."""
+    """Writes blocks into ``part-IIIII-of-NNNNN-JJJJJ-HHHHHHHH.tfrecord`` files, each published atomically.
+
+    ``HHHHHHHH`` is the start of the file's sha256: a re-run with the same input writes the same names
+    (byte-identical), while other content never takes the name of a file that a committed manifest
+    still lists, so ``--overwrite`` keeps the old shard readable until the new manifest replaces it.
+    """
 
     def __init__(self, config: EncodeConfig, staging: str) -> None:
         self.config = config
@@ -294,13 +350,15 @@ class ShardWriter:
         self._local = None
         self._records = self._samples = 0
 
-    def _name(self, index: int) -> str:
+    def _name(self, index: int, digest: str) -> str:
         c = self.config
-        return f"part-{c.shard:05d}-of-{c.num_shards:05d}-{index:05d}.tfrecord"
+        return f"part-{c.shard:05d}-of-{c.num_shards:05d}-{index:05d}-{digest[:8]}.tfrecord"
 
     def write(self, block: Block) -> None:
         if self._writer is None:
-            self._local = os.path.join(self.staging, f".{self._name(len(self.entries))}.tmp-{os.getpid()}")
+            c = self.config
+            temp = f".part-{c.shard:05d}-of-{c.num_shards:05d}-{len(self.entries):05d}.tmp-{os.getpid()}"
+            self._local = os.path.join(self.staging, temp)
             self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
             self._hash, self._bytes = hashlib.sha256(), 0
             self._times: list[int] = []
@@ -326,15 +384,17 @@ class ShardWriter:
     def close_file(self) -> None:
         if self._writer is None:
             return
+        self._writer.flush()
+        os.fsync(self._writer.fileno())  # durable before it is renamed into place
         self._writer.close()
-        name = self._name(len(self.entries))
+        digest = self._hash.hexdigest()
+        name = self._name(len(self.entries), digest)
         target = storage.join(self.config.dst, name)
         if storage.is_remote(target):
             storage.upload_file(self._local, target)
             os.unlink(self._local)
         else:
             os.replace(self._local, target)
-        digest = self._hash.hexdigest()
         times = (min(self._times), max(self._times)) if self._times else (None, None)
         self.entries.append(FileEntry(name, self._bytes, digest, self._records, self._samples, *times))
         self._writer = None
@@ -342,14 +402,68 @@ class ShardWriter:
 
 
 def _remove_stale(config: EncodeConfig, keep: set[str]) -> None:
-    """Delete this shard's files that the new manifest does not list, and dead temporary files."""
+    """Delete this shard's files that its manifest does not list, and what killed runs of it left."""
     prefix = f"part-{config.shard:05d}-of-{config.num_shards:05d}-"
     for path in storage.list_files(config.dst):
         name = path.rsplit("/", 1)[-1]
         stale = name.startswith(prefix) and name not in keep
         dead_tmp = name.startswith("." + prefix) and ".tmp-" in name
         if stale or dead_tmp:
-            storage.delete(path)
+            storage.delete(path, missing_ok=True)
+    storage.remove_temps(config.dst, [manifest_name(config.shard, config.num_shards)])
+
+
+def _producer(config: EncodeConfig) -> dict:
+    """What a manifest of this run records about its producer (see ``Manifest.producer``)."""
+    return Manifest(
+        config.shard, config.num_shards, config.schema, config.format, config.src, config.stride, 0, 0, True,
+        [], [], blocks_per_file=config.blocks_per_file, block_size=config.block_size,
+        on_bad_values=config.on_bad_values, encoder=ENCODER,
+    ).producer()  # fmt: skip
+
+
+def _check_shard_set(config: EncodeConfig) -> str | None:
+    """Refuse to add a shard to a folder that holds a set of another ``--num-shards`` or parameters.
+
+    With ``--overwrite`` (re-encoding a set shard by shard) other parameters only warn (the returned
+    warning is printed once the shard is committed): readers refuse the mixed set until every shard
+    is redone. Another ``--num-shards`` is always refused.
+    """
+    if not storage.exists(config.dst):
+        return None
+    for path in storage.list_files(config.dst, suffix=".json"):
+        match = MANIFEST_RE.search(path)
+        if not match or (int(match[1]), int(match[2])) == (config.shard, config.num_shards):
+            continue
+        other = Manifest.from_json(storage.read_bytes(path).decode(), path)
+        differ = differences(other.producer(), _producer(config))
+        if not differ:
+            continue
+        what = f"{config.dst} holds a shard set encoded with other parameters ({'; '.join(differ)})"
+        if config.overwrite and other.num_shards == config.num_shards:
+            return (
+                f"data_prep.encode: warning: {path}: {what}; readers refuse the folder until every shard "
+                "is re-encoded the same way"
+            )
+        raise EncodeError(f"{path}: {what}: write this shard to another --dst, or delete that set first")
+    return None
+
+
+def _committed(config: EncodeConfig, manifest_path: str) -> tuple[Manifest | None, str | None]:
+    """(the shard's committed manifest or None, what is wrong with it or None)."""
+    if not storage.exists(manifest_path):
+        return None, None
+    try:
+        old = Manifest.from_json(storage.read_bytes(manifest_path).decode(), manifest_path)
+    except ManifestError as err:
+        return None, str(err)
+    differ = differences(old.producer(), _producer(config))
+    if differ and not config.overwrite:
+        raise EncodeError(
+            f"{manifest_path}: shard {config.shard} was encoded with other parameters ({'; '.join(differ)}): "
+            "pass --overwrite to re-encode it, or write to another --dst"
+        )
+    return old, verify(old, config.dst)
 
 
 def _copy_grid(config: EncodeConfig) -> None:
@@ -381,20 +495,17 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         raise EncodeError("--stride, --blocks-per-file, --block-size and --workers must be >= 1")
     schema = get_schema(c.schema)
     manifest_path = storage.join(c.dst, manifest_name(c.shard, c.num_shards))
-
-    if not c.overwrite and storage.exists(manifest_path):
-        try:
-            old = Manifest.from_json(storage.read_bytes(manifest_path).decode(), manifest_path)
-            problem = verify(old, c.dst)
-        except ManifestError as err:
-            problem = str(err)
-        if problem is None:
-            return EncodeSummary(
-                c.shard, c.num_shards, c.dst, True, len(old.files), old.samples,
-                sum(f.bytes for f in old.files), len(old.source_files), old.dropped_samples,
-                round(time.perf_counter() - t0, 3), {"reason": "manifest exists and verifies"},
-            )  # fmt: skip
+    old, problem = _committed(c, manifest_path)
+    if old is not None and problem is None and not c.overwrite:
+        _remove_stale(c, {f.name for f in old.files})  # files of an abandoned attempt, dead temps
+        return EncodeSummary(
+            c.shard, c.num_shards, c.dst, True, len(old.files), old.samples,
+            sum(f.bytes for f in old.files), len(old.source_files), old.dropped_samples,
+            round(time.perf_counter() - t0, 3), {"reason": "manifest exists and verifies"},
+        )  # fmt: skip
+    if problem is not None:
         print(f"data_prep.encode: redoing shard {c.shard}: {problem}", file=sys.stderr)
+    warning = _check_shard_set(c)
 
     if c.format == "raw":
         pairs = list_raw_pairs(c.src, c.stride)
@@ -405,9 +516,9 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
             raise EncodeError(f"{c.src}: file not found")
         mine, source_files = None, [c.src]
     _check_writable(c.dst)
-    if storage.exists(manifest_path):
-        storage.delete(manifest_path)  # the shard is incomplete from here until the new manifest lands
-    _copy_grid(c)
+    if c.grid and not storage.exists(c.grid):
+        raise EncodeError(f"{c.grid}: grid file not found")
+    # A committed shard stays committed (manifest and files) until the new manifest replaces it.
 
     stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
     local_staging = None if storage.is_remote(c.dst) else c.dst
@@ -428,6 +539,7 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
                     raise EncodeError(str(err)) from None
                 raise
 
+    _copy_grid(c)  # beside the data before the shard is committed; nothing at all if encoding failed
     manifest = Manifest(
         shard=c.shard,
         num_shards=c.num_shards,
@@ -442,9 +554,15 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         source_files=[_relative(c.src, p) for p in source_files],
         dropped_samples=stats["dropped"],
         bad_values=stats["bad_values"],
+        blocks_per_file=c.blocks_per_file,
+        block_size=c.block_size,
+        on_bad_values=c.on_bad_values,
+        encoder=ENCODER,
     )
-    storage.write_bytes(manifest_path, manifest.to_json().encode())
+    storage.write_bytes(manifest_path, manifest.to_json().encode())  # the commit
     _remove_stale(c, {e.name for e in writer.entries})
+    if warning:
+        print(warning, file=sys.stderr)
     return EncodeSummary(
         c.shard, c.num_shards, c.dst, False, len(writer.entries), manifest.samples,
         sum(e.bytes for e in writer.entries), len(source_files), stats["dropped"],
@@ -511,6 +629,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals("data_prep.encode")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

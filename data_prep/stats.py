@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfpipe import storage
-from tfpipe.cliutil import ArgumentParser
+from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.export import block_columns
 from tfpipe.manifest import ManifestError, data_files, read_manifests
 from tfpipe.records import read_blocks
@@ -194,11 +194,11 @@ def load_stats(path: str, schema: str | None = None) -> Stats:
     return stats
 
 
-def compute_stats(data: str, shard: int = 0, num_shards: int = 1) -> Stats:
+def compute_stats(data: str, shard: int = 0, num_shards: int = 1, allow_partial: bool = False) -> Stats:
     """Statistics of the data files ``[shard::num_shards]`` of every complete shard under ``data``."""
     if not 0 <= shard < num_shards:
         raise StatsError(f"shard {shard} out of range 0..{num_shards - 1}")
-    manifests = read_manifests(data)
+    manifests = read_manifests(data, allow_partial=allow_partial)
     schema: Schema = get_schema(manifests[0].schema)
     with_targets = all(m.has_targets for m in manifests)
     files = data_files(data, manifests)[shard::num_shards]
@@ -232,11 +232,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--merge", nargs="+", metavar="STATS", help="combine partial stats files instead")
     p.add_argument("--out", required=True, help="stats JSON to write (local or gs://)")
     p.add_argument("--shard", type=int, default=0, help="this part's index (files [I::N])")
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument(
+        "--num-shards", type=int, default=1, help="number of parts N the statistics are split into"
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="use a shard set with missing shards (they are named on stderr)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals("data_prep.stats")
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.data is None) == (args.merge is None):
@@ -244,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         stats = (
-            merge_files(args.merge) if args.merge else compute_stats(args.data, args.shard, args.num_shards)
+            merge_files(args.merge)
+            if args.merge
+            else compute_stats(args.data, args.shard, args.num_shards, args.allow_partial)
         )
         storage.write_bytes(args.out, stats.to_json().encode())
     except (StatsError, ManifestError, storage.StorageError, OSError) as err:

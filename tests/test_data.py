@@ -58,7 +58,9 @@ def config(path: Path, **kw) -> DataConfig:
 
 def train_dataset(cfg: DataConfig, sources, epoch: int, k: int, seed: int, replicas: int = 1):
     files = sub_epoch_files(sources[0].train_files, seed, epoch, k, cfg.sub_epochs)
-    plan = plan_sub_epoch(sum(f.samples for f in files), cfg.batch_size, replicas, [s.weight for s in sources])
+    plan = plan_sub_epoch(
+        sum(f.samples for f in files), cfg.batch_size, replicas, [s.weight for s in sources]
+    )
     return make_train_dataset(sources, cfg, seed, epoch, k, plan, replicas), plan
 
 
@@ -128,7 +130,8 @@ def test_shuffle_permutes_every_sample_once(lowres: Path) -> None:
 
 def mixed(paths: list[Path], weights: list[float], batch: int) -> DataConfig:
     return DataConfig(
-        sources=[SourceConfig(name=f"s{i}", path=str(p), weight=w) for i, (p, w) in enumerate(zip(paths, weights))],
+        sources=[SourceConfig(name=f"s{i}", path=str(p), weight=w)
+                 for i, (p, w) in enumerate(zip(paths, weights, strict=True))],
         batch_size=batch, sub_epochs=2, shuffle_buffer=1000, deterministic=True, val_fraction=0.1, val_split="random",
     )  # fmt: skip
 
@@ -157,7 +160,9 @@ def test_every_batch_holds_the_planned_count_of_every_source(
                     per_replica = np.isin(doy, list(days[i])).sum(axis=1)
                     assert (per_replica == plan.counts[i, step]).all(), (weights, k, step, i, per_replica)
             shares = plan.counts.sum(axis=1) / plan.counts.sum()
-            np.testing.assert_allclose(shares, np.array(weights) / sum(weights), atol=len(weights) / plan.counts.sum())
+            np.testing.assert_allclose(
+                shares, np.array(weights) / sum(weights), atol=len(weights) / plan.counts.sum()
+            )
 
 
 def test_pipeline_has_no_python_ops(lowres: Path) -> None:

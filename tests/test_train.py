@@ -379,7 +379,10 @@ def test_two_sources_squeezeformer_interrupted_and_resumed_equals_straight(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # two sources 2:1: every step is a whole global batch, and the first source is read once per sub-epoch
     first = sum(json.loads(m.read_text())["samples"] for m in encoded.glob("manifest-*.json"))
-    assert straight["global_batch"] == 64 and abs(sum(straight["plan_steps"]) * 64 * 2 / 3 - 0.75 * first) < 0.05 * first
+    assert (
+        straight["global_batch"] == 64
+        and abs(sum(straight["plan_steps"]) * 64 * 2 / 3 - 0.75 * first) < 0.05 * first
+    )
 
 
 def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path: Path) -> None:
@@ -396,7 +399,9 @@ def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path
         _, pred = load_predictions(out["out"])
         _, truth = load_truth(out["truth"])
         scores[name] = kaggle_score(pred, truth)
-    assert scores["keras"] == pytest.approx(want, abs=1e-6) and scores["ckpt"] == pytest.approx(want, abs=1e-6)
+    assert scores["keras"] == pytest.approx(want, abs=1e-6) and scores["ckpt"] == pytest.approx(
+        want, abs=1e-6
+    )
     # the raw (non-EMA) weights of the same checkpoint score differently: EMA is really what ships
     import tensorflow as tf
 
@@ -405,9 +410,9 @@ def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path
     model, _, norm = load_for_inference(str(mixed_run / "best" / f"ckpt-{best}"))
     tf.train.Checkpoint(model=model).restore(str(mixed_run / "best" / f"ckpt-{best}")).expect_partial()
     ids, raw_pred = load_predictions(str(tmp_path / "ckpt.parquet"))
-    from tfpipe.predict import iter_predictions
-    from tfpipe.data import resolve_sources
     from tfpipe.config import load_config as load
+    from tfpipe.data import resolve_sources
+    from tfpipe.predict import iter_predictions
 
     source = resolve_sources(load(str(mixed_run / "config.yaml")).data)[0]
     raw = np.concatenate([p for _, p, _ in iter_predictions(model, norm, "", 4096, source.val_paths)])
@@ -445,7 +450,11 @@ def test_clipping_sees_the_global_gradient_on_8_replicas(encoded: Path, tmp_path
     refused = subprocess.run([sys.executable, "-m", "tfpipe.train", *common, "data.batch_size=64", "--run-dir",
                               str(tmp_path / "one"), "--logical-cpus", "8", "--strategy", "cpu-mirrored"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert refused.returncode == 2 and "8 replicas" in refused.stderr and "--allow-replica-change" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "8 replicas" in refused.stderr
+        and "--allow-replica-change" in refused.stderr
+    )
 
 
 def test_resume_refuses_other_data_and_keeps_the_lr_curve_continuous(encoded: Path, tmp_path: Path) -> None:
@@ -504,7 +513,9 @@ def test_a_best_keras_behind_its_state_is_repaired(straight_run: Path, encoded: 
     pd.testing.assert_frame_equal(pd.read_parquet(want["out"]), pd.read_parquet(got["out"]))
 
 
-def test_the_reference_config_trains_on_two_sources_end_to_end(encoded: Path, highres: Path, tmp_path: Path) -> None:
+def test_the_reference_config_trains_on_two_sources_end_to_end(
+    encoded: Path, highres: Path, tmp_path: Path
+) -> None:
     tiny = ["model.d_model=16", "model.n_blocks=1", "model.n_heads=2", "model.kernel_size=3", "model.expansion=2",
             "model.head_units=16", "data.batch_size=48", "data.sub_epochs=2", "epochs=1", "steps_per_execution=8",
             "optim.warmup_steps=10", "data.shuffle_buffer=1024"]  # fmt: skip

@@ -22,7 +22,13 @@ def test_phases_of_the_main_epochs_and_of_each_finetune_group() -> None:
     main, g0, g1 = phase_segments(config, groups, steps)
     assert (main.start, main.end, main.warmup_end, main.peak) == (0, 800, 80, 1e-3)  # warm-up 0.1 of 800
     assert main.floor == pytest.approx(1e-4)
-    assert (g0.start, g0.end, g0.warmup_end, g0.peak, g0.start_lr) == (800, 840, 805, pytest.approx(1e-4), 0.0)
+    assert (g0.start, g0.end, g0.warmup_end, g0.peak, g0.start_lr) == (
+        800,
+        840,
+        805,
+        pytest.approx(1e-4),
+        0.0,
+    )
     assert (g1.start, g1.end, g1.warmup_end) == (840, 900, 845)
 
 

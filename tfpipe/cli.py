@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from tfpipe.cliutil import ArgumentParser
+from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.schema import SCHEMAS, get_schema
 
 
@@ -36,6 +36,7 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("export", help="decode encoded shards into one parquet file")
     p.add_argument("--data", required=True, help="folder of encoded shards (local or gs://)")
     p.add_argument("--out", required=True, help="parquet file to write")
+    p.add_argument("--allow-partial", action="store_true", help="export a shard set with missing shards")
 
     p = sub.add_parser("score", help="R² of a prediction file on a truth file, with tables and a heat map")
     p.add_argument("--pred", required=True, help="predictions: parquet, sample_id + 368 targets in order")
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import import_module
 
         return import_module(f"tfpipe.{argv[0]}").main(argv[1:], prog=f"tfpipe {argv[0]}")
+    stop_on_signals("tfpipe")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from tfpipe.export import export_parquet
 
-            print(json.dumps(export_parquet(args.data, args.out)))
+            print(json.dumps(export_parquet(args.data, args.out, args.allow_partial)))
         elif args.command == "score":
             from tfpipe.metrics import score_command
 

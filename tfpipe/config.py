@@ -27,7 +27,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import textwrap
 import types
 import typing
@@ -130,7 +129,9 @@ class SourceConfig:
     name: str = _f("lowres", doc="Label of the source in logs.")
     path: str = _f("", doc="Folder of encoded shards, local or gs://; empty: the synthetic demo data.")
     stats: str = _f(
-        "", doc="Statistics JSON; empty: `{path}/stats.json`. Only the model's statistics are read (see `data.stats`)."
+        "",
+        doc="Statistics JSON; empty: `{path}/stats.json`. Only the model's statistics are read "
+        "(see `data.stats`).",
     )
     weight: float = _f(1.0, doc="Relative sampling weight among the sources.")
 
@@ -170,17 +171,23 @@ class DataConfig:
     val_fraction: float = _f(0.05, doc="Share of the first source's samples held out for validation.")
     val_split: str = _f(
         "last",
-        doc="How the validation samples are chosen: `last` (the latest period, as the Kaggle test set follows "
+        doc="How the validation samples are chosen: `last` (the latest period, as the Kaggle test set "
+        "follows "
         "the training years), `periodic` (the end of every `val_period_days`), `random` (files at random, "
         "interleaved in time with training: optimistic).",
     )
     val_period_days: float = _f(10.0, doc="Period of `val_split: periodic`, in days.")
-    val_path: str = _f("", doc="Separate validation folder; empty: hold out `val_fraction` of the first source.")
+    val_path: str = _f(
+        "", doc="Separate validation folder; empty: hold out `val_fraction` of the first source."
+    )
     grid: str = _f("", doc="Grid file; empty: `{path}/grid-info.nc` of the first source.")
     q0002_replacement_levels: tuple[int, ...] = _f(
         Q0002_REPLACEMENT_LEVELS, doc="Levels where `ptend_q0002 = -state_q0002 / 1200` replaces the model."
     )
     ignore_errors: bool = _f(False, doc="Skip unreadable records instead of failing.")
+    allow_partial: bool = _f(
+        False, doc="Train on a shard set with missing shards (named in a warning) instead of refusing it."
+    )
     deterministic: bool = _f(False, doc="Deterministic tf.data order (slower).")
     cycle_length: int = _f(4, doc="Shard files read in parallel.")
 
@@ -271,7 +278,8 @@ class FinetuneConfig:
     )
     sub_epochs_per_group: int = _f(1, doc="Sub-epochs trained on each group.")
     learning_rate: float | None = _f(
-        None, doc="Peak learning rate of each group's own warm-up + half-cosine; null: 0.1 x optim.learning_rate."
+        None,
+        doc="Peak learning rate of each group's own warm-up + half-cosine; null: 0.1 x optim.learning_rate.",
     )
     warmup_steps: int | float = _f(0.1, doc="Warm-up of each group: steps, or a fraction (< 1) of its steps.")
 
@@ -539,25 +547,11 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def dump_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
-    """Write the config as YAML, atomically (local: temp file + ``os.replace``; gs://: one upload)."""
-    data = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None, width=110)
-    if "://" in str(path):
-        from tfpipe import storage
+    """Write the config as YAML, atomically (local or gs://; see ``tfpipe.storage.write_bytes``)."""
+    from tfpipe import storage
 
-        storage.write_bytes(str(path), data.encode())
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None, width=110)
+    storage.write_bytes(os.fspath(path), data.encode())
 
 
 def config_hash(config: TrainConfig, part: str) -> str:
@@ -680,9 +674,11 @@ def config_reference_markdown() -> str:
         "`model.d_model=128`, `data.sources.0.path=gs://bucket/x`, `data.representations=[column,log]`.",
         f"On `--resume` with `--allow-config-change` only these may change: "
         f"{', '.join(f'`{k}`' for k in sorted(RESUME_MUTABLE))}; "
-        f"{', '.join(f'`{k}`' for k in sorted(SESSION_KEYS))} belong to one session and may differ on any resume.",
-        "Other resume changes have their own flags: `--allow-data-change` (other training files or statistics),",
-        "`--allow-replica-change` (another replica count). A changed plan re-anchors the learning-rate curve.",
+        f"{', '.join(f'`{k}`' for k in sorted(SESSION_KEYS))} belong to one session and may differ on "
+        "any resume.",
+        "Other resume changes have their own flags: `--allow-data-change` (other training files or",
+        "statistics), `--allow-replica-change` (another replica count). A changed plan re-anchors the",
+        "learning-rate curve.",
         "",
     ]
     return "\n".join(head + _sections(TrainConfig, "")).rstrip() + "\n"

@@ -77,9 +77,7 @@ class ReadOptions:
 
 
 def _data_files(folder: str, manifests: list[Manifest]) -> list[DataFile]:
-    return [
-        DataFile(storage.join(folder, f.name), f.samples, f.time_min) for m in manifests for f in m.files
-    ]
+    return [DataFile(storage.join(folder, f.name), f.samples, f.time_min) for m in manifests for f in m.files]
 
 
 def _grid_tables(path: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -95,18 +93,23 @@ def _grid_tables(path: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     return np.deg2rad(grid.lat).astype(np.float32), np.deg2rad(grid.lon).astype(np.float32)
 
 
-def resolve_source(name: str, path: str, weight: float, config, grid: str = "", validate: bool = True) -> Source:
+def resolve_source(
+    name: str, path: str, weight: float, config, grid: str = "", validate: bool = True
+) -> Source:
     """Files, validation split and grid of one source (``config``: a DataConfig).
 
     With ``validate`` the source holds out its validation files (or takes ``config.val_path``);
     without, every file trains.
     """
     schema = get_schema(config.schema)
-    files = _data_files(path, read_manifests(path, schema=schema.name))
+    files = _data_files(path, read_manifests(path, schema=schema.name, allow_partial=config.allow_partial))
     if not validate:
         train, val = files, []
     elif config.val_path:
-        train, val = files, _data_files(config.val_path, read_manifests(config.val_path, schema=schema.name))
+        val_manifests = read_manifests(
+            config.val_path, schema=schema.name, allow_partial=config.allow_partial
+        )
+        train, val = files, _data_files(config.val_path, val_manifests)
     else:
         train, val = split_files(files, config.val_fraction, config.val_split, config.val_period_days)
     lat, lon = _grid_tables(grid or storage.join(path, GRID_FILE))
@@ -212,7 +215,9 @@ def _check_finite(batch: dict, where: str) -> dict:
     out = dict(batch)
     out["inputs"] = tf.debugging.check_numerics(batch["inputs"], f"NaN/Inf in the input data of {where}")
     if "targets" in batch:
-        out["targets"] = tf.debugging.check_numerics(batch["targets"], f"NaN/Inf in the target data of {where}")
+        out["targets"] = tf.debugging.check_numerics(
+            batch["targets"], f"NaN/Inf in the target data of {where}"
+        )
     return out
 
 
@@ -255,7 +260,12 @@ def _training_element(sources: list[Source], schema: Schema, replicas: int, glob
     def element(*parts: dict):
         parts = [_with_aux(s)(p) for s, p in zip(sources, parts, strict=True)]
         out = {}
-        for key, width in (("inputs", schema.n_inputs), ("targets", schema.n_targets), ("aux", 8), ("aux_mask", 8)):
+        for key, width in (
+            ("inputs", schema.n_inputs),
+            ("targets", schema.n_targets),
+            ("aux", 8),
+            ("aux_mask", 8),
+        ):
             if len(parts) == 1:
                 merged = parts[0][key]
             else:
@@ -268,7 +278,13 @@ def _training_element(sources: list[Source], schema: Schema, replicas: int, glob
 
 
 def make_train_dataset(
-    sources: list[Source], config, seed: int, epoch: int, sub_epoch: int, plan: SubEpochPlan, replicas: int = 1
+    sources: list[Source],
+    config,
+    seed: int,
+    epoch: int,
+    sub_epoch: int,
+    plan: SubEpochPlan,
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """The ``plan.steps`` global batches of training sub-epoch ``sub_epoch`` of ``epoch``.
 
@@ -285,12 +301,15 @@ def make_train_dataset(
     schema = get_schema(config.schema)
     global_batch = replicas * int(plan.counts[:, 0].sum()) if plan.steps else replicas * config.batch_size
     parts = [
-        _source_steps(s, i, config, seed, epoch, sub_epoch, replicas * plan.counts[i]) for i, s in enumerate(sources)
+        _source_steps(s, i, config, seed, epoch, sub_epoch, replicas * plan.counts[i])
+        for i, s in enumerate(sources)
     ]
     ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts))
     element = _training_element(sources, schema, replicas, global_batch)
     ds = ds.take(plan.steps).map(
-        (lambda b: element(b)) if len(parts) == 1 else element, num_parallel_calls=AUTOTUNE, deterministic=True
+        (lambda b: element(b)) if len(parts) == 1 else element,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
     )
     options = tf.data.Options()
     options.deterministic = bool(config.deterministic)
@@ -322,7 +341,9 @@ def make_validation_dataset(paths: list[str], schema: Schema, batch: int) -> tf.
     return ds.map(pad, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
 
-def make_predict_dataset(paths: list[str], schema: Schema, batch_size: int, with_targets: bool) -> tf.data.Dataset:
+def make_predict_dataset(
+    paths: list[str], schema: Schema, batch_size: int, with_targets: bool
+) -> tf.data.Dataset:
     """Ordered batches of raw ``{inputs, x64, sample_id, ncol, time[, targets]}`` for inference."""
     keys = ("inputs", "x64", "sample_id", "ncol", "time") + (("targets",) if with_targets else ())
     ds = parsed_blocks(paths, schema, ReadOptions(), with_targets, keys, ordered=True).rebatch(batch_size)

@@ -25,12 +25,12 @@ def block_columns(block: Block, schema: Schema) -> tuple[np.ndarray, np.ndarray 
     return inputs, targets
 
 
-def export_parquet(data: str, out: str) -> dict:
+def export_parquet(data: str, out: str, allow_partial: bool = False) -> dict:
     """Write every complete shard under ``data`` to the parquet file ``out``; returns a summary."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    manifests = read_manifests(data)
+    manifests = read_manifests(data, allow_partial=allow_partial)
     schema = get_schema(manifests[0].schema)
     has_targets = all(m.has_targets for m in manifests)
     names = list(schema.input_columns) + (list(schema.target_columns) if has_targets else [])

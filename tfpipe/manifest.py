@@ -2,13 +2,20 @@
 
 ``data_prep.encode`` publishes a shard's TFRecord files first and ``DST/manifest-IIIII-of-NNNNN.json``
 last. A file that no manifest lists (a killed run, a temporary name) is never read: readers go
-through :func:`read_manifests`, which returns only shards whose manifest exists.
+through :func:`read_manifests`, which returns only shards whose manifest exists, and refuses a shard
+set that is not one consistent, complete set: manifests of different ``--num-shards``, or of other
+encode parameters (source, schema, stride, ...), are an error; so are missing shards, unless the
+reader allows a partial set (``--allow-partial``, ``data.allow_partial``), which is logged.
+
+A manifest records what produced it (:meth:`Manifest.producer`), so a re-run with other parameters
+is refused instead of being skipped as complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -16,6 +23,9 @@ from tfpipe import storage
 from tfpipe.records import LAYOUT_VERSION
 
 MANIFEST_RE = re.compile(r"manifest-(\d{5})-of-(\d{5})\.json$")
+ENCODER = "tfpipe-encode 2"
+"""What wrote a manifest (bumped when the same options would give other bytes)."""
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -58,6 +68,18 @@ class Manifest:
         "inputs and targets float32; state_q0002 levels also float64 (x64) so that "
         "ptend_q0002 = -state_q0002/1200 is exact in float64"
     )
+    blocks_per_file: int | None = None
+    block_size: int | None = None
+    on_bad_values: str | None = None
+    encoder: str | None = None
+
+    def producer(self) -> dict:
+        """The parameters that fix this shard's content (None: an older manifest did not record it)."""
+        return {
+            "--src": self.source, "--format": self.format, "--schema": self.schema, "--stride": self.stride,
+            "--num-shards": self.num_shards, "--blocks-per-file": self.blocks_per_file,
+            "--block-size": self.block_size, "--on-bad-values": self.on_bad_values, "encoder": self.encoder,
+        }  # fmt: skip
 
     @property
     def samples(self) -> int:
@@ -106,21 +128,56 @@ def verify(manifest: Manifest, folder: str, check_hashes: bool = True) -> str | 
     return None
 
 
-def read_manifests(folder: str, schema: str | None = None) -> list[Manifest]:
-    """The manifests of all complete shards under ``folder``, in shard order.
+def differences(a: dict, b: dict) -> list[str]:
+    """``--option A vs B`` for each producer parameter both record and that differs."""
+    return [
+        f"{k} {a[k]!r} vs {b[k]!r}" for k in a if a[k] is not None and b.get(k) is not None and a[k] != b[k]
+    ]
 
-    Raises ManifestError when there is none, when shards disagree on ``num_shards`` or schema,
-    or when ``schema`` is given and differs.
+
+def _no_shards(folder: str) -> ManifestError:
+    if not storage.is_remote(folder) and not storage.exists(folder):
+        return ManifestError(f"{folder}: no such folder")
+    return ManifestError(
+        f"{folder}: no encoded shards (no manifest-*-of-*.json; run python -m data_prep.encode)"
+    )
+
+
+def read_manifests(folder: str, schema: str | None = None, allow_partial: bool = False) -> list[Manifest]:
+    """The manifests of the complete shard set under ``folder``, in shard order.
+
+    Raises ManifestError when there is none, when the manifests are not one consistent set (another
+    ``--num-shards``, schema, source, stride, ...), when shards are missing (unless ``allow_partial``:
+    then a warning names them), or when ``schema`` is given and differs.
     """
-    paths = [p for p in storage.list_files(folder, suffix=".json") if MANIFEST_RE.search(p)]
+    paths = sorted(p for p in storage.list_files(folder, suffix=".json") if MANIFEST_RE.search(p))
     if not paths:
-        raise ManifestError(f"{folder}: no encoded shards (no manifest-*-of-*.json)")
-    manifests = [Manifest.from_json(storage.read_bytes(p).decode(), p) for p in sorted(paths)]
-    schemas = {m.schema for m in manifests}
-    if len(schemas) > 1:
-        raise ManifestError(f"{folder}: shards of different schemas {sorted(schemas)}")
-    if schema is not None and schemas != {schema}:
-        raise ManifestError(f"{folder}: data has schema {schemas.pop()!r}, expected {schema!r}")
+        raise _no_shards(folder)
+    manifests = [Manifest.from_json(storage.read_bytes(p).decode(), p) for p in paths]
+    first, first_path = manifests[0], paths[0]
+    for m, path in zip(manifests[1:], paths[1:], strict=True):
+        differ = differences(first.producer(), m.producer())
+        if differ:
+            raise ManifestError(
+                f"{folder}: {path.rsplit('/', 1)[-1]} and {first_path.rsplit('/', 1)[-1]} "
+                "are not one shard set "
+                f"({'; '.join(differ)}): re-encode into another folder, or delete the stale manifests"
+            )
+    missing = sorted(set(range(first.num_shards)) - {m.shard for m in manifests})
+    if missing:
+        names = ", ".join(manifest_name(i, first.num_shards) for i in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        what = f"{len(missing)} of {first.num_shards} shards are missing ({names}{more})"
+        if not allow_partial:
+            raise ManifestError(
+                f"{folder}: {what}: run data_prep.encode for them, or allow a partial set "
+                "(--allow-partial, data.allow_partial: true)"
+            )
+        log.warning(
+            "%s: %s; using the %d complete shards (allowed partial set)", folder, what, len(manifests)
+        )
+    if schema is not None and first.schema != schema:
+        raise ManifestError(f"{folder}: data has schema {first.schema!r}, expected {schema!r}")
     return manifests
 
 

@@ -159,7 +159,11 @@ class Normalization(keras.layers.Layer):
         values = dict(zip(_ARRAYS, (input_mean, input_std, variable_mean, variable_std, target_mean,
                                     target_scale), strict=True))  # fmt: skip
         self.values64 = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
-        widths = {"input": self.schema.n_inputs, "variable": self.schema.n_inputs, "target": self.schema.n_targets}
+        widths = {
+            "input": self.schema.n_inputs,
+            "variable": self.schema.n_inputs,
+            "target": self.schema.n_targets,
+        }
         for key, array in self.values64.items():
             if array.shape != (widths[key.split("_")[0]],):
                 raise NormalizeError(f"{key} has shape {array.shape}, schema {schema!r} needs {widths}")
@@ -188,7 +192,8 @@ class Normalization(keras.layers.Layer):
         return cls(
             schema.name, representations, feature_clip, target_clip,
             stats.inputs.mean, safe_std(stats.inputs.std), var_mean, safe_std(var_std),
-            stats.targets.mean, safe_std(stats.targets.std), replacement_levels, stats_sha256(stats), **kwargs,
+            stats.targets.mean, safe_std(stats.targets.std), replacement_levels, stats_sha256(stats),
+            **kwargs,
         )  # fmt: skip
 
     def build(self, input_shape) -> None:
@@ -215,7 +220,9 @@ class Normalization(keras.layers.Layer):
             "variable": lambda: (x - self.variable_mean) / self.variable_std,
             "log": lambda: ops.sign(column) * ops.log1p(ops.abs(column)),
         }
-        flat = soft_clip(ops.concatenate([reps[r]() for r in self.representations], axis=1), self.feature_clip)
+        flat = soft_clip(
+            ops.concatenate([reps[r]() for r in self.representations], axis=1), self.feature_clip
+        )
         width, channels = self.schema.n_inputs, []
         for r in range(len(self.representations)):
             for start, count, profile in self._runs:
@@ -224,7 +231,9 @@ class Normalization(keras.layers.Layer):
                     block = ops.reshape(flat[:, first : first + count * NLEV], (-1, count, NLEV))
                     channels.append(ops.transpose(block, (0, 2, 1)))
                 else:
-                    channels.append(ops.tile(ops.expand_dims(flat[:, first : first + count], 1), (1, NLEV, 1)))
+                    channels.append(
+                        ops.tile(ops.expand_dims(flat[:, first : first + count], 1), (1, NLEV, 1))
+                    )
         return ops.concatenate(channels, axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -236,7 +245,7 @@ class Normalization(keras.layers.Layer):
         return soft_clip((y - self.target_mean) / self.target_scale, self.target_clip)
 
     def normalize_targets64(self, targets: np.ndarray) -> np.ndarray:
-        """float64 numpy version of :meth:`normalize_targets` (exact inverse of :meth:`denormalize_targets`)."""
+        """float64 numpy :meth:`normalize_targets` (the exact inverse of :meth:`denormalize_targets`)."""
         z = (np.asarray(targets, np.float64) - self.values64["target_mean"]) / self.values64["target_scale"]
         return soft_clip64(z, self.target_clip)
 

@@ -14,7 +14,7 @@ from tfpipe.schema import TIMESTEP_S
 
 
 def physical_predictions(pred: np.ndarray, x64: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Normalised model outputs ``[n, T]`` + float64 ``state_q0002`` levels ``[n, 60]`` → float64 ``[n, T]``."""
+    """Normalised outputs ``[n, T]`` + float64 ``state_q0002`` levels ``[n, 60]`` → float64 ``[n, T]``."""
     schema = norm.schema
     out = norm.denormalize_targets(pred)
     columns = {c: i for i, c in enumerate(schema.target_columns)}

@@ -1,4 +1,4 @@
-"""Inference: ``tfpipe predict --checkpoint RUN/best.keras|RUN/checkpoints/ckpt-N|RUN --data TEST --out P.parquet``.
+"""Inference: ``tfpipe predict --checkpoint RUN/best.keras|RUN/checkpoints/ckpt-N|RUN --data T --out P``.
 
 TEST is a folder of encoded shards (local or gs://) or a Kaggle ``test.csv`` (read in chunks, float64).
 The model carries its normalisation (:class:`tfpipe.normalize.Normalization`), so ``best.keras`` alone
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from tfpipe import storage
-from tfpipe.cliutil import ArgumentParser
+from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.normalize import Normalization
 from tfpipe.postprocess import physical_predictions
 from tfpipe.schema import get_schema
@@ -88,7 +88,9 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
     from tfpipe.schedule import make_optimizer
 
     if config is None:
-        raise PredictError(f"{prefix}: no {storage.join(run_dir, 'config.yaml')} (is this a tfpipe run directory?)")
+        raise PredictError(
+            f"{prefix}: no {storage.join(run_dir, 'config.yaml')} (is this a tfpipe run directory?)"
+        )
     if not storage.exists(prefix + ".index"):
         raise PredictError(f"{prefix}: no such checkpoint ({prefix}.index missing)")
     data = config.data
@@ -101,7 +103,9 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
     optimizer = make_optimizer(config.optim, 1)
     optimizer.build(model.trainable_variables)
     try:
-        tf.train.Checkpoint(model=model, optimizer=optimizer).restore(storage.tf_path(prefix)).expect_partial()
+        tf.train.Checkpoint(model=model, optimizer=optimizer).restore(
+            storage.tf_path(prefix)
+        ).expect_partial()
     except (ValueError, tf.errors.OpError) as err:
         first = str(err).strip().splitlines()[0]
         raise PredictError(f"{prefix}: does not fit the model of {run_dir}/config.yaml ({first})") from None
@@ -127,18 +131,22 @@ def load_for_inference(checkpoint: str):
     try:
         norm = model.get_layer("normalization")
     except ValueError:
-        raise PredictError(f"{checkpoint}: the model has no normalization layer (trained by an older tfpipe?)") from None
+        raise PredictError(
+            f"{checkpoint}: the model has no normalization layer (trained by an older tfpipe?)"
+        ) from None
     if not isinstance(norm, Normalization):
         raise PredictError(f"{checkpoint}: its 'normalization' layer is not a tfpipe Normalization")
     return model, config, norm
 
 
-def _encoded_batches(path: str, norm: Normalization, batch: int, files: list[str] | None = None):
+def _encoded_batches(
+    path: str, norm: Normalization, batch: int, files: list[str] | None = None, allow_partial: bool = False
+):
     from tfpipe.data import make_predict_dataset
     from tfpipe.manifest import data_files, read_manifests
 
     if files is None:
-        manifests = read_manifests(path, schema=norm.schema.name)
+        manifests = read_manifests(path, schema=norm.schema.name, allow_partial=allow_partial)
         files = data_files(path, manifests)
         with_targets = all(m.has_targets for m in manifests)
     else:
@@ -154,11 +162,14 @@ def _csv_batches(path: str, norm: Normalization, batch: int):
 
     config = EncodeConfig(path, "", 0, 1, format="kaggle-csv", schema=norm.schema.name, block_size=batch)
     stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
-    for block in csv_blocks(config, stats):
+    hint = "every row of a test set needs all its inputs: fill or remove such rows"
+    for block in csv_blocks(config, stats, bad_values_hint=hint):
         yield block.sample_id, block.inputs, block.x64, block.targets
 
 
-def iter_predictions(model, norm: Normalization, data: str, batch: int, files=None) -> Iterator:
+def iter_predictions(
+    model, norm: Normalization, data: str, batch: int, files=None, allow_partial: bool = False
+) -> Iterator:
     """(ids, physical predictions float64, truth or None) per batch, in input order."""
     import tensorflow as tf
 
@@ -167,7 +178,10 @@ def iter_predictions(model, norm: Normalization, data: str, batch: int, files=No
         return model(x, training=False)["pred"]
 
     is_csv = files is None and data.endswith(".csv")
-    batches = _csv_batches(data, norm, batch) if is_csv else _encoded_batches(data, norm, batch, files)
+    if is_csv:
+        batches = _csv_batches(data, norm, batch)
+    else:
+        batches = _encoded_batches(data, norm, batch, files, allow_partial)
     for ids, inputs, x64, truth in batches:
         pred = physical_predictions(forward(inputs).numpy(), x64, norm)
         if not np.isfinite(pred).all():
@@ -228,7 +242,7 @@ class ParquetSink:
 
 def predict(
     checkpoint: str, data: str | None, out: str, weights: str | None = None, batch_size: int | None = None,
-    oof: bool = False,
+    oof: bool = False, allow_partial: bool = False,
 ) -> dict:  # fmt: skip
     """Write predictions for ``data`` (or, with ``oof``, the run's validation data plus its truth)."""
     t0 = time.time()
@@ -254,7 +268,7 @@ def predict(
     truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
     truth_sink = ParquetSink(truth_path, schema.target_columns) if oof else None
     try:
-        for ids, pred, truth in iter_predictions(model, norm, data, batch, files):
+        for ids, pred, truth in iter_predictions(model, norm, data, batch, files, allow_partial):
             sink.write(ids, pred * w if w is not None else pred)
             if truth_sink is not None:
                 t = truth.astype(np.float64)
@@ -286,13 +300,21 @@ def build_parser(prog: str = "tfpipe predict") -> ArgumentParser:
     p.add_argument("--weights", default=None, help="sample_submission.csv with the per-target weights")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
     p.add_argument("--oof", action="store_true", help="predict the run's validation data; also write truth")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="predict a shard set with missing shards (named on stderr)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
+    stop_on_signals(prog)
     args = build_parser(prog).parse_args(argv)
     try:
-        summary = predict(args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof)
+        summary = predict(
+            args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof, args.allow_partial
+        )
     except (ValueError, OSError, storage.StorageError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -229,10 +229,19 @@ def read_blocks(paths: Iterable[str], schema: Schema) -> Iterator[Block]:
             yield decode_block(record, schema)
 
 
-_KEY_FEATURES = {"inputs": "x", "targets": "y", "x64": "x64", "ncol": "ncol", "time": "time", "sample_id": "sample_id"}
+_KEY_FEATURES = {
+    "inputs": "x",
+    "targets": "y",
+    "x64": "x64",
+    "ncol": "ncol",
+    "time": "time",
+    "sample_id": "sample_id",
+}
 
 
-def parse_block(record, schema: Schema, with_targets: bool = True, keys: tuple[str, ...] | None = None) -> dict:
+def parse_block(
+    record, schema: Schema, with_targets: bool = True, keys: tuple[str, ...] | None = None
+) -> dict:
     """Parse one serialized block into a dict of per-sample tensors (pure TF ops, XLA-free graph).
 
     Returns ``inputs [n, n_inputs] float32``, ``x64 [n, 60] float64``, ``ncol [n] int32``,

@@ -73,7 +73,11 @@ def split_files(
     if mode == "periodic":
         held = _periodic(files, val_fraction, period_days)
     else:
-        order = _time_order(files) if mode == "last" else np.random.default_rng(SPLIT_SEED).permutation(len(files))
+        order = (
+            _time_order(files)
+            if mode == "last"
+            else np.random.default_rng(SPLIT_SEED).permutation(len(files))
+        )
         order = order[::-1]  # ``last``: from the end; ``random``: any fixed order
         samples = np.cumsum([files[i].samples for i in order])
         cut = _closest_cut(samples, val_fraction * samples[-1], 0, len(files) - 2)
@@ -105,13 +109,17 @@ def sub_epoch_files(
     if not 0 <= sub_epoch < sub_epochs:
         raise SamplingError(f"sub-epoch {sub_epoch} outside 0..{sub_epochs - 1}")
     if len(files) < sub_epochs:
-        raise SamplingError(f"{len(files)} training files cannot make {sub_epochs} sub-epochs (need one each)")
+        raise SamplingError(
+            f"{len(files)} training files cannot make {sub_epochs} sub-epochs (need one each)"
+        )
     order = np.random.default_rng([seed, epoch]).permutation(len(files))
     cumulative = np.cumsum([files[i].samples for i in order])
     bounds = [0]
     for k in range(1, sub_epochs):
         # the chunk ends at file j (inclusive): at least one file per chunk on either side of the cut
-        j = _closest_cut(cumulative, cumulative[-1] * k / sub_epochs, bounds[-1], len(files) - 1 - (sub_epochs - k))
+        j = _closest_cut(
+            cumulative, cumulative[-1] * k / sub_epochs, bounds[-1], len(files) - 1 - (sub_epochs - k)
+        )
         bounds.append(j + 1)
     bounds.append(len(files))
     return [files[i] for i in order[bounds[sub_epoch] : bounds[sub_epoch + 1]]]
@@ -162,7 +170,9 @@ class SubEpochPlan:
     """``[sources, steps]`` per-replica samples of each source in each step (sums to the batch)."""
 
 
-def plan_sub_epoch(first_source_samples: int, batch: int, replicas: int, weights: list[float]) -> SubEpochPlan:
+def plan_sub_epoch(
+    first_source_samples: int, batch: int, replicas: int, weights: list[float]
+) -> SubEpochPlan:
     """Steps that read the first source's chunk once (whole global batches), with the mix of each step.
 
     The first source's chunk is read once; the other sources repeat as needed to keep their shares.

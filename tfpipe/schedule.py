@@ -89,7 +89,9 @@ class Segment:
     def value(self, step: int) -> float:
         """The rate at ``step`` (Python float; what :class:`SegmentedSchedule` computes in TF)."""
         if step < self.warmup_end:
-            return self.start_lr + (self.peak - self.start_lr) * (step - self.start) / (self.warmup_end - self.start)
+            return self.start_lr + (self.peak - self.start_lr) * (step - self.start) / (
+                self.warmup_end - self.start
+            )
         progress = min(max((step - self.warmup_end) / max(self.end - self.warmup_end, 1), 0.0), 1.0)
         return self.floor + (self.peak - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -121,8 +123,12 @@ class SegmentedSchedule(keras.optimizers.schedules.LearningRateSchedule):
         step = tf.cast(step, tf.float32)
         value = tf.constant(0.0, tf.float32)
         for seg in self.segments:
-            ramp = seg.start_lr + (seg.peak - seg.start_lr) * (step - seg.start) / float(max(seg.warmup_end - seg.start, 1))
-            progress = tf.clip_by_value((step - seg.warmup_end) / float(max(seg.end - seg.warmup_end, 1)), 0.0, 1.0)
+            ramp = seg.start_lr + (seg.peak - seg.start_lr) * (step - seg.start) / float(
+                max(seg.warmup_end - seg.start, 1)
+            )
+            progress = tf.clip_by_value(
+                (step - seg.warmup_end) / float(max(seg.end - seg.warmup_end, 1)), 0.0, 1.0
+            )
             cosine = seg.floor + (seg.peak - seg.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
             here = tf.where(step < seg.warmup_end, ramp, cosine)
             value = tf.where(step >= seg.start, here, value)

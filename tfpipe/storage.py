@@ -35,13 +35,14 @@ variables, without which the plugin crashes when an emulator endpoint is set.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import posixpath
 import re
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -62,6 +63,7 @@ __all__ = [
     "listdir",
     "makedirs",
     "read_bytes",
+    "remove_temps",
     "reset_clients",
     "size",
     "split_gs",
@@ -158,10 +160,22 @@ def split_gs(path: str) -> tuple[str, str]:
     bucket, _, key = path[len(GS) :].partition("/")
     if not bucket:
         raise StorageError(f"{path}: gs:// path without a bucket name")
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or len(bucket) > 222:
+        raise StorageError(
+            f"{path}: {bucket!r} is not a valid bucket name "
+            "(3-63 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit)"
+        )
     return bucket, key
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]|[a-z0-9][a-z0-9._-]{62,220}[a-z0-9]")
+"""GCS bucket names (names with dots may be longer: up to 222, in dot-separated parts)."""
+
 # -- GCS client, deadlines and error translation ------------------------------------------------------
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 _CLIENT_LOCK = threading.Lock()
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
@@ -203,8 +217,12 @@ def reset_clients() -> None:
         _CLIENTS.clear()
 
 
-def _gcs_client() -> Any:
-    """The process's ``storage.Client`` for the current emulator setting, created on first use."""
+def _gcs_client(path: str = "gs://") -> Any:
+    """The process's ``storage.Client`` for the current emulator setting, created on first use.
+
+    ``path`` only names what was being accessed in the error when no client can be made (no
+    credentials).
+    """
     emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
     key = (os.getpid(), emulator, project)
@@ -225,7 +243,7 @@ def _gcs_client() -> Any:
                 client = storage.Client(project=project)
         except Exception as err:  # DefaultCredentialsError, OSError, ...
             message = f"{type(err).__name__}: {_one_line(err)[:300]}"
-            raise StorageError(f"gs://: cannot create a GCS client: {message}") from None
+            raise StorageError(f"{path}: cannot create a GCS client: {message}") from None
         _CLIENTS[key] = client
         return client
 
@@ -263,7 +281,7 @@ def _bucket_exists(bucket: str) -> bool:
     from google.api_core import exceptions as gexc
 
     try:
-        return bool(_gcs_client().bucket(bucket).exists(timeout=_timeout(), retry=_retry()))
+        return bool(_gcs_client(f"gs://{bucket}/").bucket(bucket).exists(timeout=_timeout(), retry=_retry()))
     except gexc.Forbidden:
         return True  # it exists, we just may not see its metadata
     except Exception:
@@ -289,7 +307,7 @@ def _blob(path: str) -> Any:
     bucket, key = split_gs(path)
     if not key or key.endswith("/"):
         raise StorageError(f"{path}: not an object path (gs://bucket/key)")
-    return _gcs_client().bucket(bucket).blob(key)
+    return _gcs_client(path).bucket(bucket).blob(key)
 
 
 # -- Hugging Face -------------------------------------------------------------------------------------
@@ -397,7 +415,7 @@ def exists(path: str | os.PathLike[str]) -> bool:
         _hf_call(path, lambda: fs.resolve_path(rest))  # missing repo/revision -> StorageError
         return bool(_hf_call(path, lambda: fs.exists(rest)))
     bucket, key = split_gs(path)
-    client = _gcs_client()
+    client = _gcs_client(path)
     if not key:
         found = _gcs_call(path, lambda: client.bucket(bucket).exists(timeout=_timeout(), retry=_retry()))
         return bool(found)
@@ -496,7 +514,7 @@ def list_file_infos(prefix: str | os.PathLike[str], suffix: str = "") -> list[Fi
         return sorted(out, key=lambda info: info.path)
     bucket, key = split_gs(prefix)
     key_prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
-    client = _gcs_client()
+    client = _gcs_client(prefix)
 
     def collect() -> list[FileInfo]:
         infos = []
@@ -556,7 +574,7 @@ def listdir(path: str | os.PathLike[str]) -> list[str]:
         return sorted(posixpath.basename(str(entry).rstrip("/")) for entry in entries)
     bucket, key = split_gs(path)
     key_prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
-    client = _gcs_client()
+    client = _gcs_client(path)
 
     def collect() -> list[str]:
         listing = client.list_blobs(
@@ -639,7 +657,29 @@ def local_temp_for(target: str | os.PathLike[str], suffix: str = "") -> str:
     name = posixpath.basename(target.rstrip("/"))
     fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tfpipe-tmp{suffix}", dir=folder)
     os.close(fd)
+    os.chmod(path, 0o666 & ~_UMASK)  # mkstemp makes 0600; a published file is as readable as any other
     return path
+
+
+def remove_temps(folder: str | os.PathLike[str], names: Iterable[str] | None = None) -> list[str]:
+    """Delete temporary files that a killed writer of ``names`` (None: of any file) left in ``folder``.
+
+    Only this module's temp names (``.NAME.*.tfpipe-tmp*``) are touched, and with ``names`` only
+    those of exactly these targets, so writers of other files in the same folder (another encode
+    shard) are safe. Returns the deleted paths; remote folders have no such files (uploads are atomic).
+    """
+    folder = os.fspath(folder)
+    if is_remote(folder) or not os.path.isdir(folder):
+        return []
+    prefixes = tuple(f".{n}." for n in names) if names is not None else (".",)
+    removed = []
+    for entry in os.listdir(folder):
+        if entry.startswith(prefixes) and ".tfpipe-tmp" in entry:
+            path = os.path.join(folder, entry)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def publish(local: str, target: str | os.PathLike[str]) -> None:
@@ -796,7 +836,7 @@ def upload_file(
     if not key or key.endswith("/"):
         raise StorageError(f"{dst}: not an object path (gs://bucket/key)")
     chunk_size = RESUMABLE_CHUNK_SIZE if nbytes > RESUMABLE_THRESHOLD else None
-    blob = _gcs_client().bucket(bucket).blob(key, chunk_size=chunk_size)
+    blob = _gcs_client(dst).bucket(bucket).blob(key, chunk_size=chunk_size)
     if overwrite:
         kwargs: dict[str, Any] = {"retry": _retry()}
     else:

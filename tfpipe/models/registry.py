@@ -120,7 +120,9 @@ def build_model(
     return MODELS[config.name](config, n_channels, schema, n_aux)
 
 
-def build_normalized_model(config: ModelConfig, normalization: keras.layers.Layer, n_aux: int = len(AUX_TARGETS)):
+def build_normalized_model(
+    config: ModelConfig, normalization: keras.layers.Layer, n_aux: int = len(AUX_TARGETS)
+):
     """What training and prediction use: raw input columns → ``normalization`` → the model ``config.name``.
 
     Args:

@@ -17,24 +17,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints
-
 if TYPE_CHECKING:
+    from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints
+    from tfpipe.train.cli import main
     from tfpipe.train.loop import export_keras, train
+
+_LAZY = {
+    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.loop", "main": "tfpipe.train.cli",
+    "RunState": "tfpipe.train.checkpoints", "TrainError": "tfpipe.train.checkpoints",
+    "available_checkpoints": "tfpipe.train.checkpoints",
+}  # fmt: skip
 
 
 def __getattr__(name: str):
-    # train() and export_keras() import TensorFlow: load them on first use, so that the CLI's
-    # --help and the checkpoint helpers stay light.
-    if name in ("train", "export_keras"):
-        from tfpipe.train import loop
+    # Everything loads on first use: ``python -m tfpipe.train`` installs its signal handlers and
+    # parses its arguments before TensorFlow and Keras are imported.
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(loop, name)
-    if name == "main":
-        from tfpipe.train.cli import main
-
-        return main
-    raise AttributeError(name)
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfpipe.train' has no attribute {name!r}")
 
 
 __all__ = ["RunState", "TrainError", "available_checkpoints", "export_keras", "main", "train"]

@@ -2,6 +2,10 @@
 
 import sys
 
-from tfpipe.train.cli import main
+from tfpipe.cliutil import stop_on_signals
+
+stop_on_signals("python -m tfpipe.train")  # before anything heavy is imported
+
+from tfpipe.train.cli import main  # noqa: E402
 
 sys.exit(main(prog="python -m tfpipe.train"))

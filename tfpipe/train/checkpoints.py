@@ -38,6 +38,14 @@ class TrainError(ValueError):
     """A run that cannot start or continue: bad resume target, config mismatch, unusable data."""
 
 
+class CorruptCheckpoint(TrainError):
+    """A checkpoint (its state record or its variables) that cannot be read back."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(message)
+        self.number = number
+
+
 @dataclass
 class RunState:
     """What a checkpoint records besides the variables (``ckpt-N.state.json``)."""
@@ -81,7 +89,7 @@ def read_state(run_dir: str, n: int) -> RunState:
     try:
         return RunState(**json.loads(storage.read_bytes(path).decode()))
     except (storage.StorageError, ValueError) as err:
-        raise TrainError(f"{path}: cannot read the checkpoint's state ({err})") from None
+        raise CorruptCheckpoint(n, f"{path}: cannot read the checkpoint's state ({err})") from None
     except TypeError as err:
         raise TrainError(f"{path}: written by another tfpipe version ({err}); start a new run dir") from None
 
@@ -260,6 +268,26 @@ def read_best_record(run_dir: str) -> dict | None:
 def write_best_record(run_dir: str, checkpoint: int, metric: float) -> None:
     record = {"checkpoint": f"ckpt-{checkpoint}", "val_r2": metric}
     storage.write_bytes(storage.join(run_dir, "best.json"), json.dumps(record).encode())
+
+
+def remove_leftovers(run_dir: str) -> list[str]:
+    """Delete what a killed session of this run left in a local run dir: TF's ``ckpt-N_temp`` folders
+    and the temporary files of atomic writes. (A ``gs://`` run dir gets only complete uploads.)"""
+    if storage.is_remote(run_dir) or not os.path.isdir(run_dir):
+        return []
+    removed = storage.remove_temps(run_dir)
+    for sub in (CHECKPOINTS, BEST):
+        folder = os.path.join(run_dir, sub)
+        removed += storage.remove_temps(folder)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if re.fullmatch(r"ckpt-\d+_temp.*", name):
+                path = os.path.join(folder, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def is_chief(strategy) -> bool:

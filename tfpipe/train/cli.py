@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tfpipe.cliutil import ArgumentParser
+from tfpipe.cliutil import ArgumentParser, stop_on_signals
 
 
 def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
@@ -32,6 +32,10 @@ def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
         "--allow-replica-change", action="store_true",
         help="resume on another number of replicas (the remaining steps are re-planned)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-fallback", action="store_true",
+        help="fail when the latest checkpoint cannot be restored instead of resuming the newest older one",
+    )  # fmt: skip
     p.add_argument("--deterministic", action="store_true", help="deterministic ops and data order")
     p.add_argument(
         "--strategy", default="auto", help="auto, tpu, mirrored, multiworker, default, cpu-mirrored"
@@ -45,6 +49,7 @@ def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int:
+    stop_on_signals(prog)  # until the loop installs its own: SIGTERM during start-up is one line
     args = build_parser(prog).parse_intermixed_args(argv)  # key=value overrides may follow options
     overrides = list(args.overrides)
     if args.run_dir:
@@ -65,7 +70,13 @@ def main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int:
         summary = train(
             config, args.resume, args.allow_config_change, args.stop_after_sub_epochs, args.deterministic,
             args.strategy, 0 if args.quiet else 1, args.allow_data_change, args.allow_replica_change,
+            not args.no_fallback,
         )  # fmt: skip
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch", file=sys.stderr
+        )
+        return 130
     except (ConfigError, storage.StorageError, OSError, ValueError) as err:
         # ValueError: TrainError, data, stats, manifest, plan and normalisation errors
         print(f"{prog}: error: {err}", file=sys.stderr)

@@ -27,11 +27,14 @@ from tfpipe.train.checkpoints import (
     CHECKPOINTS,
     AllowedChanges,
     CheckpointMirror,
+    CorruptCheckpoint,
     RunState,
     TrainError,
+    available_checkpoints,
     drop_stale_states,
     numbers,
     read_best_record,
+    remove_leftovers,
     write_best_record,
     write_state,
 )
@@ -123,7 +126,9 @@ class Trainer:
         """(TrainStep, its CheckpointManager, its best-model CheckpointManager) under ``precision``."""
         import tensorflow as tf
 
-        step = TrainStep(self.config, self.s.strategy, self.s.normalization_config, self.s.segments, precision)
+        step = TrainStep(
+            self.config, self.s.strategy, self.s.normalization_config, self.s.segments, precision
+        )
         managers = [
             tf.train.CheckpointManager(step.checkpoint, self.mirror.local(sub), keep, checkpoint_name="ckpt")
             for sub, keep in ((CHECKPOINTS, self.config.keep_checkpoints), (BEST, BEST_KEEP))
@@ -131,26 +136,48 @@ class Trainer:
         return step, *managers
 
     def restore(self) -> None:
-        """Repair ``best.keras`` if a kill left it behind its state, then restore the resume checkpoint."""
+        """Repair ``best.keras`` if a kill left it behind its state, then restore the resume checkpoint.
+
+        Raises CorruptCheckpoint (naming the files) when the checkpoint's variables cannot be read.
+        """
         s = self.s
         if s.start is None:
             return
         record = read_best_record(s.run_dir)
         if self.best_ckpt is not None and (record or {}).get("checkpoint") != f"ckpt-{self.best_ckpt}":
-            self.step.checkpoint.restore(self.mirror.restore_path(BEST, self.best_ckpt)).expect_partial()
-            self._write_best(self.best_ckpt)
-            print(f"[train] best.keras re-exported from best/ckpt-{self.best_ckpt}", file=sys.stderr)
-        path = self.mirror.restore_path(CHECKPOINTS, s.start)
-        self.step.checkpoint.restore(path).assert_existing_objects_matched()
+            try:
+                self._restore(BEST, self.best_ckpt, partial=True)
+                self._write_best(self.best_ckpt)
+                print(f"[train] best.keras re-exported from best/ckpt-{self.best_ckpt}", file=sys.stderr)
+            except CorruptCheckpoint as err:
+                print(f"[train] warning: best.keras not repaired: {err}", file=sys.stderr)
+        self._restore(CHECKPOINTS, s.start, partial=False)
         bad = self.step.normalization.mismatched_weights()
         if bad:
-            raise TrainError(f"ckpt-{s.start} normalises with other statistics than {s.run_dir}/stats.json ({bad})")
+            raise TrainError(
+                f"ckpt-{s.start} normalises with other statistics than {s.run_dir}/stats.json ({bad})"
+            )
+
+    def _restore(self, sub: str, n: int, partial: bool) -> None:
+        tf = self._tf
+        path = self.mirror.restore_path(sub, n)
+        try:
+            status = self.step.checkpoint.restore(path)
+            status.expect_partial() if partial else status.assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, IndexError, AssertionError, OSError) as err:
+            where = f"{storage.join(self.s.run_dir, sub, f'ckpt-{n}')}.index / .data-*"
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise CorruptCheckpoint(
+                n, f"{where}: cannot be restored ({type(err).__name__}: {first})"
+            ) from None
 
     def _write_best(self, n: int) -> None:
         self.best_manager.save(checkpoint_number=n)
         self.mirror.push(BEST, numbers(self.best_manager))
         export_keras(self.step, storage.join(self.s.write_dir, "best.keras"))
-        write_best_record(self.s.write_dir, n, float(self.best_metric) if self.best_metric is not None else 0.0)
+        write_best_record(
+            self.s.write_dir, n, float(self.best_metric) if self.best_metric is not None else 0.0
+        )
 
     def run(self) -> dict:
         """Run stages until the end or a stop; returns the summary."""
@@ -198,24 +225,31 @@ class Trainer:
 
         tf, s, stage = self._tf, self.s, self.s.plan.stages[index]
         if self._precision_for(stage.epoch) != self.step.precision:
-            print(f"[train] epoch {stage.epoch}: switching from {self.step.precision} to float32", file=sys.stderr)
+            print(
+                f"[train] epoch {stage.epoch}: switching from {self.step.precision} to float32",
+                file=sys.stderr,
+            )
             old = self.step
             self.step, self.manager, self.best_manager = self._build(self._precision_for(stage.epoch))
             self.step.copy_from(old)
         data = self.config.data
-        ds = make_train_dataset(s.sources, data, self.config.seed, stage.epoch, stage.sub_epoch, stage.data, s.replicas)
+        ds = make_train_dataset(
+            s.sources, data, self.config.seed, stage.epoch, stage.sub_epoch, stage.data, s.replicas
+        )
         iterator = iter(s.strategy.experimental_distribute_dataset(ds))
         mask = None if stage.group is None else self.masks[stage.group]
         with contextlib.redirect_stdout(sys.stderr):  # progress on stderr: stdout ends with the JSON summary
-            bar = keras.utils.Progbar(stage.steps, verbose=self.verbose, stateful_metrics=["loss", "main", "lr"])
+            bar = keras.utils.Progbar(
+                stage.steps, verbose=self.verbose, stateful_metrics=["loss", "main", "lr"]
+            )
         done, parts = 0, {}
         while done < stage.steps and not signals.received:
             n = min(self.config.steps_per_execution, stage.steps - done)
             try:
                 parts = self.step.run_steps(iterator, n, mask)
             except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:
-                files = [f.path for src in s.sources for f in sub_epoch_files(
-                    src.train_files, self.config.seed, stage.epoch, stage.sub_epoch, data.sub_epochs)]  # fmt: skip
+                chunk = (self.config.seed, stage.epoch, stage.sub_epoch, data.sub_epochs)
+                files = [f.path for src in s.sources for f in sub_epoch_files(src.train_files, *chunk)]
                 problem = diagnose_read_error(files) or err.message.splitlines()[0]
                 raise TrainError(f"unreadable training data in epoch {stage.epoch} sub-epoch "
                                  f"{stage.sub_epoch}: {problem}") from None  # fmt: skip
@@ -223,10 +257,13 @@ class Trainer:
             if not np.isfinite(parts["total"]):
                 raise TrainError(
                     f"the loss became {parts['total']} in epoch {stage.epoch} sub-epoch {stage.sub_epoch} "
-                    f"(step {self.step.step}): a diverging model (try a lower optim.learning_rate) or bad data"
+                    f"(step {self.step.step}): a diverging model (try a lower optim.learning_rate) "
+                    "or bad data"
                 )
             with contextlib.redirect_stdout(sys.stderr):
-                bar.update(done, [("loss", parts["total"]), ("main", parts["main"]), ("lr", self.step.learning_rate)])
+                bar.update(
+                    done, [("loss", parts["total"]), ("main", parts["main"]), ("lr", self.step.learning_rate)]
+                )
         return parts
 
     def _finish_stage(self, index: int, parts: dict, t0: float) -> dict:
@@ -234,7 +271,9 @@ class Trainer:
         from tfpipe.train.validation import validate
 
         s, stage = self.s, self.s.plan.stages[index]
-        val_ds = make_validation_dataset(s.sources[0].val_paths, self.step.normalization.schema, s.plan.global_batch)
+        val_ds = make_validation_dataset(
+            s.sources[0].val_paths, self.step.normalization.schema, s.plan.global_batch
+        )
         val = validate(self.step, s.strategy.experimental_distribute_dataset(val_ds))
         n_ckpt, step = index + 1, self.step.step
         improved = self.best_metric is None or val["val_r2"] > self.best_metric
@@ -248,9 +287,10 @@ class Trainer:
         }  # fmt: skip
         self.logs.write(row, step)
         self._commit(index, val, improved)
-        print(f"[train] ckpt-{n_ckpt}: epoch {stage.epoch} sub-epoch {stage.sub_epoch} loss {row['loss']:.4f} "
-              f"val R2 {val['val_r2']:.4f} (normalised {val['val_r2_normalized']:.4f}) in {row['seconds']} s",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(f"[train] ckpt-{n_ckpt}: epoch {stage.epoch} sub-epoch {stage.sub_epoch} "
+              f"loss {row['loss']:.4f} val R2 {val['val_r2']:.4f} "
+              f"(normalised {val['val_r2_normalized']:.4f}) "
+              f"in {row['seconds']} s", file=sys.stderr, flush=True)  # fmt: skip
         return val
 
     def _commit(self, index: int, val: dict, improved: bool) -> None:
@@ -258,6 +298,7 @@ class Trainer:
         from tfpipe.config import config_to_dict
 
         s, n_ckpt = self.s, index + 1
+        wall = round(self.wall_before + time.time() - self.t_start, 2)
         if improved:
             self._write_best(n_ckpt)
         self.manager.save(checkpoint_number=n_ckpt)
@@ -267,8 +308,8 @@ class Trainer:
         state = RunState(
             n_ckpt, epoch, k, self.config.seed, self.step.step, s.model_hash, s.data_hash,
             s.normalization_config["stats_sha256"], s.replicas, s.plan.global_batch, s.plan_hash,
-            s.segments, self.best_metric, self.best_ckpt, round(self.wall_before + time.time() - self.t_start, 2),
-            val, config_to_dict(self.config), s.plan_steps,
+            s.segments, self.best_metric, self.best_ckpt, wall, val, config_to_dict(self.config),
+            s.plan_steps,
         )  # fmt: skip
         write_state(s.write_dir, state)
         drop_stale_states(s.write_dir, keep, self.best_ckpt)
@@ -276,12 +317,13 @@ class Trainer:
     def _summary(self, index: int, done_here: int, last_val: dict, stopped: str) -> dict:
         s = self.s
         finished = index >= len(s.plan.stages)
-        epoch, k = (s.plan.stages[index].epoch, s.plan.stages[index].sub_epoch) if not finished else s.plan.after(
-            len(s.plan.stages) - 1)  # fmt: skip
-        if not finished:
-            print(f"[train] stopped ({stopped}) before epoch {epoch} sub-epoch {k}; to continue, run the same "
-                  f"command again (it resumes from the latest checkpoint in {s.run_dir}) or add --resume latest",
-                  file=sys.stderr)  # fmt: skip
+        if finished:
+            epoch, k = s.plan.after(len(s.plan.stages) - 1)
+        else:
+            epoch, k = s.plan.stages[index].epoch, s.plan.stages[index].sub_epoch
+            print(f"[train] stopped ({stopped}) before epoch {epoch} sub-epoch {k}; to continue, run the "
+                  f"same command again (it resumes from the latest checkpoint in {s.run_dir}) or add "
+                  "--resume latest", file=sys.stderr)  # fmt: skip
         return {
             "run_dir": s.run_dir, "resumed_from": None if s.start is None else f"ckpt-{s.start}",
             "sub_epochs_run": done_here, "next": {"epoch": epoch, "sub_epoch": k}, "finished": finished,
@@ -303,6 +345,7 @@ def train(
     verbose: int = 1,
     allow_data_change: bool = False,
     allow_replica_change: bool = False,
+    fallback: bool = True,
 ) -> dict:
     """Run (or continue) training; returns a summary dict. TrainError (a ValueError) on unusable input.
 
@@ -315,6 +358,8 @@ def train(
         deterministic: deterministic ops and data order (bitwise-reproducible resumes).
         strategy: ``auto``, ``tpu``, ``mirrored``, ``multiworker``, ``default`` or ``cpu-mirrored``.
         verbose: 1 for a progress bar (on stderr), 0 for none.
+        fallback: when the checkpoint to resume (the latest, not one named by ``resume``) cannot be
+            read back, say so and resume from the newest older one that can.
 
     Keras' global dtype policy is restored afterwards.
     """
@@ -329,11 +374,39 @@ def train(
         keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
     allow = AllowedChanges(allow_config_change, allow_data_change, allow_replica_change)
+    fallback = fallback and resume in (None, "latest")
+    try:
+        while True:
+            try:
+                return _session(config, resume, allow, strategy, stop_after_sub_epochs, verbose)
+            except CorruptCheckpoint as err:
+                resume = _fallback_target(config, err) if fallback else None
+                if resume is None:
+                    raise
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _session(config, resume, allow, strategy, stop_after, verbose) -> dict:
     session = open_session(config, resume, allow, strategy)
     try:
-        trainer = Trainer(session, stop_after_sub_epochs, verbose)
+        if session.write_dir == session.run_dir:
+            for path in remove_leftovers(session.run_dir):
+                print(f"[train] removed {path} (left by a killed session)", file=sys.stderr)
+        trainer = Trainer(session, stop_after, verbose)
         trainer.restore()
         return trainer.run()
     finally:
         session.close()
-        keras.mixed_precision.set_global_policy(previous)
+
+
+def _fallback_target(config: TrainConfig, err: CorruptCheckpoint) -> str | None:
+    """``ckpt-M`` of the newest complete checkpoint older than the corrupt one, or None."""
+    run_dir = config.resolved_run_dir
+    older = [n for n in available_checkpoints(run_dir) if n < err.number]
+    if not older:
+        return None
+    print(
+        f"[train] {err}; resuming from ckpt-{older[-1]} instead (--no-fallback stops here)", file=sys.stderr
+    )
+    return f"ckpt-{older[-1]}"

@@ -82,7 +82,9 @@ def _warmup(spec: int | float, steps: int) -> int:
 def _stage(config: TrainConfig, sources: list[Source], replicas: int, epoch: int, k: int, group) -> Stage:
     data = config.data
     files = sub_epoch_files(sources[0].train_files, config.seed, epoch, k, data.sub_epochs)
-    plan = plan_sub_epoch(sum(f.samples for f in files), data.batch_size, replicas, [s.weight for s in sources])
+    plan = plan_sub_epoch(
+        sum(f.samples for f in files), data.batch_size, replicas, [s.weight for s in sources]
+    )
     if plan.steps < 1:
         raise PlanError(
             f"sub-epoch {k} of epoch {epoch} has {sum(f.samples for f in files)} samples of "
@@ -105,7 +107,9 @@ def phase_segments(config: TrainConfig, groups: list[int | None], steps: list[in
     for g in range(len(config.finetune.groups)):
         n = sum(k for h, k in zip(groups, steps, strict=True) if h == g)
         warm = _warmup(config.finetune.warmup_steps, n)
-        segments.append(Segment(start, start + n, 0.0 if warm else peak, peak, start + warm, peak * floor_ratio))
+        segments.append(
+            Segment(start, start + n, 0.0 if warm else peak, peak, start + warm, peak * floor_ratio)
+        )
         start += n
     return segments
 
@@ -145,7 +149,9 @@ def peak_ratio(old: TrainConfig, new: TrainConfig, phase: int) -> float:
     """New over old peak rate of phase ``phase`` (0: the main epochs, g + 1: fine-tune group g)."""
 
     def peak(c: TrainConfig) -> float:
-        return c.optim.learning_rate if phase == 0 else c.finetune.learning_rate or 0.1 * c.optim.learning_rate
+        return (
+            c.optim.learning_rate if phase == 0 else c.finetune.learning_rate or 0.1 * c.optim.learning_rate
+        )
 
     return peak(new) / peak(old)
 
@@ -173,4 +179,3 @@ def reanchor(old: list[Segment], fresh: list[Segment], step: int, ratio: float =
     else:
         anchored = Segment(step, seg.end, rate, rate, step, seg.floor)
     return fresh[:j] + [anchored] + fresh[j + 1 :]
-

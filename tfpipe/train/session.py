@@ -94,7 +94,9 @@ def _run_stats(config: TrainConfig, run_dir: str, resuming: bool) -> tuple[Stats
     else:
         stats, text = _read_stats(configured, "statistics file")
     if stats.schema != schema:
-        raise StatsError(f"{configured}: statistics are for schema {stats.schema!r}, the config says {schema!r}")
+        raise StatsError(
+            f"{configured}: statistics are for schema {stats.schema!r}, the config says {schema!r}"
+        )
     return stats, text, config_sha
 
 
@@ -125,8 +127,9 @@ def _schedule(config: TrainConfig, plan: TrainPlan, state: RunState | None, new_
     old_config = _config_of(state)
     ratio = peak_ratio(old_config, config, phase_at(fresh, state.step)) if old_config is not None else 1.0
     segments = reanchor(old, fresh, state.step, ratio)
+    rate = segments[phase_at(segments, state.step)].start_lr
     print(f"[train] the plan changed: {sum(steps[done:])} steps remain; the learning rate continues from "
-          f"{segments[phase_at(segments, state.step)].start_lr:.4g} at step {state.step}", file=sys.stderr)  # fmt: skip
+          f"{rate:.4g} at step {state.step}", file=sys.stderr)  # fmt: skip
     return steps, [s.to_dict() for s in segments]
 
 
@@ -140,7 +143,7 @@ def _config_of(state: RunState) -> TrainConfig | None:
 
 
 def open_session(config: TrainConfig, resume: str | None, allow: AllowedChanges, prefer: str) -> Session:
-    """Strategy, data, statistics, plan and resume point of a session (TrainError and friends on bad input)."""
+    """Strategy, data, statistics, plan and resume point of a session (ValueErrors on bad input)."""
     config = _with_demo_data(config)
     run_dir = config.resolved_run_dir
     strategy, kind = choose_strategy(prefer)

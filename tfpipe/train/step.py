@@ -56,10 +56,14 @@ class TrainStep:
             self.model = build_normalized_model(config.model, self.normalization)
             self.inner = make_optimizer(config.optim, SegmentedSchedule(segments), gradients_reduced=True)
             self.loss_scaled = precision == "mixed_float16"
-            self.optimizer = keras.optimizers.LossScaleOptimizer(self.inner) if self.loss_scaled else self.inner
+            self.optimizer = (
+                keras.optimizers.LossScaleOptimizer(self.inner) if self.loss_scaled else self.inner
+            )
             self.optimizer.build(self.model.trainable_variables)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.inner)
-        self.loss_config = dataclasses.replace(config.loss, n_profiles=len(self.normalization.schema.target_profiles))
+        self.loss_config = dataclasses.replace(
+            config.loss, n_profiles=len(self.normalization.schema.target_profiles)
+        )
         self.target_mask = tf.constant(self.normalization.target_mask())
         self._gradients = tf.function(self._replica_gradients, jit_compile=config.jit_compile)
         self._forward = tf.function(self._replica_forward, jit_compile=config.jit_compile)
