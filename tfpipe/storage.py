@@ -160,13 +160,17 @@ def split_gs(path: str) -> tuple[str, str]:
     bucket, _, key = path[len(GS) :].partition("/")
     if not bucket:
         raise StorageError(f"{path}: gs:// path without a bucket name")
-    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or len(bucket) > 222:
+    return bucket, key
+
+
+def _check_bucket_name(path: str) -> None:
+    """A StorageError for a bucket name GCS would reject (checked before any request is made)."""
+    bucket = path[len(GS) :].partition("/")[0]
+    if bucket and (not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket):
         raise StorageError(
             f"{path}: {bucket!r} is not a valid bucket name "
-            "(3-63 lowercase letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit)"
+            "(3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
         )
-    return bucket, key
 
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]|[a-z0-9][a-z0-9._-]{62,220}[a-z0-9]")
@@ -220,9 +224,11 @@ def reset_clients() -> None:
 def _gcs_client(path: str = "gs://") -> Any:
     """The process's ``storage.Client`` for the current emulator setting, created on first use.
 
-    ``path`` only names what was being accessed in the error when no client can be made (no
-    credentials).
+    ``path`` names what was being accessed in the error when no client can be made (no credentials);
+    its bucket name is checked first.
     """
+    if path.startswith(GS):
+        _check_bucket_name(path)
     emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
     key = (os.getpid(), emulator, project)
