@@ -8,8 +8,8 @@ Setup, in a temporary folder: ``prepare_demo_data(days=0.5)`` (36 time steps x 3
 
 * ``train_samples_per_s``: ``tfpipe.train.train`` on ``configs/tiny.yaml`` (+ ``epochs=2``) for
   ``squeezeformer_tiny`` (the config as it is) and ``mlp`` (``model.name=mlp``: the config's MLP,
-  i.e. the default units 768-640-512-640-640), in process. ``keras.utils.Progbar``, which ``train``
-  looks up at call time, is replaced by a subclass that stamps its creation (after the sub-epoch's
+  i.e. the default units 768-640-512-640-640), in process. ``tfpipe.train.loop.StageProgress``, which
+  the loop looks up at call time, is replaced by a subclass that stamps its creation (after the sub-epoch's
   dataset and iterator are made, just before the first step) and every update (after each
   ``steps_per_execution`` chunk, whose loss has been read back, so the steps are done). A sub-epoch's
   training time is creation to last update: the steps plus the input pipeline's start, without
@@ -19,23 +19,24 @@ Setup, in a temporary folder: ``prepare_demo_data(days=0.5)`` (36 time steps x 3
   ``compile_overhead_s`` is the first sub-epoch's training time minus its steps at the steady rate.
   Full mode adds ``squeezeformer_reference`` (``model.d_model=384 model.n_blocks=12 model.n_heads=8
   model.head_units=2048``, ``data.batch_size=16``, ``steps_per_execution=2``): the same loop, stopped
-  by the Progbar subclass (an exception, so no validation or checkpoint) after a few chunks; the rate
+  by the progress subclass (an exception, so no validation or checkpoint) after a few chunks; the rate
   is over the chunks after the first.
 * ``resume_to_first_step_s``: on the squeezeformer run directory above (a checkpoint after 2 or 3
   sub-epochs), ``python -m tfpipe.train --config configs/tiny.yaml ... --run-dir RUN --resume latest
-  --stop-after-sub-epochs 1`` started in a fresh process. Its progress bar (stdout,
-  flushed after every chunk of ``steps_per_execution`` = 10 steps) is read with arrival times:
-  ``resume_to_first_progress_s`` is from ``Popen`` to the first update (10 steps done);
-  ``resume_to_first_step_s`` subtracts 9 steps at that process's own steady step time (from its later
-  updates), i.e. it is the time until the first step has completed. ``resume_process_s``: the whole
+  --stop-after-sub-epochs 1`` started in a fresh process. Its progress lines (stderr, not a terminal:
+  after the first chunk of ``steps_per_execution`` = 10 steps, then every 10 % of the sub-epoch) are
+  read with arrival times: ``resume_to_first_progress_s`` is from ``Popen`` to the first line (10 steps
+  done); ``resume_to_first_step_s`` subtracts 9 steps at that process's own steady step time (from its
+  later lines), i.e. it is the time until the first step has completed. ``resume_process_s``: the whole
   process (that sub-epoch, validation, checkpoint, best.keras export and exit). Goal: < 60 s.
 * ``resume_breakdown_s``: the same resume (run directory put back as it was) in another fresh
   process, ``python -c`` code that imports everything ``tfpipe.train`` imports, wraps the functions
-  that ``_train`` looks up at call time (``load_config``, ``choose_strategy``, ``resolve_sources``,
-  ``build_model``, ``tf.train.Checkpoint.restore``, ``make_dataset``, ``Progbar``, and, called only
-  while ``run_steps`` is traced, ``total_loss`` and ``AdamW.apply_gradients``) to print wall-clock
-  stamps on stderr, then calls ``tfpipe.train.main`` with the same arguments (``train.py`` is not
-  changed). The XLA lines that TensorFlow logs on stderr (``XLA service ... initialized`` when the
+  that training looks up at call time (``load_config``, ``choose_strategy``, ``resolve_sources``,
+  ``build_normalized_model``, ``tf.train.Checkpoint.restore``, ``make_train_dataset``,
+  ``StageProgress``, and, called only while the train step is traced, ``total_loss`` and
+  ``AdamW.apply_gradients``) to print wall-clock stamps on stderr, then calls
+  ``tfpipe.train.cli.main`` with the same arguments (the package is not changed). The XLA lines that
+  TensorFlow logs on stderr with ``TF_CPP_MIN_LOG_LEVEL=0`` (``XLA service ... initialized`` when the
   first compilation starts, ``Compiled cluster using XLA!`` when it is done) split tracing from
   compiling.
 * ``checkpoint_save_s``: ``tf.train.CheckpointManager.save`` (max_to_keep 3, as in a run) of the tiny
@@ -110,28 +111,30 @@ class StopTraining(Exception):
 
 @contextlib.contextmanager
 def progress_clock(stop_after_updates: int | None = None) -> Iterator[list[dict]]:
-    """Swap ``keras.utils.Progbar`` for a subclass that records, per bar (= per sub-epoch), its
+    """Swap the training loop's ``StageProgress`` for a subclass that records, per sub-epoch, its
     creation time, target (steps) and the ``(current, time)`` of every update."""
-    original = keras.utils.Progbar
+    import tfpipe.train.loop as loop
+
+    original = loop.StageProgress
     bars: list[dict] = []
 
-    class ClockedProgbar(original):
-        def __init__(self, target, *args, **kwargs):
-            super().__init__(target, *args, **kwargs)
-            self._record = {"created": time.perf_counter(), "target": target, "updates": []}
+    class ClockedProgress(original):
+        def __init__(self, label, steps, verbose):
+            super().__init__(label, steps, verbose)
+            self._record = {"created": time.perf_counter(), "target": steps, "updates": []}
             bars.append(self._record)
 
-        def update(self, current, values=None, finalize=None):
-            self._record["updates"].append((current, time.perf_counter()))
-            super().update(current, values, finalize)
+        def update(self, done, *args):
+            self._record["updates"].append((done, time.perf_counter()))
+            super().update(done, *args)
             if stop_after_updates is not None and len(self._record["updates"]) >= stop_after_updates:
                 raise StopTraining
 
-    keras.utils.Progbar = ClockedProgbar
+    loop.StageProgress = ClockedProgress
     try:
         yield bars
     finally:
-        keras.utils.Progbar = original
+        loop.StageProgress = original
 
 
 def normalization_of(config):
@@ -275,19 +278,20 @@ wrap(tf.train.Checkpoint, "restore", "restore")
 wrap(tfpipe.data, "make_train_dataset", "dataset")
 wrap(tfpipe.train.step, "total_loss", "loss")  # called once, while tracing the forward pass
 wrap(keras.optimizers.AdamW, "apply_gradients", "apply")  # traced once, after the backward pass
-class MarkedProgbar(keras.utils.Progbar):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+class MarkedProgress(tfpipe.train.loop.StageProgress):
+    def __init__(self, *args):
+        super().__init__(*args)
         mark("progbar")
-    def update(self, current, values=None, finalize=None):
-        mark("update", current)
-        super().update(current, values, finalize)
-keras.utils.Progbar = MarkedProgbar
+    def update(self, done, *args):
+        mark("update", done)
+        super().update(done, *args)
+tfpipe.train.loop.StageProgress = MarkedProgress
 sys.exit(tfpipe.train.cli.main(sys.argv[1:], prog="python -m tfpipe.train"))
 """
 XLA_START = "XLA service"
 XLA_DONE = "Compiled cluster using XLA"
-PROGRESS = re.compile(rb"\x1b\[1m\s*(\d+)/(\d+)\x1b\[0m")
+PROGRESS = re.compile(rb"\] epoch \d+ sub-epoch \d+: (\d+)/(\d+) steps")
+"""The training loop's progress lines on stderr (not a terminal)."""
 
 
 def run_timed(command: list[str]) -> dict:

@@ -148,7 +148,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--revision", default=None, help="branch, tag or commit of an hf:// source (default main)"
     )
-    parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    parser.add_argument("--workers", type=int, default=8, help="parallel downloads")
     return parser
 
 

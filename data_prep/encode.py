@@ -615,13 +615,16 @@ def build_parser() -> ArgumentParser:
         "--shard", type=int, default=None, help=f"shard index (default ${' or $'.join(SHARD_ENV)})"
     )
     p.add_argument("--num-shards", type=int, required=True, help="number of shards N")
-    p.add_argument("--format", choices=FORMATS, default="raw")
-    p.add_argument("--schema", choices=sorted(SCHEMAS), default="kaggle")
+    p.add_argument("--format", choices=FORMATS, default="raw", help="a raw netCDF tree or a Kaggle CSV file")
+    p.add_argument("--schema", choices=sorted(SCHEMAS), default="kaggle", help="variable layout to encode")
     p.add_argument("--stride", type=int, default=1, help="keep every K-th time step (Kaggle train: 7)")
     p.add_argument("--workers", type=int, default=1, help="parallel file readers (processes)")
     p.add_argument("--blocks-per-file", type=int, default=16, help="blocks per TFRecord file")
     p.add_argument("--block-size", type=int, default=NCOL, help="CSV rows per block")
-    p.add_argument("--on-bad-values", choices=BAD_VALUE_POLICIES, default="error")
+    p.add_argument(
+        "--on-bad-values", choices=BAD_VALUE_POLICIES, default="error",
+        help="NaN/Inf or empty values: stop with an error, or drop those samples (counted in the manifest)",
+    )  # fmt: skip
     p.add_argument("--grid", default=None, help="grid file to copy to DST (default SRC/grid-info.nc)")
     p.add_argument("--overwrite", action="store_true", help="redo a shard that is already complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

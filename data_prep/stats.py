@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser, stop_on_signals
@@ -194,8 +195,13 @@ def load_stats(path: str, schema: str | None = None) -> Stats:
     return stats
 
 
-def compute_stats(data: str, shard: int = 0, num_shards: int = 1, allow_partial: bool = False) -> Stats:
-    """Statistics of the data files ``[shard::num_shards]`` of every complete shard under ``data``."""
+def compute_stats(
+    data: str, shard: int = 0, num_shards: int = 1, allow_partial: bool = False, progress: bool = False
+) -> Stats:
+    """Statistics of the data files ``[shard::num_shards]`` of every complete shard under ``data``.
+
+    With ``progress``, a bar over the samples goes to stderr.
+    """
     if not 0 <= shard < num_shards:
         raise StatsError(f"shard {shard} out of range 0..{num_shards - 1}")
     manifests = read_manifests(data, allow_partial=allow_partial)
@@ -204,11 +210,16 @@ def compute_stats(data: str, shard: int = 0, num_shards: int = 1, allow_partial:
     files = data_files(data, manifests)[shard::num_shards]
     inputs = Moments.empty(schema.n_inputs)
     targets = Moments.empty(schema.n_targets) if with_targets else None
+    total = sum(f.samples for m in manifests for f in m.files) // num_shards if progress else None
+    bar = tqdm(total=total, unit="sample", unit_scale=True, desc="statistics", disable=not progress,
+               file=sys.stderr, mininterval=1.0)  # fmt: skip
     for block in read_blocks(files, schema):
+        bar.update(len(block))
         x, y = block_columns(block, schema)
         inputs = inputs.merge(Moments.of(x))
         if targets is not None:
             targets = targets.merge(Moments.of(y))
+    bar.close()
     if num_shards == 1 and inputs.count == 0:
         raise StatsError(f"{data}: zero samples")
     return Stats(schema.name, inputs, targets)
@@ -231,6 +242,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data", help="folder of encoded shards (local or gs://)")
     p.add_argument("--merge", nargs="+", metavar="STATS", help="combine partial stats files instead")
     p.add_argument("--out", required=True, help="stats JSON to write (local or gs://)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--shard", type=int, default=0, help="this part's index (files [I::N])")
     p.add_argument(
         "--num-shards", type=int, default=1, help="number of parts N the statistics are split into"
@@ -254,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         stats = (
             merge_files(args.merge)
             if args.merge
-            else compute_stats(args.data, args.shard, args.num_shards, args.allow_partial)
+            else compute_stats(
+                args.data, args.shard, args.num_shards, args.allow_partial, not args.no_progress
+            )
         )
         storage.write_bytes(args.out, stats.to_json().encode())
     except (StatsError, ManifestError, storage.StorageError, OSError) as err:

@@ -215,10 +215,10 @@ def build_parser() -> ArgumentParser:
         "--days",
         type=_positive_float,
         default=1.0,
-        help="days to simulate, 72 steps each; fractions allowed (default 1)",
+        help="days to simulate, 72 steps each; fractions allowed",
     )
     parser.add_argument("--start", default="0001-02-01", help="first day, YYYY-MM-DD, noleap calendar")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the weather (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the weather")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return parser
 

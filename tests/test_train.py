@@ -478,8 +478,10 @@ def test_resume_refuses_other_data_and_keeps_the_lr_curve_continuous(encoded: Pa
     # fewer files: refused (the data hash covers every file of every split)
     victim = sorted(moved.glob("manifest-*.json"))[-1]
     victim.rename(victim.with_suffix(".bak"))
-    with pytest.raises(TrainError, match="files differ.*--allow-data-change"):
+    with pytest.raises(ValueError, match="1 of 2 shards are missing"):  # incomplete sets are refused first
         train(config(moved, run), allow_config_change=True, verbose=0)
+    with pytest.raises(TrainError, match="files differ.*--allow-data-change"):
+        train(config(moved, run, "data.allow_partial=true"), allow_config_change=True, verbose=0)
     victim.with_suffix(".bak").rename(victim)
     # more epochs: the plan changes, the learning rate continues from where it was
     before = json.loads((run / "checkpoints" / "ckpt-2.state.json").read_text())

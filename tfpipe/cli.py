@@ -23,40 +23,68 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="tfpipe", description="ClimSim raw data to a scored LEAP submission.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    p = sub.add_parser("demo", help="run the pipeline on built-in synthetic data")
+    p = sub.add_parser(
+        "demo", help="run the pipeline on built-in synthetic data",
+        description="The whole chain on synthetic data: synthesise, encode (one shard killed and re-run), "
+        "statistics, train two models (one interrupted and resumed), predict, score, blend, report. "
+        "Re-running reuses what is complete.",
+    )  # fmt: skip
     p.add_argument("--workdir", default="tfpipe-demo", help="folder for everything the demo writes")
-    p.add_argument("--days", type=float, default=1.0, help="days of synthetic data (72 steps each)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--days", type=float, default=1.0, help="days of synthetic training data (72 steps each)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weather")
     p.add_argument("--quiet", action="store_true", help="only the final JSON line")
 
     # train and predict own their parsers (tfpipe/train.py, tfpipe/predict.py); main() hands over.
     sub.add_parser("train", help="train a model in resumable sub-epoch chunks (tfpipe train --help)")
     sub.add_parser("predict", help="predict with a trained model into parquet (tfpipe predict --help)")
 
-    p = sub.add_parser("export", help="decode encoded shards into one parquet file")
+    p = sub.add_parser(
+        "export", help="decode encoded shards into one parquet file",
+        description="Decode a folder of encoded shards into one parquet file: sample_id, ncol, time, the "
+        "inputs and the targets. With targets it serves as the truth file of tfpipe score and tfpipe blend.",
+    )  # fmt: skip
     p.add_argument("--data", required=True, help="folder of encoded shards (local or gs://)")
     p.add_argument("--out", required=True, help="parquet file to write")
     p.add_argument("--allow-partial", action="store_true", help="export a shard set with missing shards")
 
-    p = sub.add_parser("score", help="R² of a prediction file on a truth file, with tables and a heat map")
+    p = sub.add_parser(
+        "score", help="R² of a prediction file on a truth file, with tables and a heat map",
+        description="The Kaggle LEAP score (R² per target, averaged; zero-weight targets count as 1) of a "
+        "prediction file against a truth file (e.g. tfpipe export output), rows matched by sample_id. "
+        "Writes per-target and per-level CSVs and an R² heat map, and names the worst targets.",
+    )  # fmt: skip
     p.add_argument("--pred", required=True, help="predictions: parquet, sample_id + 368 targets in order")
     p.add_argument("--truth", required=True, help="truth parquet with sample_id and the 368 targets")
     p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
     p.add_argument("--out-dir", help="folder for the CSVs and the PNG (default: P.score beside P.parquet)")
 
-    p = sub.add_parser("blend", help="blend prediction files (equal, hill-climb, stack) or apply a blend")
+    p = sub.add_parser(
+        "blend", help="blend prediction files (equal, hill-climb, stack) or apply a blend",
+        description="Fit a blend of several models' predictions on a truth file (usually out-of-fold "
+        "predictions from tfpipe predict --oof) and write it with its spec, or --apply a saved spec to "
+        "the same models' test predictions.",
+    )  # fmt: skip
     p.add_argument("--pred", nargs="+", required=True, help="prediction parquet files, one per model")
     p.add_argument("--truth", help="truth parquet (needed to fit hill-climb and stack)")
-    p.add_argument("--method", choices=["equal", "hill-climb", "stack"])
+    p.add_argument(
+        "--method", choices=["equal", "hill-climb", "stack"],
+        help="equal weights; hill-climbing on R² (greedy, with replacement); or a stacking model",
+    )  # fmt: skip
     p.add_argument("--per-group", action="store_true", help="hill-climb: weights per target variable")
-    p.add_argument("--stack-method", choices=["ridge", "mlp"], default="ridge")
+    p.add_argument(
+        "--stack-method", choices=["ridge", "mlp"], default="ridge", help="model of --method stack"
+    )
     p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
     p.add_argument("--apply", metavar="SPEC", help="apply a saved OUT.blend.json to --pred (same order)")
     p.add_argument("--spec", help="where to write the blend spec (default: OUT.blend.json)")
     p.add_argument("--out", required=True, help="blended predictions parquet to write")
 
-    p = sub.add_parser("schema", help="print a schema's variables or columns")
-    p.add_argument("--name", default="kaggle", choices=sorted(SCHEMAS))
+    p = sub.add_parser(
+        "schema", help="print a schema's variables or columns",
+        description="The variables of a layout (inputs, targets, zero-weight targets) as JSON, or its "
+        "flattened column names in order (--columns).",
+    )  # fmt: skip
+    p.add_argument("--name", default="kaggle", choices=sorted(SCHEMAS), help="the layout")
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
     return parser
 

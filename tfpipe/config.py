@@ -36,8 +36,7 @@ from typing import Any, Union
 
 import yaml
 
-from tfpipe.losses import LossConfig
-from tfpipe.models.registry import ModelConfig
+from tfpipe.model_config import LossConfig, ModelConfig
 from tfpipe.schema import NLEV, Q0002_REPLACEMENT_LEVELS, SCHEMAS
 
 VAL_SPLITS = ("last", "periodic", "random")
@@ -61,6 +60,7 @@ RESUME_MUTABLE: frozenset[str] = frozenset(
         "optim.warmup_steps",
         "optim.min_lr_ratio",
         "optim.clipnorm",
+        "data.allow_partial",
         "data.batch_size",
         "data.ignore_errors",
         "data.deterministic",

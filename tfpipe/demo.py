@@ -37,11 +37,22 @@ def _encode_cmd(src: Path, dst: Path, shard: int, blocks_per_file: int = 4) -> l
     ]  # fmt: skip
 
 
-def _run(cmd: list[str]) -> dict:
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed: {result.stderr.strip().splitlines()[-1:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+SHOWN = ("[train] ckpt-", "[train] resuming", "[train] stopped")
+"""Lines of a stage's stderr the demo passes on (one per sub-epoch, with its validation R²)."""
+
+
+def _run(cmd: list[str], quiet: bool = True) -> dict:
+    """Run a stage's command; its JSON summary. Its sub-epoch lines are shown as they come."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+    for line in proc.stderr:
+        tail = (tail + [line.rstrip()])[-20:]
+        if not quiet and line.startswith(SHOWN):
+            print("       " + line.rstrip(), file=sys.stderr, flush=True)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed: {tail[-1:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def encode_with_a_kill(raw: Path, dst: Path, quiet: bool) -> dict:
@@ -84,16 +95,18 @@ def _train(name: str, data: Path, runs: Path, interrupt_after: int | None, quiet
             f"data.sources.0.path={data}", f"name={name}", "--run-dir", str(runs / name),
             "--quiet"]  # fmt: skip
     if interrupt_after is not None and not (runs / name / "checkpoints").exists():
-        first = _run(base + ["--stop-after-sub-epochs", str(interrupt_after)])
+        say(quiet, f"[demo] {name}: training (one line per sub-epoch, with its validation R²)")
+        first = _run(base + ["--stop-after-sub-epochs", str(interrupt_after)], quiet)
         say(
             quiet,
             f"[demo] {name}: interrupted after {first['sub_epochs_run']} sub-epochs "
             f"(val R² {first['val_r2']:.3f})",
         )
-        summary = _run(base + ["--resume", "latest"])
+        summary = _run(base + ["--resume", "latest"], quiet)
         summary["interrupted_and_resumed_from"] = summary["resumed_from"]
     else:
-        summary = _run(base)  # resumes or finds the run finished
+        say(quiet, f"[demo] {name}: training (one line per sub-epoch, with its validation R²)")
+        summary = _run(base, quiet)  # resumes or finds the run finished
     say(quiet, f"[demo] {name}: trained, best val R² {summary['best_r2']:.3f} ({summary['best_checkpoint']})")
     return summary
 
@@ -109,9 +122,11 @@ def _plots(workdir: Path, runs: Path, names: list[str]) -> list[str]:
     for name in names:
         m = pd.read_csv(runs / name / "metrics.csv")
         axes[0].plot(m["step"], m["loss"], marker="o", label=name)
-        axes[1].plot(m["step"], m["val_r2_normalized"], marker="o", label=name)
+        line = axes[1].plot(m["step"], m["val_r2"], marker="o", label=f"{name} (Kaggle metric)")[0]
+        axes[1].plot(m["step"], m["val_r2_normalized"], marker="x", ls="--", color=line.get_color(),
+                     label=f"{name} (normalised targets)")  # fmt: skip
     axes[0].set(title="training loss (last chunk of each sub-epoch)", xlabel="step", yscale="log")
-    axes[1].set(title="validation R² (normalised targets)", xlabel="step")
+    axes[1].set(title="validation R²: physical scale (Kaggle) and normalised", xlabel="step")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
@@ -169,7 +184,8 @@ def run_demo(
     resumed = summaries["squeezeformer"].get("interrupted_and_resumed_from") or previous.get("resumed_from")
     summary = {
         "r2": {k: round(v, 5) for k, v in scores.items()},
-        "val_r2": {n: round(s["best_r2"], 5) for n, s in summaries.items()},
+        "val_r2": {n: round(s["best_r2"], 5) for n, s in summaries.items()}
+        | {"blend": round(fit["r2_blend"], 5)},
         "resumed_from": resumed,
         "encode": encoding,
         "blend_models": fit.get("models"),
@@ -186,7 +202,8 @@ def _write_report(root: Path, summary: dict, plots: list[str]) -> None:
     lines = [
         "# tfpipe demo report", "",
         f"Work dir: `{summary['workdir']}`; took {summary['seconds']} s.", "",
-        "| model | test R² (Kaggle metric) | best validation R² |", "|---|---|---|",
+        "| model | test R² (Kaggle metric) | validation R² (best checkpoint; blend: out of fold) |",
+        "|---|---|---|",
     ]  # fmt: skip
     for name, r2 in summary["r2"].items():
         lines.append(f"| {name} | {r2:.4f} | {summary['val_r2'].get(name, float('nan')):.4f} |")

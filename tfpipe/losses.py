@@ -12,14 +12,12 @@ gives 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from keras import ops
 
+from tfpipe.model_config import LOSS_KINDS, LossConfig  # noqa: F401  (re-exported)
 from tfpipe.schema import NLEV
-
-LOSS_KINDS = ("mae", "smooth_l1")
 
 
 def _f32(x):
@@ -132,33 +130,6 @@ def level_difference_loss(y, pred, mask, n_profiles: int, beta: float = 1.0):
     m = ops.reshape(mask, [-1, n_profiles, NLEV])
     pair = m[:, :, 1:] * m[:, :, :-1]
     return _masked_elementwise(diff(y), diff(pred), pair, float(beta))
-
-
-@dataclass
-class LossConfig:
-    """Which losses and with which weights.
-
-    ``total = main + confidence_weight * confidence + aux_weight * aux + level_diff_weight * level_diff``
-    where ``main`` is ``kind`` ("mae" or "smooth_l1" with ``beta``) on the predictions, ``aux`` uses
-    the same kind, and ``level_diff`` is always SmoothL1 with ``beta``.
-    """
-
-    kind: str = "mae"
-    beta: float = 1.0
-    confidence_weight: float = 0.1
-    aux_weight: float = 0.1
-    level_diff_weight: float = 0.1
-    n_profiles: int = 6
-    """Profile targets at the front of the target columns (``len(schema.target_profiles)``)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss kind {self.kind!r}; choose one of {LOSS_KINDS}")
-
-    @property
-    def main_beta(self) -> float:
-        """SmoothL1 beta of the main loss (0 means MAE)."""
-        return self.beta if self.kind == "smooth_l1" else 0.0
 
 
 def total_loss(outputs: dict, y, mask, aux_true, aux_mask, config: LossConfig) -> tuple[Any, dict[str, Any]]:

@@ -136,8 +136,15 @@ def differences(a: dict, b: dict) -> list[str]:
 
 
 def _no_shards(folder: str) -> ManifestError:
+    if folder.endswith(".csv"):
+        return ManifestError(f"{folder}: a CSV file, not encoded shards: encode it first "
+                             "(python -m data_prep.encode --format kaggle-csv)")  # fmt: skip
     if not storage.is_remote(folder) and not storage.exists(folder):
         return ManifestError(f"{folder}: no such folder")
+    names = storage.listdir(folder) if storage.exists(folder) else []
+    if "train" in names or any(n.endswith(".nc") for n in names):
+        return ManifestError(f"{folder}: a raw netCDF tree, not encoded shards: run "
+                             "python -m data_prep.encode on it first")  # fmt: skip
     return ManifestError(
         f"{folder}: no encoded shards (no manifest-*-of-*.json; run python -m data_prep.encode)"
     )

@@ -233,6 +233,72 @@ def plot_r2_heatmap(table: pd.DataFrame, path: str, title: str | None = None) ->
     return path
 
 
+# -- what explains a score ----------------------------------------------------------------------------
+
+NEAR_CONSTANT = 1e-3
+"""A target's truth is nearly constant when its std is below this fraction of the median std of its
+variable's other levels (or exactly 0)."""
+
+
+def near_constant_targets(truth: np.ndarray, r2: np.ndarray, schema: Schema | None = None) -> np.ndarray:
+    """Boolean per target: scored, and its truth nearly constant (see :data:`NEAR_CONSTANT`).
+
+    On such a column SS_tot is tiny, so any error makes R² hugely negative (e.g. ``ptend_q0002`` on
+    upper levels of a test period where it is ~1e-18 everywhere).
+    """
+    schema = _schema(schema)
+    std = np.asarray(truth, dtype=np.float64).std(axis=0)
+    scored = ~zero_weight_mask(schema)
+    flags = scored & (std == 0) & (r2 < 1)
+    for v in schema.targets:
+        cols = schema.target_slice(v)
+        if not VARIABLES[v].profile:
+            continue
+        levels = std[cols][scored[cols] & (std[cols] > 0)]
+        if len(levels):
+            flags[cols] |= scored[cols] & (std[cols] < NEAR_CONSTANT * np.median(levels))
+    return flags
+
+
+def explain_score(r2: np.ndarray, truth: np.ndarray, schema: Schema | None = None, worst: int = 5) -> dict:
+    """The worst targets, the near-constant truth columns, and the score with those counted as 1."""
+    schema = _schema(schema)
+    columns = np.array(schema.target_columns)
+    flags = near_constant_targets(truth, r2, schema)
+    std = np.asarray(truth, dtype=np.float64).std(axis=0)
+    order = np.argsort(r2)[:worst]
+    return {
+        "worst": [
+            {
+                "target": str(columns[i]),
+                "r2": float(r2[i]),
+                "truth_std": float(std[i]),
+                "near_constant": bool(flags[i]),
+            }
+            for i in order
+        ],  # fmt: skip
+        "near_constant_targets": [str(c) for c in columns[flags]],
+        "r2_near_constant_as_1": float(np.where(flags, 1.0, r2).mean()),
+    }
+
+
+def explanation_lines(report: dict) -> list[str]:
+    """Human-readable lines of :func:`explain_score`'s result (for ``tfpipe score`` and the demo)."""
+    lines = ["worst targets: " + ", ".join(f"{w['target']} {w['r2']:.4g}" for w in report["worst"])]
+    flagged = report["near_constant_targets"]
+    if flagged:
+        stds = {w["target"]: w["truth_std"] for w in report["worst"]}
+        names = ", ".join(f"{c} (truth std {stds[c]:.2g})" if c in stds else c for c in flagged[:8])
+        more = f" and {len(flagged) - 8} more" if len(flagged) > 8 else ""
+        lines.append(
+            f"{len(flagged)} target(s) have nearly constant truth here: {names}{more}. Their R² is "
+            "1 - SS_res/SS_tot with a tiny SS_tot, so any error makes it hugely negative and it dominates "
+            f"the mean; counted as 1 (as zero-weight targets are) the score would be "
+            f"{report['r2_near_constant_as_1']:.5f}"
+        )
+    return lines
+
+
 # -- files ----------------------------------------------------------------------------------------------
 
 
@@ -467,6 +533,7 @@ def score_files(
         "per_target_csv": per_target,
         "per_level_csv": per_level,
         "heatmap": heatmap,
+        **explain_score(r2, truth_values * (1.0 if w is None else w), schema),
     }
 
 
@@ -474,5 +541,7 @@ def score_command(args) -> int:
     """Run ``tfpipe score`` from parsed arguments; prints a summary line and the JSON line."""
     report = score_files(args.pred, args.truth, args.weights, args.out_dir)
     print(f"R² {report['r2']:.6f} over {get_schema('kaggle').n_targets} targets, {report['n']} rows")
+    for line in explanation_lines(report):
+        print(line)
     print(json.dumps(report))
     return 0

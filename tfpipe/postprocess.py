@@ -7,10 +7,14 @@ then 0 for zero-weight targets (Kaggle scores them as 0 against 0).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from tfpipe.normalize import Normalization
 from tfpipe.schema import TIMESTEP_S
+
+if TYPE_CHECKING:
+    from tfpipe.normalize import Normalization
 
 
 def physical_predictions(pred: np.ndarray, x64: np.ndarray, norm: Normalization) -> np.ndarray:

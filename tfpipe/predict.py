@@ -19,14 +19,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfpipe import storage
-from tfpipe.cliutil import ArgumentParser, stop_on_signals
-from tfpipe.normalize import Normalization
+from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
 from tfpipe.postprocess import physical_predictions
 from tfpipe.schema import get_schema
+
+if TYPE_CHECKING:  # Keras and TensorFlow load only when a command runs, not for --help
+    from tfpipe.normalize import Normalization
 
 
 class PredictError(ValueError):
@@ -85,6 +88,7 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
 
     from data_prep.stats import load_stats
     from tfpipe.models import build_normalized_model
+    from tfpipe.normalize import Normalization
     from tfpipe.schedule import make_optimizer
 
     if config is None:
@@ -92,7 +96,7 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
             f"{prefix}: no {storage.join(run_dir, 'config.yaml')} (is this a tfpipe run directory?)"
         )
     if not storage.exists(prefix + ".index"):
-        raise PredictError(f"{prefix}: no such checkpoint ({prefix}.index missing)")
+        raise PredictError(f"no such checkpoint: {prefix}.index does not exist")
     data = config.data
     stats = load_stats(storage.join(run_dir, "stats.json"), schema=data.schema)
     layer = Normalization.from_stats(
@@ -122,6 +126,8 @@ def load_for_inference(checkpoint: str):
     A ``.keras`` file is enough on its own: the model carries its statistics and post-processing
     levels; ``RUN/config.yaml``, when present, gives the default batch size and the data for ``--oof``.
     """
+    from tfpipe.normalize import Normalization
+
     run_dir, model_path = resolve_checkpoint(checkpoint)
     config = _run_config(run_dir)
     if model_path.endswith(".keras"):
@@ -242,9 +248,14 @@ class ParquetSink:
 
 def predict(
     checkpoint: str, data: str | None, out: str, weights: str | None = None, batch_size: int | None = None,
-    oof: bool = False, allow_partial: bool = False,
+    oof: bool = False, allow_partial: bool = False, progress: bool = False,
 ) -> dict:  # fmt: skip
-    """Write predictions for ``data`` (or, with ``oof``, the run's validation data plus its truth)."""
+    """Write predictions for ``data`` (or, with ``oof``, the run's validation data plus its truth).
+
+    With ``progress``, a bar over the rows goes to stderr.
+    """
+    from tqdm import tqdm
+
     t0 = time.time()
     model, config, norm = load_for_inference(checkpoint)
     schema = norm.schema
@@ -267,8 +278,12 @@ def predict(
     sink = ParquetSink(out, schema.target_columns)
     truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
     truth_sink = ParquetSink(truth_path, schema.target_columns) if oof else None
+    bar = tqdm(
+        unit="row", unit_scale=True, desc="predict", disable=not progress, file=sys.stderr, mininterval=1.0
+    )
     try:
         for ids, pred, truth in iter_predictions(model, norm, data, batch, files, allow_partial):
+            bar.update(len(ids))
             sink.write(ids, pred * w if w is not None else pred)
             if truth_sink is not None:
                 t = truth.astype(np.float64)
@@ -281,6 +296,8 @@ def predict(
         if truth_sink is not None:
             truth_sink.abort()
         raise
+    finally:
+        bar.close()
     seconds = time.time() - t0
     summary = {"out": out, "rows": sink.rows, "columns": 1 + schema.n_targets, "seconds": round(seconds, 2)}
     if oof:
@@ -305,16 +322,19 @@ def build_parser(prog: str = "tfpipe predict") -> ArgumentParser:
         action="store_true",
         help="predict a shard set with missing shards (named on stderr)",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
     stop_on_signals(prog)
     args = build_parser(prog).parse_args(argv)
+    quiet_native_logs()
     try:
         summary = predict(
-            args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof, args.allow_partial
-        )
+            args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof, args.allow_partial,
+            progress=not args.quiet,
+        )  # fmt: skip
     except (ValueError, OSError, storage.StorageError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -12,66 +12,11 @@ with ``pred`` columns in ``schema.target_columns`` order and ``conf`` (>= 0) an 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 import keras
 
+from tfpipe.model_config import ModelConfig
 from tfpipe.schema import AUX_TARGETS, NLEV, Schema
-
-
-@dataclass
-class ModelConfig:
-    """Hyper-parameters of every registered model; each model reads the fields it needs.
-
-    The defaults are the reference sizes; :meth:`tiny` gives sizes for tests.
-    """
-
-    name: str = "squeezeformer"
-    # Squeezeformer (also: head_units for the per-level head of squeezeformer, lstm and cnn).
-    d_model: int = 384
-    n_blocks: int = 12
-    n_heads: int = 8
-    kernel_size: int = 15
-    expansion: int = 4
-    head_units: int = 2048
-    # MLP baseline (ClimSim paper).
-    mlp_units: tuple[int, ...] = (768, 640, 512, 640, 640)
-    mlp_leaky_alpha: float = 0.15
-    # Bidirectional LSTM stack (LEAP 2nd place).
-    lstm_units: int = 256
-    lstm_layers: int = 4
-    lstm_use_cudnn: bool = False
-    """cuDNN kernels are faster on a GPU without XLA but do not compile with ``jit_compile=True``."""
-    # 1-D ResNet over levels.
-    cnn_filters: int = 256
-    cnn_blocks: int = 8
-    cnn_kernel: int = 5
-
-    def __post_init__(self) -> None:
-        self.mlp_units = tuple(int(u) for u in self.mlp_units)
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
-
-    @classmethod
-    def tiny(cls, name: str = "squeezeformer", **overrides: object) -> ModelConfig:
-        """Smallest sizes that still exercise every layer (for tests and quick benchmarks)."""
-        base = cls(
-            name=name,
-            d_model=16,
-            n_blocks=1,
-            n_heads=2,
-            kernel_size=3,
-            expansion=2,
-            head_units=16,
-            mlp_units=(32, 32),
-            lstm_units=8,
-            lstm_layers=1,
-            cnn_filters=16,
-            cnn_blocks=1,
-            cnn_kernel=3,
-        )
-        return replace(base, **overrides)
-
 
 Builder = Callable[[ModelConfig, int, Schema, int], keras.Model]
 """``builder(config, n_channels, schema, n_aux) -> keras.Model``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tfpipe.cliutil import ArgumentParser, stop_on_signals
+from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
 
 
 def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int:
     from tfpipe import storage
     from tfpipe.config import ConfigError, load_config
 
+    quiet_native_logs()
     try:
         config = load_config(args.config, overrides)
         if args.logical_cpus:

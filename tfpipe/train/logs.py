@@ -9,10 +9,12 @@ installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+import time
 
 from tfpipe import storage
 
@@ -72,6 +74,43 @@ class RunLogs:
         self.writer.close()
         if self.remote:
             shutil.rmtree(self.tb_local, ignore_errors=True)
+
+
+class StageProgress:
+    """Progress of one sub-epoch, on stderr (stdout ends with the JSON summary).
+
+    On a terminal: Keras' progress bar. Elsewhere (a log file, a notebook cell's captured stream, CI):
+    whole lines, at the first update, then every 10 % of the steps or 30 s, and at the end.
+    """
+
+    def __init__(self, label: str, steps: int, verbose: int) -> None:
+        from tfpipe.cliutil import terminal_stderr
+
+        self.label, self.steps, self.verbose = label, steps, verbose
+        self.stream = terminal_stderr()
+        self.tty = self.stream.isatty()
+        self.start = self.last_time = time.monotonic()
+        self.last_done = 0
+        self.bar = None
+        if verbose and self.tty:
+            import keras
+
+            with contextlib.redirect_stdout(self.stream):
+                self.bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "main", "lr"])
+
+    def update(self, done: int, loss: float, main: float, lr: float) -> None:
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            with contextlib.redirect_stdout(self.stream):
+                self.bar.update(done, [("loss", loss), ("main", main), ("lr", lr)])
+            return
+        now = time.monotonic()
+        due = self.last_done == 0 or done >= self.steps or done - self.last_done >= self.steps / 10
+        if due or now - self.last_time >= 30:
+            print(f"[train] {self.label}: {done}/{self.steps} steps, loss {loss:.4f}, main {main:.4f}, "
+                  f"lr {lr:.4g}, {now - self.start:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+            self.last_done, self.last_time = done, now
 
 
 def _mlflow():

@@ -12,7 +12,6 @@ redone by the next run; a second Ctrl-C aborts at once).
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import time
@@ -38,7 +37,7 @@ from tfpipe.train.checkpoints import (
     write_best_record,
     write_state,
 )
-from tfpipe.train.logs import RunLogs
+from tfpipe.train.logs import RunLogs, StageProgress
 from tfpipe.train.session import Session, open_session
 from tfpipe.train.step import TrainStep
 
@@ -218,7 +217,6 @@ class Trainer:
         return ""
 
     def _train_stage(self, index: int, signals: Signals) -> dict:
-        import keras
 
         from tfpipe.data import diagnose_read_error, make_train_dataset
         from tfpipe.sampling import sub_epoch_files
@@ -238,10 +236,9 @@ class Trainer:
         )
         iterator = iter(s.strategy.experimental_distribute_dataset(ds))
         mask = None if stage.group is None else self.masks[stage.group]
-        with contextlib.redirect_stdout(sys.stderr):  # progress on stderr: stdout ends with the JSON summary
-            bar = keras.utils.Progbar(
-                stage.steps, verbose=self.verbose, stateful_metrics=["loss", "main", "lr"]
-            )
+        progress = StageProgress(
+            f"epoch {stage.epoch} sub-epoch {stage.sub_epoch}", stage.steps, self.verbose
+        )
         done, parts = 0, {}
         while done < stage.steps and not signals.received:
             n = min(self.config.steps_per_execution, stage.steps - done)
@@ -260,10 +257,7 @@ class Trainer:
                     f"(step {self.step.step}): a diverging model (try a lower optim.learning_rate) "
                     "or bad data"
                 )
-            with contextlib.redirect_stdout(sys.stderr):
-                bar.update(
-                    done, [("loss", parts["total"]), ("main", parts["main"]), ("lr", self.step.learning_rate)]
-                )
+            progress.update(done, parts["total"], parts["main"], self.step.learning_rate)
         return parts
 
     def _finish_stage(self, index: int, parts: dict, t0: float) -> dict:
