@@ -18,8 +18,8 @@ install: $(VENV)/.installed  ## create .venv with the pinned CPU stack and tfpip
 demo: install  ## run the main job on built-in synthetic data
 	$(BIN)/tfpipe demo --workdir $(WORKDIR)
 
-test: install  ## the whole test suite (what CI runs)
-	$(BIN)/python -m pytest
+test: install  ## the whole test suite (what CI runs); -v names each test as it starts
+	$(BIN)/python -m pytest -v
 
 bench: install  ## every benchmark (each < 5 min here); last line of each is JSON
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b | tail -n 1; done

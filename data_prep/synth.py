@@ -162,8 +162,9 @@ def synthesize(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out}: directory is not empty (use --overwrite to replace it)")
     parent = out.parent
-    if not parent.is_dir():
-        raise ValueError(f"{parent}: parent directory does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{parent}: exists and is not a directory")
+    parent.mkdir(parents=True, exist_ok=True)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{parent}: directory is not writable")
 

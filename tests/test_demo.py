@@ -21,6 +21,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # never silent for minutes: one line per sub-epoch of each model, with its validation R²
+    assert result.stderr.count("[train] ckpt-") >= 2 * 4 and "val R2" in result.stderr
+    assert "I0000" not in result.stderr and "Traceback" not in result.stderr
     r2 = summary["r2"]
     # the flagship beats the baseline on held-out data; the blend is scored too
     assert r2["squeezeformer"] > r2["mlp"] > 0, r2
@@ -30,6 +33,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert summary["encode"]["shards"] == 3 and summary["encode"]["samples"] == 72 * 384
     report = Path(summary["report"])
     assert report.is_file() and "squeezeformer" in report.read_text()
+    blend_row = next(line for line in report.read_text().splitlines() if line.startswith("| blend |"))
+    assert "nan" not in blend_row and summary["val_r2"]["blend"] > 0  # the blend's own out-of-fold R²
     assert (workdir / "report" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (workdir / "report" / "squeezeformer.score" / "r2_heatmap.png").is_file()
     # both models lowered their validation loss (issue: training on the synthetic physics works)

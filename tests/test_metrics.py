@@ -202,3 +202,26 @@ def r2_scores_of(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     ss_res = ((truth - pred) ** 2).sum(axis=0)
     ss_tot = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
     return 1 - ss_res / ss_tot
+
+
+def test_score_names_the_worst_and_the_near_constant_targets(tmp_path: Path) -> None:
+    """A test period where ptend_q0002_34 is ~1e-18 everywhere: its R² dominates, and score says why."""
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=(400, T))
+    k = COLUMNS.index("ptend_q0002_34")
+    truth[:, k] = 1e-18 * rng.normal(size=400)
+    pred = truth + 0.1 * rng.normal(size=truth.shape)
+    pred[:, k] = 1e-12 * rng.normal(size=400)  # a tiny error, but huge against the truth's spread
+    ids = np.array([f"s{i}" for i in range(400)])
+    write_predictions(str(tmp_path / "p.parquet"), ids, pred)
+    write_predictions(str(tmp_path / "t.parquet"), ids, truth)
+    result = tfpipe("score", "--pred", str(tmp_path / "p.parquet"), "--truth", str(tmp_path / "t.parquet"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["worst"][0]["target"] == "ptend_q0002_34" and report["worst"][0]["near_constant"]
+    assert report["near_constant_targets"] == ["ptend_q0002_34"]
+    assert report["r2"] < -1000 and report["r2_near_constant_as_1"] > 0.9
+    assert lines[1].startswith("worst targets: ptend_q0002_34 ")
+    assert "1 target(s) have nearly constant truth here: ptend_q0002_34 (truth std 1e-18" in lines[2]
+    assert "hugely negative" in lines[2]

@@ -15,7 +15,10 @@ def _reference_columns() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-@pytest.mark.skipif(not REFERENCE_COLUMNS.exists(), reason="shared/climsim_ref not beside the checkout")
+@pytest.mark.skipif(
+    not REFERENCE_COLUMNS.exists(),
+    reason="needs ../shared/climsim_ref (the real ClimSim reference files; README 'Reference data')",
+)
 def test_kaggle_columns_equal_the_reference_file():
     assert list(KAGGLE.columns) == _reference_columns()
 

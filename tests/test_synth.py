@@ -27,7 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 REF = REPO.parent / "shared" / "climsim_ref"
 REF_GRID = REF / "grid_info" / "ClimSim_low-res_grid-info.nc"
 REF_NORM = REF / "preprocessing" / "normalizations"
-needs_ref = pytest.mark.skipif(not REF.exists(), reason="shared/climsim_ref not beside the checkout")
+needs_ref = pytest.mark.skipif(
+    not REF.exists(),
+    reason="needs ../shared/climsim_ref (the real ClimSim reference files; README 'Reference data')",
+)
 
 
 def _run_synth(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -265,7 +268,6 @@ def test_cli_refuses_a_non_empty_dir_without_overwrite(tmp_path: Path):
     "make_out",
     [
         lambda tmp: tmp / "a-file" / "raw",  # parent is a file
-        lambda tmp: tmp / "missing" / "raw",  # parent does not exist
         lambda tmp: Path("/proc/tfpipe-synth-test"),  # not writable, even for root
     ],
 )
@@ -274,6 +276,12 @@ def test_cli_reports_unwritable_destinations(tmp_path: Path, make_out):
     result = _run_synth("--out", str(make_out(tmp_path)), "--days", str(1 / 72))
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
+
+
+def test_missing_parent_folders_are_created(tmp_path: Path):
+    result = _run_synth("--out", str(tmp_path / "work" / "deep" / "raw"), "--days", str(1 / 72))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "work" / "deep" / "raw" / "grid-info.nc").is_file()
 
 
 def test_killed_run_leaves_the_existing_tree_intact(tmp_path: Path):

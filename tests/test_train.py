@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -560,3 +561,64 @@ def test_only_the_chief_writes() -> None:
     assert is_chief(tf.distribute.get_strategy())
     assert is_chief(Strategy("chief", 0, True)) and not is_chief(Strategy("worker", 0, True))
     assert is_chief(Strategy("worker", 0, False)) and not is_chief(Strategy("worker", 1, False))
+
+
+# ------------------------------------------------------------------ issue 15: the first hour of a new user
+
+
+def test_predict_takes_every_checkpoint_form_of_the_readme(
+    straight_run: Path, encoded: Path, tmp_path: Path
+) -> None:
+    from tfpipe.predict import PredictError
+
+    forms = {
+        "run": straight_run,
+        "short": straight_run / "ckpt-4",
+        "long": straight_run / "checkpoints" / "ckpt-4",
+    }
+    frames = {}
+    for name, path in forms.items():
+        out = predict(str(path), str(encoded), str(tmp_path / f"{name}.parquet"), batch_size=4096)["out"]
+        frames[name] = pd.read_parquet(out)
+    pd.testing.assert_frame_equal(frames["short"], frames["long"])
+    assert frames["run"].shape == frames["long"].shape  # RUN alone = its best.keras
+    with pytest.raises(PredictError) as err:
+        predict(str(straight_run / "ckpt-9"), str(encoded), str(tmp_path / "x.parquet"))
+    assert str(err.value) == f"no such checkpoint: {straight_run}/checkpoints/ckpt-9.index does not exist"
+
+
+def _train_process(encoded: Path, run: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_MLP,
+           f"data.sources.0.path={encoded}", "--run-dir", str(run)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's default environment
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_ctrl_c_stops_cleanly_and_twice_aborts(encoded: Path, tmp_path: Path) -> None:
+    import signal
+
+    proc = _train_process(encoded, tmp_path / "once")
+    _wait_for(tmp_path / "once" / "checkpoints" / "ckpt-1.state.json", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])  # stdout: only the JSON summary, no progress bar
+    assert summary["stopped"] in ("signal 2", "finished") and "\x1b" not in out and "\b" not in out
+    assert "[train] epoch 0 sub-epoch 0: " in err and " steps, loss " in err  # line-based progress off a tty
+    assert "I0000" not in err and "absl::InitializeLog" not in err and "Traceback" not in err
+
+    proc = _train_process(encoded, tmp_path / "twice")
+    _wait_for(tmp_path / "twice" / "checkpoints" / "ckpt-1.state.json", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 130:  # (the first stop can win the race on a fast machine)
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .endswith("aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch")
+        )
+        assert "Traceback" not in err
+    else:
+        assert proc.returncode == 0, err[-2000:]

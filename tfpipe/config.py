@@ -17,7 +17,6 @@ prints the resolved config.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import fnmatch
@@ -685,18 +684,20 @@ def config_reference_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tfpipe.config", description=__doc__.split("\n")[0])
+    from tfpipe.cliutil import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m tfpipe.config", description=__doc__.split("\n")[0])
     parser.add_argument("--reference", action="store_true", help="print the Markdown reference of all keys")
     parser.add_argument("--config", help="YAML file to resolve")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.reference:
         sys.stdout.write(config_reference_markdown())
         return 0
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"python -m tfpipe.config: error: {err}", file=sys.stderr)
         return 2
     sys.stdout.write(yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None))
     return 0

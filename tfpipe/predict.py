@@ -74,6 +74,9 @@ def _run_config(run_dir: str):
 def _load_keras(path: str):
     import keras
 
+    import tfpipe.models  # noqa: F401  (registers the custom layers the file names)
+    import tfpipe.normalize  # noqa: F401
+
     if not storage.exists(path):
         raise PredictError(f"{path}: no such model file")
     with tempfile.TemporaryDirectory() as tmp:
