@@ -2,14 +2,16 @@
 # Both create .venv from requirements.txt + setup.cfg on first use.
 PYTHON ?= python3
 VENV ?= .venv
+REQUIREMENTS ?= requirements.txt
 WORKDIR ?= tfpipe-demo
+DIST ?= dist
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-latest wheel lint bench clean
 
-$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+$(VENV)/.installed: $(REQUIREMENTS) setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
@@ -21,6 +23,12 @@ demo: install  ## run the main job on built-in synthetic data
 test: install  ## the whole test suite (what CI runs); -v names each test as it starts
 	$(BIN)/python -m pytest -v
 
+test-latest:  ## the suite in a current notebook image's stack (requirements-latest.txt, .venv-latest)
+	$(MAKE) test VENV=.venv-latest REQUIREMENTS=requirements-latest.txt
+
+wheel:  ## dist/tfpipe-<version>-py3-none-any.whl: what the notebooks install (e.g. as a Kaggle dataset)
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(DIST) .
+
 bench: install  ## every benchmark (each < 5 min here); last line of each is JSON
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b | tail -n 1; done
 
@@ -28,4 +36,4 @@ lint: install
 	$(BIN)/ruff check tfpipe data_prep tests bench
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache
+	rm -rf $(VENV) .venv-latest $(WORKDIR) $(DIST) .pytest_cache

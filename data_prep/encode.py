@@ -13,7 +13,6 @@ and the options, so a killed and re-run shard equals an uninterrupted one byte f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -23,17 +22,16 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
 from data_prep.raw import RawDataError, read_pair
+from data_prep.shard_writer import BackgroundWriter, ShardWriter
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.manifest import (
     ENCODER,
     MANIFEST_RE,
-    FileEntry,
     Manifest,
     ManifestError,
     differences,
@@ -41,7 +39,7 @@ from tfpipe.manifest import (
     verify,
 )
 from tfpipe.rawtree import parse_raw_file_name, partner_path
-from tfpipe.records import Block, block_pieces, frame_pieces, make_block
+from tfpipe.records import Block, make_block
 from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
 
 FORMATS = ("raw", "kaggle-csv")
@@ -334,73 +332,6 @@ def _check_writable(dst: str) -> None:
         raise EncodeError(f"{dst}: not writable ({err})") from None
 
 
-class ShardWriter:
-    """Writes blocks into ``part-IIIII-of-NNNNN-JJJJJ-HHHHHHHH.tfrecord`` files, each published atomically.
-
-    ``HHHHHHHH`` is the start of the file's sha256: a re-run with the same input writes the same names
-    (byte-identical), while other content never takes the name of a file that a committed manifest
-    still lists, so ``--overwrite`` keeps the old shard readable until the new manifest replaces it.
-    """
-
-    def __init__(self, config: EncodeConfig, staging: str) -> None:
-        self.config = config
-        self.staging = staging
-        self.entries: list[FileEntry] = []
-        self._writer = None
-        self._local = None
-        self._records = self._samples = 0
-
-    def _name(self, index: int, digest: str) -> str:
-        c = self.config
-        return f"part-{c.shard:05d}-of-{c.num_shards:05d}-{index:05d}-{digest[:8]}.tfrecord"
-
-    def write(self, block: Block) -> None:
-        if self._writer is None:
-            c = self.config
-            temp = f".part-{c.shard:05d}-of-{c.num_shards:05d}-{len(self.entries):05d}.tmp-{os.getpid()}"
-            self._local = os.path.join(self.staging, temp)
-            self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
-            self._hash, self._bytes = hashlib.sha256(), 0
-            self._times: list[int] = []
-        for piece in frame_pieces(block_pieces(block)):  # the large arrays are never copied into one record
-            self._writer.write(piece)
-            self._hash.update(piece)  # hashed while written: no second read of the file
-            self._bytes += len(piece)
-        self._records += 1
-        self._samples += len(block)
-        known = block.time[block.time >= 0]
-        if len(known):
-            self._times += [int(known.min()), int(known.max())]
-        if self._records >= self.config.blocks_per_file:
-            self.close_file()
-
-    def abort(self) -> None:
-        """Drop the file being written (nothing half-written is ever published)."""
-        if self._writer is not None:
-            self._writer.close()
-            Path(self._local).unlink(missing_ok=True)
-            self._writer = None
-
-    def close_file(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.flush()
-        os.fsync(self._writer.fileno())  # durable before it is renamed into place
-        self._writer.close()
-        digest = self._hash.hexdigest()
-        name = self._name(len(self.entries), digest)
-        target = storage.join(self.config.dst, name)
-        if storage.is_remote(target):
-            storage.upload_file(self._local, target)
-            os.unlink(self._local)
-        else:
-            os.replace(self._local, target)
-        times = (min(self._times), max(self._times)) if self._times else (None, None)
-        self.entries.append(FileEntry(name, self._bytes, digest, self._records, self._samples, *times))
-        self._writer = None
-        self._records = self._samples = 0
-
-
 def _remove_stale(config: EncodeConfig, keep: set[str]) -> None:
     """Delete this shard's files that its manifest does not list, and what killed runs of it left."""
     prefix = f"part-{config.shard:05d}-of-{config.num_shards:05d}-"
@@ -523,7 +454,9 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
     stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
     local_staging = None if storage.is_remote(c.dst) else c.dst
     with tempfile.TemporaryDirectory(prefix="tfpipe-encode-") as tmp:
-        writer = ShardWriter(c, local_staging or tmp)
+        writer = BackgroundWriter(
+            ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file, local_staging or tmp)
+        )
         blocks = raw_blocks(c, mine, stats) if mine is not None else csv_blocks(c, stats)
         total = len(mine) if mine is not None else None
         with _progress(c, total) as bar:
@@ -532,7 +465,7 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
                     writer.write(block)
                     bar.update(1)
                     bar.set_postfix(samples=stats["samples"], refresh=False)
-                writer.close_file()
+                writer.close()
             except BaseException as err:
                 writer.abort()
                 if isinstance(err, RawDataError):

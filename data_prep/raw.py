@@ -15,7 +15,7 @@ import netCDF4
 import numpy as np
 
 from tfpipe.rawtree import ModelTime, parse_raw_file_name
-from tfpipe.schema import NCOL, NLEV, TIMESTEP_S, VARIABLES, Schema, target_source
+from tfpipe.schema import DERIVED_INPUTS, NCOL, NLEV, TIMESTEP_S, VARIABLES, Schema, target_source
 
 
 class RawDataError(ValueError):
@@ -70,6 +70,47 @@ def read_variables(
     return out
 
 
+_A_LIQ = (-0.976195544e-15, -0.952447341e-13, 0.640689451e-10, 0.206739458e-7, 0.302950461e-5,
+          0.264847430e-3, 0.142986287e-1, 0.443987641, 6.11239921)  # fmt: skip
+_A_ICE = (0.252751365e-14, 0.146898966e-11, 0.385852041e-9, 0.602588177e-7, 0.615021634e-5,
+          0.420895665e-3, 0.188439774e-1, 0.503160820, 6.11147274)  # fmt: skip
+_T0 = 273.16
+
+
+def _e_liquid(t: np.ndarray) -> np.ndarray:
+    """Saturation vapour pressure over liquid (Pa): the polynomial fit ClimSim uses."""
+    return 100.0 * np.polyval(_A_LIQ, np.maximum(-80.0, t - _T0))
+
+
+def _e_ice(t: np.ndarray) -> np.ndarray:
+    """Saturation vapour pressure over ice (Pa), piecewise as in ClimSim."""
+    dt = np.maximum(-100.0, t - _T0)
+    cold = 100.0 * (0.00763685 + dt * (0.000151069 + dt * 7.48215e-07))
+    return np.where(t > 273.15, _e_liquid(t), np.where(t <= 185.0, cold, 100.0 * np.polyval(_A_ICE, t - _T0)))
+
+
+def relative_humidity(t: np.ndarray, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``q / q_sat(T, p)`` exactly as the official ClimSim ``data_utils`` computes ``state_rh``.
+
+    Saturation over liquid above 273.16 K, over ice below 253.16 K, blended linearly between;
+    ``q_sat = Rd e_sat / (Rv p)`` with Rd = 287 and Rv = 461 J/kg/K.
+    """
+    omega = np.clip((t - 253.16) / (_T0 - 253.16), 0.0, 1.0)
+    e_sat = omega * _e_liquid(t) + (1.0 - omega) * _e_ice(t)
+    return q / (287.0 * e_sat / (461.0 * p))
+
+
+_DERIVE = {"state_rh": relative_humidity}
+"""How each derived input is computed from its sources (in the order of ``DERIVED_INPUTS``)."""
+
+
+def with_derived(values: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``values`` plus the derived inputs among ``names`` (:data:`tfpipe.schema.DERIVED_INPUTS`)."""
+    return values | {
+        n: _DERIVE[n](*(values[s] for s in DERIVED_INPUTS[n])) for n in names if n in DERIVED_INPUTS
+    }
+
+
 def _flatten(values: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
     """(ncol, columns) matrix: each profile's 60 levels, then each scalar, in ``names`` order."""
     blocks = [values[n].T if values[n].ndim == 2 else values[n][:, None] for n in names]
@@ -101,7 +142,7 @@ def read_pair(
     mli = read_variables(mli_path, schema.mli_variables, mli_data, allow_nonfinite)
     mlo = read_variables(mlo_path, schema.mlo_variables, mlo_data, allow_nonfinite)
     return RawSamples(
-        inputs=_flatten(mli, schema.inputs),
+        inputs=_flatten(with_derived(mli, schema.inputs), schema.inputs),
         targets=build_targets(mli, mlo, schema),
         ncol=np.arange(NCOL, dtype=np.int32),
         time=time,

@@ -212,7 +212,7 @@ def compute_stats(
     targets = Moments.empty(schema.n_targets) if with_targets else None
     total = sum(f.samples for m in manifests for f in m.files) // num_shards if progress else None
     bar = tqdm(total=total, unit="sample", unit_scale=True, desc="statistics", disable=not progress,
-               file=sys.stderr, mininterval=1.0)  # fmt: skip
+               file=sys.stderr, mininterval=1.0, delay=2.0)  # fmt: skip
     for block in read_blocks(files, schema):
         bar.update(len(block))
         x, y = block_columns(block, schema)

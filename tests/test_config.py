@@ -48,7 +48,7 @@ def test_reference_config_is_the_reference_experiment():
     assert cfg.precision == "auto"
     assert [s.name for s in cfg.data.sources] == ["lowres", "highres"]
     assert [s.weight for s in cfg.data.sources] == [2.0, 1.0]
-    assert all(s.path.startswith("gs://") for s in cfg.data.sources)
+    assert [s.path for s in cfg.data.sources] == ["data/lowres", "data/highres"]  # override with yours
     assert cfg.data.sources[1].stats_path == cfg.data.sources[1].path + "/stats.json"
     assert cfg.data.grid_path == cfg.data.sources[0].path + "/grid-info.nc"
 

@@ -69,11 +69,11 @@ def test_round_trip_matches_netcdf(small_raw_tree: Path, tmp_path: Path) -> None
     assert (got["sample_id"] == want["sample_id"]).all()
     assert (got["ncol"] == got["sample_id"].str.split("_").str[-1].astype(int)).all()
     assert sorted(got["ncol"]) == sorted(np.tile(np.arange(NCOL), 4))
-    q = [c for c in KAGGLE.input_columns if c.startswith("state_q0002_")]
+    q = [c for c in KAGGLE.columns if c.startswith(("state_q0002_", "ptend_q0002_"))]  # kept in float64
     others = [c for c in KAGGLE.columns if c not in q]
     # float32 columns: exactly the float64 value rounded to float32 (0 ULP, within the 1 ULP promise)
     np.testing.assert_array_equal(got[others].to_numpy(), want[others].to_numpy().astype(np.float32))
-    # q0002 to float64 precision, also the 1e-50 traces, and so the ptend_q0002 replacement rule
+    # q0002 (inputs and targets) to float64 precision, also the 1e-50 traces, and so the replacement rule
     np.testing.assert_array_equal(got[q].to_numpy(), want[q].to_numpy())
     assert (got[q].to_numpy() < 1e-40).any()
     rule = -got[[f"state_q0002_{k}" for k in range(12, 28)]].to_numpy() / 1200
@@ -158,7 +158,7 @@ def test_cli_contract_and_shard_from_environment(small_raw_tree: Path, tmp_path:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["shard"] == 1 and summary["samples"] == 2 * NCOL and not summary["skipped"]
     manifest = Manifest.from_json((dst / "manifest-00001-of-00002.json").read_text(), "m")
-    assert manifest.schema == "kaggle" and manifest.layout_version == 1
+    assert manifest.schema == "kaggle" and manifest.layout_version == 2
     assert (dst / "grid-info.nc").is_file()
     again = run_encode("--src", str(small_raw_tree), "--dst", str(dst), "--num-shards", "2", "--shard", "1")
     assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] is True
@@ -279,7 +279,7 @@ def test_kaggle_csv_round_trip(small_raw_tree: Path, tmp_path: Path) -> None:
     assert (got["ncol"].to_numpy() == np.arange(len(frame)) % NCOL).all()
     assert (got["time"] == -1).all()
     cols = list(KAGGLE.columns)
-    q = [c for c in cols if c.startswith("state_q0002_")]
+    q = [c for c in cols if c.startswith(("state_q0002_", "ptend_q0002_"))]  # float64 in the records too
     np.testing.assert_array_equal(got[q].to_numpy(), frame[q].to_numpy())
     others = [c for c in cols if c not in q]
     np.testing.assert_array_equal(got[others].to_numpy(), frame[others].to_numpy().astype(np.float32))

@@ -1,8 +1,10 @@
 """notebooks/01-03 executed on the CPU with papermill, on a local folder and on the GCS emulator.
 
 Each run starts a fresh kernel from an explicit kernel spec (this interpreter, so a fresh clone's
-.venv works without ``ipykernel install``), drops the cell tagged ``install``, injects parameters after
-the cell tagged ``parameters`` and reads back the JSON summary the last cell prints. The GCS kernels get
+.venv works without ``ipykernel install``), injects parameters after the cell tagged ``parameters``
+and reads back the JSON summary the last cell prints. The install cell runs as shipped: it installs
+the wheel that ``make wheel`` built (in the environment under test) into a private folder, and the
+notebook imports tfpipe from there. The GCS kernels get
 ``gcs.env()`` in their environment before anything imports TensorFlow.
 
 On the emulator, DST (01), RUN_DIR (02, 03) and OUT (03) are gs:// paths; DATA for training and
@@ -18,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,6 +61,18 @@ def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [str(root)]
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make wheel`` with this interpreter's environment, into a fresh folder."""
+    dist = tmp_path_factory.mktemp("dist")
+    venv = Path(sys.executable).parents[1]
+    result = subprocess.run(["make", "-s", "wheel", f"VENV={venv}", f"DIST={dist}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (built,) = dist.glob("tfpipe-*-py3-none-any.whl")
+    return built
+
+
 def load(name: str) -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
 
@@ -65,9 +80,11 @@ def load(name: str) -> nbformat.NotebookNode:
 def run_notebook(
     name: str, params: dict, out_dir: Path, kernel_dirs: list[str], env: dict | None = None, tag: str = ""
 ) -> dict:
-    """Execute ``name`` without its install cell; returns the JSON its last cell prints."""
+    """Execute ``name`` as shipped, installing ``params["TFPIPE"]`` into a private folder; returns the
+    JSON its last cell prints, plus ``installed_from`` (the install cell's line)."""
     nb = load(name)
-    nb.cells = [c for c in nb.cells if "install" not in c.metadata.get("tags", [])]
+    target = out_dir / f"site-{name}{tag}"
+    params = {"PIP_ARGS": f"--no-deps --upgrade --target {target}", **params}
     km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel_dirs))
     km.start_kernel(env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, cwd=str(NOTEBOOKS))
     try:
@@ -78,18 +95,22 @@ def run_notebook(
     finally:
         km.shutdown_kernel(now=True)
     stdout = [o.text for o in done.cells[-1].outputs if o.output_type == "stream" and o.name == "stdout"]
-    return json.loads("".join(stdout))
+    install = next(c for c in done.cells if "install" in c.metadata.get("tags", []))
+    line = "".join(o.get("text", "") for o in install.outputs if o.output_type == "stream").strip()
+    assert line.startswith("tfpipe ") and f" from {target}/tfpipe/__init__.py" in line, line
+    return json.loads("".join(stdout)) | {"installed_from": line}
 
 
 def test_notebook_structure() -> None:
-    """One install cell first, one literal-only parameters cell, then calls only (no logic)."""
+    """A literal-only parameters cell first, the install cell next, then calls only (no logic)."""
     for name in NAMES:
         code = [c for c in load(name).cells if c.cell_type == "code"]
         tags = [c.metadata.get("tags", []) for c in code]
-        assert tags[0] == ["install"] and tags[1] == ["parameters"], name
+        assert tags[0] == ["parameters"] and tags[1] == ["install"], name
         assert sum("parameters" in t for t in tags) == 1 and sum("install" in t for t in tags) == 1, name
-        assert "%pip install" in code[0].source and "KAGGLE_KERNEL_RUN_TYPE" in code[0].source, name
-        for stmt in ast.parse(code[1].source).body:
+        assert '"pip", "install"' in code[1].source and "/kaggle/input/" in code[1].source, name
+        assert "github.com" not in code[1].source and "YOUR" not in code[0].source, name  # no placeholders
+        for stmt in ast.parse(code[0].source).body:
             assert isinstance(stmt, ast.Assign) and stmt.targets[0].id.isupper(), name
             ast.literal_eval(stmt.value)  # papermill parameters are plain literals
         for cell in code[2:]:
@@ -101,7 +122,9 @@ def test_notebook_structure() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_run(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory, kernel_dirs: list[str]) -> dict:
+def local_run(
+    raw_tree: Path, tmp_path_factory: pytest.TempPathFactory, kernel_dirs: list[str], wheel: Path
+) -> dict:
     """01 for shards 0 and 1, 02 twice (one sub-epoch each), 03; all on a local folder."""
     root = tmp_path_factory.mktemp("notebooks-local")
     enc, run, out = root / "encoded", root / "run", root / "submission.parquet"
@@ -110,19 +133,19 @@ def local_run(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory, kernel_d
         res[f"encode{shard}"] = run_notebook(
             "01_encode_shard",
             dict(SHARD=shard, NUM_SHARDS=2, SRC=str(raw_tree), DST=str(enc), WORKERS=1, BLOCKS_PER_FILE=8,
-                 PROGRESS=False),
+                 PROGRESS=False, TFPIPE=str(wheel)),
             root, kernel_dirs, tag=f"-{shard}",
         )  # fmt: skip
     for session in (1, 2):
         res[f"train{session}"] = run_notebook(
             "02_train_tpu",
-            dict(CONFIG=str(REPO / "configs" / "tiny.yaml"), DATA=str(enc), RUN_DIR=str(run), TIME_BUDGET="1h",
-                 OVERRIDES=TRAIN_OVERRIDES, STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0),
+            dict(CONFIG="tiny", DATA=str(enc), RUN_DIR=str(run), TIME_BUDGET="1h", OVERRIDES=TRAIN_OVERRIDES,
+                 STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0, TFPIPE=str(wheel)),
             root, kernel_dirs, tag=f"-{session}",
         )  # fmt: skip
     res["predict"] = run_notebook(
         "03_predict_submit",
-        dict(RUN_DIR=str(run), CHECKPOINT="best.keras", DATA=str(enc), OUT=str(out), WEIGHTS=None),
+        dict(RUN_DIR=str(run), CHECKPOINT="best.keras", DATA=str(enc), OUT=str(out), WEIGHTS=None, TFPIPE=str(wheel)),
         root, kernel_dirs,
     )  # fmt: skip
     return res
@@ -168,7 +191,7 @@ def test_predict_notebook_local(local_run: dict) -> None:
 
 
 def test_notebooks_on_gcs_emulator(
-    gcs: GcsEmulator, raw_tree: Path, local_run: dict, kernel_dirs: list[str], tmp_path: Path
+    gcs: GcsEmulator, raw_tree: Path, local_run: dict, kernel_dirs: list[str], tmp_path: Path, wheel: Path
 ) -> None:
     """01 encodes to gs:// (and writes stats there), 02 trains twice into a gs:// RUN_DIR, 03 writes gs://."""
     from google.auth.credentials import AnonymousCredentials
@@ -184,7 +207,7 @@ def test_notebooks_on_gcs_emulator(
         summary = run_notebook(
             "01_encode_shard",
             dict(SHARD=shard, NUM_SHARDS=2, SRC=str(raw_tree), DST=dst, WORKERS=1, BLOCKS_PER_FILE=8,
-                 PROGRESS=False),
+                 PROGRESS=False, TFPIPE=str(wheel)),
             tmp_path, kernel_dirs, env, tag=f"-{shard}",
         )  # fmt: skip
         assert summary["encode"]["dst"] == dst and not summary["encode"]["skipped"]
@@ -203,12 +226,11 @@ def test_notebooks_on_gcs_emulator(
         assert blobs[name].md5_hash == md5, name
 
     # 02 twice with RUN_DIR on gs:// (DATA local: see the module docstring); the second run resumes.
-    config = str(REPO / "configs" / "tiny.yaml")
     for session, resumed in ((1, None), (2, "ckpt-1")):
         summary = run_notebook(
             "02_train_tpu",
-            dict(CONFIG=config, DATA=str(local), RUN_DIR=run_dir, TIME_BUDGET="1h", OVERRIDES=TRAIN_OVERRIDES,
-                 STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0),
+            dict(CONFIG="tiny", DATA=str(local), RUN_DIR=run_dir, TIME_BUDGET="1h", OVERRIDES=TRAIN_OVERRIDES,
+                 STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0, TFPIPE=str(wheel)),
             tmp_path, kernel_dirs, env, tag=f"-{session}",
         )  # fmt: skip
         assert summary["run_dir"] == run_dir and summary["resumed_from"] == resumed
@@ -226,7 +248,7 @@ def test_notebooks_on_gcs_emulator(
     # 03 reads the run from gs:// and writes the submission there.
     summary = run_notebook(
         "03_predict_submit",
-        dict(RUN_DIR=run_dir, CHECKPOINT="best.keras", DATA=str(local), OUT=out, WEIGHTS=None),
+        dict(RUN_DIR=run_dir, CHECKPOINT="best.keras", DATA=str(local), OUT=out, WEIGHTS=None, TFPIPE=str(wheel)),
         tmp_path, kernel_dirs, env,
     )  # fmt: skip
     assert summary["out"] == out and summary["rows"] == SAMPLES

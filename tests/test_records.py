@@ -87,6 +87,7 @@ def test_hand_written_example_equals_protobufs() -> None:
             "x": b(block.inputs.astype("<f4").tobytes()),
             "y": b(b"" if block.targets is None else block.targets.astype("<f4").tobytes()),
             "x64": b(block.x64.astype("<f8").tobytes()),
+            "y64": b(b"" if block.y64 is None else block.y64.astype("<f8").tobytes()),
             "ncol": b(block.ncol.astype("<i4").tobytes()),
             "time": b(block.time.astype("<i8").tobytes()),
             "sample_id": b("\n".join(block.sample_id).encode()),

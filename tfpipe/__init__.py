@@ -9,3 +9,10 @@ import warnings as _warnings
 # google-api-core warns on every import that Python 3.11 support ends in 2027; it is noise in our
 # one-line error messages (the pinned stack supports 3.10-3.12).
 _warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("tfpipe")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

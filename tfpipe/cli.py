@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from tfpipe.cliutil import ArgumentParser, stop_on_signals
+from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
 from tfpipe.schema import SCHEMAS, get_schema
 
 
@@ -57,6 +57,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--truth", required=True, help="truth parquet with sample_id and the 368 targets")
     p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
     p.add_argument("--out-dir", help="folder for the CSVs and the PNG (default: P.score beside P.parquet)")
+    p.add_argument(
+        "--metric", choices=["kaggle", "climsim"], default="kaggle",
+        help="kaggle: the LEAP R²; climsim: also the ClimSim paper's R², RMSE, MAE and bias per variable and "
+        "level (energy-flux weighted; needs whole time steps and a truth file from tfpipe export)",
+    )  # fmt: skip
+    p.add_argument("--grid", help="grid-info.nc for --metric climsim (default: the built-in ne4pg2 grid)")
 
     p = sub.add_parser(
         "blend", help="blend prediction files (equal, hill-climb, stack) or apply a blend",
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return import_module(f"tfpipe.{argv[0]}").main(argv[1:], prog=f"tfpipe {argv[0]}")
     stop_on_signals("tfpipe")
     args = build_parser().parse_args(argv)
+    quiet_native_logs()  # the demo predicts in this process: no XLA start-up lines in its output
     try:
         if args.command == "demo":
             from tfpipe.demo import run_demo

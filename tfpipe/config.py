@@ -501,14 +501,29 @@ def _set_path(tree: dict, parts: list[str], value: Any, where: str) -> None:
             node = node[part]
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The configs shipped with the package (``tiny``, ``reference``); ``configs/`` of a checkout links here."""
+
+
+def config_path(name: str | os.PathLike[str]) -> str:
+    """A config name (``tiny``: a config shipped with tfpipe) or a path, as a path."""
+    text = os.fspath(name)
+    packaged = PACKAGED_CONFIGS / f"{text}.yaml"
+    if "/" not in text and not text.endswith((".yaml", ".yml")) and packaged.is_file():
+        return str(packaged)
+    return text
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
     """Read a YAML config (None: all defaults), apply ``key=value`` overrides, check every type.
 
-    A missing ``name`` becomes the file's stem (``"default"`` without a file). Paths may be gs://.
+    ``path`` may also name a config shipped with tfpipe (``"tiny"``, ``"reference"``). A missing
+    ``name`` becomes the file's stem (``"default"`` without a file). Paths may be gs://.
 
     Raises:
         ConfigError: unknown key, wrong type, invalid value or unreadable YAML.
     """
+    path = config_path(path) if path is not None else None
     where = str(path) if path is not None else "defaults"
     tree: Any = {}
     if path is not None:

@@ -34,7 +34,7 @@ from tfpipe.grid import read_grid
 from tfpipe.manifest import Manifest, read_manifests
 from tfpipe.records import iter_records, parse_block
 from tfpipe.sampling import DataFile, SubEpochPlan, split_files, sub_epoch_files
-from tfpipe.schema import NCOL, NLEV, Schema, get_schema
+from tfpipe.schema import NCOL, Schema, get_schema
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -320,23 +320,23 @@ def make_train_dataset(
 def make_validation_dataset(paths: list[str], schema: Schema, batch: int) -> tf.data.Dataset:
     """Ordered batches of exactly ``batch`` rows (the last one padded) for distributed validation.
 
-    Elements: ``inputs [B, n_inputs]`` and ``targets [B, T]`` float32, ``x64`` (the float64
-    ``state_q0002`` levels, bit-cast to ``int32 [B, 60, 2]`` so that a TPU can carry them) and
-    ``valid [B]`` (1.0 for real rows, 0.0 for padding).
+    Elements: ``inputs [B, n_inputs]`` and ``targets [B, T]`` float32; ``x64`` and ``y64`` (the
+    float64 ``state_q0002`` and ``ptend_q0002`` levels, bit-cast to ``int32 [B, 60, 2]`` so that a
+    TPU can carry them); ``valid [B]`` (1.0 for real rows, 0.0 for padding).
     """
-    keys = ("inputs", "targets", "x64")
+    keys = ("inputs", "targets", "x64", "y64")
     ds = parsed_blocks(paths, schema, ReadOptions(), True, keys, ordered=True).rebatch(batch)
+    widths = {"inputs": schema.n_inputs, "targets": schema.n_targets}
 
     def pad(b: dict) -> dict:
         b = _check_finite(b, "the validation files")
         n = tf.shape(b["inputs"])[0]
-        rows = [[0, batch - n]]
-        return {
-            "inputs": tf.ensure_shape(tf.pad(b["inputs"], rows + [[0, 0]]), [batch, schema.n_inputs]),
-            "targets": tf.ensure_shape(tf.pad(b["targets"], rows + [[0, 0]]), [batch, schema.n_targets]),
-            "x64": tf.ensure_shape(tf.bitcast(tf.pad(b["x64"], rows + [[0, 0]]), tf.int32), [batch, NLEV, 2]),
-            "valid": tf.sequence_mask(n, batch, tf.float32),
-        }
+        padded = {k: tf.pad(v, [[0, batch - n], [0, 0]]) for k, v in b.items()}
+        out = {k: tf.ensure_shape(padded[k], [batch, w]) for k, w in widths.items()}
+        for k in ("x64", "y64"):  # float64 travels as int32 pairs: TPUs have no float64
+            out[k] = tf.ensure_shape(tf.bitcast(padded[k], tf.int32), [batch, b[k].shape[1], 2])
+        out["valid"] = tf.sequence_mask(n, batch, tf.float32)
+        return out
 
     return ds.map(pad, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
@@ -344,8 +344,8 @@ def make_validation_dataset(paths: list[str], schema: Schema, batch: int) -> tf.
 def make_predict_dataset(
     paths: list[str], schema: Schema, batch_size: int, with_targets: bool
 ) -> tf.data.Dataset:
-    """Ordered batches of raw ``{inputs, x64, sample_id, ncol, time[, targets]}`` for inference."""
-    keys = ("inputs", "x64", "sample_id", "ncol", "time") + (("targets",) if with_targets else ())
+    """Ordered batches of raw ``{inputs, x64, sample_id, ncol, time[, targets, y64]}`` for inference."""
+    keys = ("inputs", "x64", "sample_id", "ncol", "time") + (("targets", "y64") if with_targets else ())
     ds = parsed_blocks(paths, schema, ReadOptions(), with_targets, keys, ordered=True).rebatch(batch_size)
     check = lambda b: _check_finite(b, "the data")  # noqa: E731
     return ds.map(check, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

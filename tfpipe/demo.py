@@ -27,7 +27,7 @@ MODELS = {
     "squeezeformer": ["epochs=3"],
     "mlp": ["model.name=mlp", "model.mlp_units=[256,256,256]", "epochs=3"],
 }
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
 def _encode_cmd(src: Path, dst: Path, shard: int, blocks_per_file: int = 4) -> list[str]:

@@ -13,16 +13,23 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.manifest import data_files, read_manifests
-from tfpipe.records import Block, float64_columns, read_blocks
+from tfpipe.records import Block, float64_columns, float64_target_columns, read_blocks
 from tfpipe.schema import Schema, get_schema
 
 
 def block_columns(block: Block, schema: Schema) -> tuple[np.ndarray, np.ndarray | None]:
-    """float64 (inputs, targets) of a block, with the exact float64 state_q0002 levels."""
+    """float64 (inputs, targets) of a block, with the exact float64 state_q0002 and ptend_q0002 levels."""
     inputs = block.inputs.astype(np.float64)
     inputs[:, float64_columns(schema)] = block.x64
-    targets = None if block.targets is None else block.targets.astype(np.float64)
+    targets = None if block.targets is None else exact_targets(block.targets, block.y64, schema)
     return inputs, targets
+
+
+def exact_targets(targets: np.ndarray, y64: np.ndarray, schema: Schema) -> np.ndarray:
+    """float64 targets: the float32 columns, with the records' float64 copies where they have them."""
+    out = np.asarray(targets, dtype=np.float64).copy()
+    out[:, float64_target_columns(schema)] = y64
+    return out
 
 
 def export_parquet(data: str, out: str, allow_partial: bool = False) -> dict:

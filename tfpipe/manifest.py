@@ -64,9 +64,11 @@ class Manifest:
     bad_values: list[dict] = field(default_factory=list)
     layout_version: int = LAYOUT_VERSION
     float64_columns: str = "state_q0002"
+    float64_targets: str = "ptend_q0002"
     precision: str = (
         "inputs and targets float32; state_q0002 levels also float64 (x64) so that "
-        "ptend_q0002 = -state_q0002/1200 is exact in float64"
+        "ptend_q0002 = -state_q0002/1200 is exact in float64; ptend_q0002 targets also float64 (y64) "
+        "so that the truth keeps values below float32's range"
     )
     blocks_per_file: int | None = None
     block_size: int | None = None

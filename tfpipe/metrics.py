@@ -494,17 +494,62 @@ def strip_parquet(path: str) -> str:
 # -- tfpipe score ------------------------------------------------------------------------------------
 
 
+def _climsim_report(
+    pred_ids: np.ndarray, pred_values: np.ndarray, truth_path: str, truth_values: np.ndarray,
+    grid_path: str | None, schema: Schema, out_dir: str, join,
+) -> dict:  # fmt: skip
+    """The ClimSim paper's metrics (:mod:`tfpipe.climsim_metrics`) next to the Kaggle score."""
+    from tfpipe.climsim_metrics import METRICS, climsim_scores, variable_table
+    from tfpipe.grid import make_grid, read_grid
+
+    pf = _open_parquet(truth_path)
+    need = [c for c in (SAMPLE_ID, "ncol", "time", "state_ps") if c not in pf.schema_arrow.names]
+    if need:
+        raise ScoreError(
+            f"{truth_path}: --metric climsim needs the columns {need} (use tfpipe export output)"
+        )
+    extra = pf.read(columns=[SAMPLE_ID, "ncol", "time", "state_ps"]).to_pandas().set_index(SAMPLE_ID)
+    extra = extra.loc[list(pred_ids)]
+    grid = read_grid(grid_path) if grid_path else make_grid()
+    per_target = climsim_scores(
+        pred_values, truth_values, extra["state_ps"].to_numpy(np.float64), extra["ncol"].to_numpy(np.int64),
+        extra["time"].to_numpy(np.int64), grid, schema, truth_path,
+    )  # fmt: skip
+    table = variable_table(per_target, schema)
+    targets = r2_table(per_target["r2"], None, schema).drop(columns=["r2", "weight"])
+    for m in METRICS:
+        targets[m] = per_target[m]
+    per_variable_csv, per_target_csv = (
+        join(out_dir, "climsim_per_variable.csv"),
+        join(out_dir, "climsim_per_target.csv"),
+    )
+    storage.write_bytes(per_variable_csv, table.to_csv(index=False, float_format="%.10g").encode())
+    storage.write_bytes(per_target_csv, targets.to_csv(index=False, float_format="%.10g").encode())
+    return {
+        "grid": grid_path or "built-in ne4pg2 grid (tfpipe.grid)",
+        "variables": {r["variable"]: {m: r[m] for m in METRICS} for r in table.to_dict("records")},
+        "per_variable_csv": per_variable_csv,
+        "per_target_csv": per_target_csv,
+    }
+
+
 def score_files(
     pred: str,
     truth: str,
     weights: str | None = None,
     out_dir: str | None = None,
     schema: Schema | None = None,
+    metric: str = "kaggle",
+    grid: str | None = None,
 ) -> dict:
     """``tfpipe score``: R² of a prediction file on a truth file, with tables and a heat map in ``out_dir``.
 
-    ``out_dir`` defaults to ``P.score`` beside ``P.parquet``. Returns the JSON summary.
+    ``out_dir`` defaults to ``P.score`` beside ``P.parquet``. Returns the JSON summary. With
+    ``metric="climsim"`` it adds the ClimSim paper's metrics (``"climsim"``; needs whole time steps
+    and a truth file from ``tfpipe export``; ``grid``: a grid-info file, default the built-in one).
     """
+    if metric not in ("kaggle", "climsim"):
+        raise ScoreError(f"unknown metric {metric!r}; choose kaggle or climsim")
     schema = _schema(schema)
     try:
         pred_ids, pred_values = load_predictions(pred, schema)
@@ -522,9 +567,13 @@ def score_files(
         storage.write_bytes(per_target, table.to_csv(index=False, float_format="%.10g").encode())
         storage.write_bytes(per_level, r2_by_level(table).to_csv(float_format="%.10g").encode())
         plot_r2_heatmap(table, heatmap, title=f"{os.path.basename(pred)}: R² {r2.mean():.5f}")
+        climsim = None
+        if metric == "climsim":
+            climsim = _climsim_report(pred_ids, pred_values, truth, truth_values, grid, schema, out_dir, join)
     except storage.StorageError as err:
         raise OSError(str(err)) from None  # the CLI reports OSError as one line
-    return {
+    extra = {} if climsim is None else {"climsim": climsim}
+    return extra | {
         "r2": float(r2.mean()),
         "n": int(len(pred_ids)),
         "pred": pred,
@@ -539,9 +588,16 @@ def score_files(
 
 def score_command(args) -> int:
     """Run ``tfpipe score`` from parsed arguments; prints a summary line and the JSON line."""
-    report = score_files(args.pred, args.truth, args.weights, args.out_dir)
+    report = score_files(
+        args.pred, args.truth, args.weights, args.out_dir, metric=args.metric, grid=args.grid
+    )
     print(f"R² {report['r2']:.6f} over {get_schema('kaggle').n_targets} targets, {report['n']} rows")
     for line in explanation_lines(report):
         print(line)
+    if "climsim" in report:
+        print("ClimSim metrics (energy-flux weighted, per grid column over time, then averaged; W/m²):")
+        print(f"  {'variable':16s} {'R²':>9s} {'RMSE':>11s} {'MAE':>11s} {'bias':>11s}")
+        for name, m in report["climsim"]["variables"].items():
+            print(f"  {name:16s} {m['r2']:9.4f} {m['rmse']:11.4g} {m['mae']:11.4g} {m['bias']:11.4g}")
     print(json.dumps(report))
     return 0

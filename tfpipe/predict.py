@@ -152,6 +152,7 @@ def _encoded_batches(
     path: str, norm: Normalization, batch: int, files: list[str] | None = None, allow_partial: bool = False
 ):
     from tfpipe.data import make_predict_dataset
+    from tfpipe.export import exact_targets
     from tfpipe.manifest import data_files, read_manifests
 
     if files is None:
@@ -162,18 +163,20 @@ def _encoded_batches(
         with_targets = True
     for b in make_predict_dataset(files, norm.schema, batch, with_targets=with_targets):
         ids = [s.decode() for s in b["sample_id"].numpy()]
-        truth = b["targets"].numpy() if with_targets else None
+        truth = exact_targets(b["targets"].numpy(), b["y64"].numpy(), norm.schema) if with_targets else None
         yield ids, b["inputs"], b["x64"].numpy(), truth
 
 
 def _csv_batches(path: str, norm: Normalization, batch: int):
     from data_prep.encode import EncodeConfig, csv_blocks
+    from tfpipe.export import exact_targets
 
     config = EncodeConfig(path, "", 0, 1, format="kaggle-csv", schema=norm.schema.name, block_size=batch)
     stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
     hint = "every row of a test set needs all its inputs: fill or remove such rows"
     for block in csv_blocks(config, stats, bad_values_hint=hint):
-        yield block.sample_id, block.inputs, block.x64, block.targets
+        truth = None if block.targets is None else exact_targets(block.targets, block.y64, norm.schema)
+        yield block.sample_id, block.inputs, block.x64, truth
 
 
 def iter_predictions(
@@ -282,8 +285,14 @@ def predict(
     truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
     truth_sink = ParquetSink(truth_path, schema.target_columns) if oof else None
     bar = tqdm(
-        unit="row", unit_scale=True, desc="predict", disable=not progress, file=sys.stderr, mininterval=1.0
-    )
+        unit="row",
+        unit_scale=True,
+        desc="predict",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=1.0,
+        delay=2.0,
+    )  # fmt: skip  (short runs and early errors print no bar)
     try:
         for ids, pred, truth in iter_predictions(model, norm, data, batch, files, allow_partial):
             bar.update(len(ids))

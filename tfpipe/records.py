@@ -1,6 +1,6 @@
 """The TFRecord layout of encoded samples: writing blocks (numpy) and parsing them (pure TF ops).
 
-Layout version 1
+Layout version 2
 ----------------
 One TFRecord record holds a *block* of ``n`` samples (one raw time step = 384 columns, or up to
 ``block_size`` CSV rows) as a serialized ``tf.train.Example`` with these features:
@@ -11,7 +11,10 @@ feature        kind       content
 ``n``          int64      number of samples in the block
 ``x``          bytes      inputs, float32 little-endian, row-major ``[n, n_inputs]``
 ``y``          bytes      targets, float32 little-endian ``[n, n_targets]``; empty if unknown
-``x64``        bytes      the float64 columns (``state_q0002`` levels), little-endian ``[n, 60]``
+``x64``        bytes      the float64 input columns (``state_q0002`` levels), little-endian
+                          ``[n, 60]``; ``[n, 0]`` for a schema without ``state_q0002`` (v1)
+``y64``        bytes      the float64 target columns (``ptend_q0002`` levels) ``[n, 60]``;
+                          empty if the targets are unknown or the schema has none (v1)
 ``ncol``       bytes      grid column index, int32 ``[n]``, -1 where unknown (Kaggle test rows)
 ``time``       bytes      model time in seconds since 0001-01-01 00:00 (noleap), int64 ``[n]``,
                           -1 where unknown
@@ -24,10 +27,14 @@ turns each feature into a tensor with one copy. ``tf.data`` then ``unbatch``es t
 samples (see :func:`parse_block`).
 
 Precision: inputs and targets are float32 (what models consume). ``state_q0002`` reaches 1e-50,
-below float32's smallest subnormal, so its 60 levels are also kept in float64 (``x64``): at
-prediction time ``ptend_q0002_k = -state_q0002_k / 1200`` is computed from ``x64`` in float64,
-bit for bit what the raw files give. Statistics are computed from float64 values where the
-encoder has them (``x64``) and from the float32 columns otherwise.
+below float32's smallest subnormal (1.4e-45), so its 60 levels are also kept in float64 (``x64``):
+at prediction time ``ptend_q0002_k = -state_q0002_k / 1200`` is computed from ``x64`` in float64,
+bit for bit what the raw files give. Its tendency ``ptend_q0002 = (mlo - mli) / 1200`` reaches
+1e-53 (``mlo`` is often exactly 0), so what a model is *scored against* keeps its 60 levels in
+float64 too (``y64``): ``tfpipe export``, validation and out-of-fold truth take those columns from
+``y64``. Cost: 480 bytes per sample for each (``x64`` and ``y64``), +13 % each over the 3 696
+bytes of float32 inputs and targets of the Kaggle layout; training reads neither. Statistics are
+computed from the float64 values where the encoder has them and from the float32 columns otherwise.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfpipe.schema import NLEV, Schema
+from tfpipe.schema import Schema
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 FLOAT64_VARIABLE = "state_q0002"
 """The input variable whose levels are also stored in float64."""
+FLOAT64_TARGET = "ptend_q0002"
+"""The target variable whose levels are also stored in float64 (down to 1e-53)."""
 
 
 @dataclass
@@ -51,7 +60,8 @@ class Block:
 
     inputs: np.ndarray  # (n, n_inputs) float32
     targets: np.ndarray | None  # (n, n_targets) float32, None when unknown (test data)
-    x64: np.ndarray  # (n, 60) float64 state_q0002 levels
+    x64: np.ndarray  # (n, 60) float64 state_q0002 levels; (n, 0) without them
+    y64: np.ndarray | None  # (n, 60) float64 ptend_q0002 levels; None when targets are unknown
     ncol: np.ndarray  # (n,) int32
     time: np.ndarray  # (n,) int64 seconds since 0001-01-01, -1 unknown
     sample_id: list[str]
@@ -61,8 +71,17 @@ class Block:
 
 
 def float64_columns(schema: Schema) -> slice:
-    """Input columns that :class:`Block` also keeps in float64."""
-    return schema.input_slice(FLOAT64_VARIABLE)
+    """Input columns that :class:`Block` also keeps in float64 (empty if the schema has none)."""
+    return schema.input_slice(FLOAT64_VARIABLE) if FLOAT64_VARIABLE in schema.inputs else slice(0, 0)
+
+
+def float64_target_columns(schema: Schema) -> slice:
+    """Target columns that :class:`Block` also keeps in float64 (empty if the schema has none)."""
+    return schema.target_slice(FLOAT64_TARGET) if FLOAT64_TARGET in schema.targets else slice(0, 0)
+
+
+def _width(columns: slice) -> int:
+    return columns.stop - columns.start
 
 
 def make_block(
@@ -82,10 +101,12 @@ def make_block(
         raise ValueError(f"targets have shape {np.shape(targets)}, expected ({n}, {schema.n_targets})")
     if len(ncol) != n or len(time) != n or len(sample_id) != n:
         raise ValueError("ncol, time and sample_id need one entry per sample")
+    targets = None if targets is None else np.asarray(targets, dtype=np.float64)
     return Block(
         inputs=inputs.astype(np.float32),
-        targets=None if targets is None else np.asarray(targets, dtype=np.float64).astype(np.float32),
+        targets=None if targets is None else targets.astype(np.float32),
         x64=np.ascontiguousarray(inputs[:, float64_columns(schema)]),
+        y64=None if targets is None else np.ascontiguousarray(targets[:, float64_target_columns(schema)]),
         ncol=np.asarray(ncol, dtype=np.int32),
         time=np.asarray(time, dtype=np.int64),
         sample_id=list(sample_id),
@@ -127,6 +148,7 @@ def block_pieces(block: Block) -> list[bytes]:
         "x": _le(block.inputs, "f4"),
         "x64": _le(block.x64, "f8"),
         "y": b"" if block.targets is None else _le(block.targets, "f4"),
+        "y64": b"" if block.y64 is None else _le(block.y64, "f8"),
     }
     packed_n = _varint(len(block))
     n_list = _head(1, len(packed_n)) + packed_n
@@ -155,14 +177,17 @@ def decode_block(record: bytes, schema: Schema) -> Block:
 
     feature = example_pb2.Example.FromString(record).features.feature
     n = int(feature["n"].int64_list.value[0])
-    raw = {k: feature[k].bytes_list.value[0] for k in ("x", "y", "x64", "ncol", "time", "sample_id")}
+    raw = {k: feature[k].bytes_list.value[0] for k in ("x", "y", "x64", "y64", "ncol", "time", "sample_id")}
     inputs = np.frombuffer(raw["x"], dtype="<f4").reshape(n, schema.n_inputs)
     targets = np.frombuffer(raw["y"], dtype="<f4").reshape(n, schema.n_targets) if raw["y"] else None
     ids = raw["sample_id"].decode().split("\n") if n else []
     return Block(
         inputs=inputs,
         targets=targets,
-        x64=np.frombuffer(raw["x64"], dtype="<f8").reshape(n, NLEV),
+        x64=np.frombuffer(raw["x64"], dtype="<f8").reshape(n, _width(float64_columns(schema))),
+        y64=None
+        if targets is None
+        else np.frombuffer(raw["y64"], dtype="<f8").reshape(n, _width(float64_target_columns(schema))),
         ncol=np.frombuffer(raw["ncol"], dtype="<i4"),
         time=np.frombuffer(raw["time"], dtype="<i8"),
         sample_id=ids,
@@ -233,6 +258,7 @@ _KEY_FEATURES = {
     "inputs": "x",
     "targets": "y",
     "x64": "x64",
+    "y64": "y64",
     "ncol": "ncol",
     "time": "time",
     "sample_id": "sample_id",
@@ -246,13 +272,14 @@ def parse_block(
 
     Returns ``inputs [n, n_inputs] float32``, ``x64 [n, 60] float64``, ``ncol [n] int32``,
     ``time [n] int64``, ``sample_id [n] string`` and, when ``with_targets``, ``targets
-    [n, n_targets] float32``; with ``keys``, only those (the other features are not even parsed,
-    which is most of the cost of a training read: ``x64`` and the sample ids are large).
+    [n, n_targets] float32`` and ``y64 [n, 60] float64``; with ``keys``, only those (the other
+    features are not even parsed, which is most of the cost of a training read: ``x64``, ``y64``
+    and the sample ids are large).
     """
     import tensorflow as tf
 
     if keys is None:
-        keys = ("inputs", "x64", "ncol", "time", "sample_id") + (("targets",) if with_targets else ())
+        keys = ("inputs", "x64", "ncol", "time", "sample_id") + (("targets", "y64") if with_targets else ())
     spec = {"n": tf.io.FixedLenFeature([], tf.int64)}
     spec.update({_KEY_FEATURES[k]: tf.io.FixedLenFeature([], tf.string) for k in keys})
     f = tf.io.parse_single_example(record, spec)
@@ -260,7 +287,12 @@ def parse_block(
     decoders = {
         "inputs": lambda: tf.reshape(tf.io.decode_raw(f["x"], tf.float32), [n, schema.n_inputs]),
         "targets": lambda: tf.reshape(tf.io.decode_raw(f["y"], tf.float32), [n, schema.n_targets]),
-        "x64": lambda: tf.reshape(tf.io.decode_raw(f["x64"], tf.float64), [n, NLEV]),
+        "x64": lambda: tf.reshape(
+            tf.io.decode_raw(f["x64"], tf.float64), [n, _width(float64_columns(schema))]
+        ),
+        "y64": lambda: tf.reshape(
+            tf.io.decode_raw(f["y64"], tf.float64), [n, _width(float64_target_columns(schema))]
+        ),
         "ncol": lambda: tf.reshape(tf.io.decode_raw(f["ncol"], tf.int32), [n]),
         "time": lambda: tf.reshape(tf.io.decode_raw(f["time"], tf.int64), [n]),
         "sample_id": lambda: tf.reshape(tf.strings.split(f["sample_id"], "\n"), [n]),

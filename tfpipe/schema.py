@@ -4,10 +4,13 @@ Every other module asks this one for variable names, units, profile/scalar shape
 flattened column order of the Kaggle CSV, where each target comes from in the raw files,
 and which targets are masked or replaced. No other module lists variable names.
 
-Three schemas are defined:
+Four schemas are defined (the lists of the official ClimSim ``climsim_utils/data_utils.py``):
 
 * ``v1``: the ClimSim paper's low-res subset (124 inputs, 128 targets).
 * ``v2``: the full low-res variable set (557 inputs, 368 targets).
+* ``v2_rh``: v2 with relative humidity ``state_rh`` in place of ``state_q0001`` and the gas
+  profiles moved before the scalars (557 / 368); ``state_rh`` is derived from ``state_t``,
+  ``state_q0001`` and ``state_pmid`` of the raw input file (see :data:`DERIVED_INPUTS`).
 * ``kaggle``: the LEAP competition layout = v2 without ``cam_in_SNOWHICE`` (556 / 368).
 
 Profiles have 60 levels, level 0 at the top of the atmosphere; a profile ``NAME``
@@ -82,6 +85,7 @@ _CATALOGUE: tuple[Variable, ...] = (
     _v("state_u", True, "m/s", "zonal wind"),
     _v("state_v", True, "m/s", "meridional wind"),
     _v("state_pmid", True, "Pa", "mid-level pressure"),
+    _v("state_rh", True, "1", "relative humidity (derived: q / q_sat(T, p) as ClimSim computes it)"),
     # Scalars of the input state and surface.
     _v("state_ps", False, "Pa", "surface pressure"),
     _v("pbuf_SOLIN", False, "W/m2", "top-of-atmosphere solar insolation"),
@@ -157,6 +161,20 @@ _CAM_OUT = (
     "cam_out_SOLLD",
 )
 _TENDENCIES = tuple(TENDENCY_PREFIX + s[len(STATE_PREFIX) :] for s in _STATE_PROFILES)
+
+DERIVED_INPUTS: dict[str, tuple[str, ...]] = {"state_rh": ("state_t", "state_q0001", "state_pmid")}
+"""Inputs computed while reading a raw input file, from these of its variables."""
+
+ENERGY_CONVERSION: dict[str, str] = {
+    "ptend_t": "cp", "ptend_q0001": "lv", "ptend_q0002": "lv", "ptend_q0003": "lv",
+    "ptend_u": "wind", "ptend_v": "wind",
+    "cam_out_NETSW": "1", "cam_out_FLWDS": "1", "cam_out_SOLS": "1", "cam_out_SOLL": "1",
+    "cam_out_SOLSD": "1", "cam_out_SOLLD": "1",
+    "cam_out_PRECSC": "lv_rho_water", "cam_out_PRECC": "lv_rho_water",
+}  # fmt: skip
+"""How the ClimSim evaluation turns each target into an energy flux (``tfpipe.climsim_metrics``):
+times ``cp`` (heating), ``lv`` (moisture tendencies), ``lv x rho_water`` (precipitation rates), 1
+(radiative fluxes), or the wind-tendency magnitude (the wind tendencies)."""
 
 MLI_EXTRA = ("state_pmid",)
 """Variables the raw input (mli) files carry besides the schema inputs."""
@@ -256,7 +274,8 @@ class Schema:
     def mli_variables(self) -> tuple[str, ...]:
         """Variables needed from an mli file: the inputs and the states behind tendencies."""
         states = tuple(target_source(v).state for v in self.tendency_targets)
-        return tuple(dict.fromkeys(self.inputs + states))  # type: ignore[arg-type]
+        read = tuple(s for v in self.inputs for s in DERIVED_INPUTS.get(v, (v,)))
+        return tuple(dict.fromkeys(read + states))  # type: ignore[arg-type]
 
     @property
     def mlo_variables(self) -> tuple[str, ...]:
@@ -318,6 +337,12 @@ V2 = Schema(
     targets=_TENDENCIES + _CAM_OUT,
     zero_weight_levels=ZERO_WEIGHT_TOP_LEVELS,
 )
+V2_RH = Schema(
+    name="v2_rh",
+    inputs=("state_t", "state_rh") + _STATE_PROFILES[2:] + _GAS_PROFILES + _V2_SCALARS,
+    targets=V2.targets,
+    zero_weight_levels=ZERO_WEIGHT_TOP_LEVELS,
+)
 KAGGLE = Schema(
     name="kaggle",
     inputs=tuple(v for v in V2.inputs if v != "cam_in_SNOWHICE"),
@@ -325,14 +350,14 @@ KAGGLE = Schema(
     zero_weight_levels=ZERO_WEIGHT_TOP_LEVELS,
 )
 
-SCHEMAS: dict[str, Schema] = {s.name: s for s in (V1, V2, KAGGLE)}
+SCHEMAS: dict[str, Schema] = {s.name: s for s in (V1, V2, V2_RH, KAGGLE)}
 
 MLI_VARIABLES = V2.inputs + MLI_EXTRA
 """Variables of a raw input (mli) file: every v2 input plus the extras."""
 
 
 def get_schema(name: str) -> Schema:
-    """Look a schema up by name (``v1``, ``v2``, ``kaggle``) with a clear error."""
+    """Look a schema up by name (``v1``, ``v2``, ``v2_rh``, ``kaggle``) with a clear error."""
     try:
         return SCHEMAS[name]
     except KeyError:

@@ -10,7 +10,11 @@ from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
 
 def build_parser(prog: str = "tfpipe train") -> ArgumentParser:
     p = ArgumentParser(prog=prog, description="Train a model in resumable sub-epoch chunks.")
-    p.add_argument("--config", default=None, help="YAML config (e.g. configs/tiny.yaml)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config: a path, gs://, or a config shipped with tfpipe (tiny, reference)",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.learning_rate=3e-4"
     )

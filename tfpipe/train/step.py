@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe.config import TrainConfig
+from tfpipe.export import exact_targets
 from tfpipe.losses import total_loss
 from tfpipe.models import build_normalized_model
 from tfpipe.normalize import Normalization
@@ -114,25 +115,29 @@ class TrainStep:
         y_norm = self.normalization.normalize_targets(batch["targets"])
         weight = self.target_mask[None, :] * batch["valid"][:, None]
         return {
-            "pred": pred, "targets": batch["targets"], "x64": batch["x64"], "valid": batch["valid"],
+            "pred": pred, "targets": batch["targets"], "x64": batch["x64"], "y64": batch["y64"],
+            "valid": batch["valid"],
             "abs_error": tf.reduce_sum(tf.abs(pred - y_norm) * weight), "weight": tf.reduce_sum(weight),
         }  # fmt: skip
 
     def _validation_step(self, dist_batch) -> dict:
         per_replica = self.strategy.run(self._replica_validation, args=(dist_batch,))
-        out = {k: self.strategy.gather(per_replica[k], axis=0) for k in ("pred", "targets", "x64", "valid")}
+        keys = ("pred", "targets", "x64", "y64", "valid")
+        out = {k: self.strategy.gather(per_replica[k], axis=0) for k in keys}
         for k in ("abs_error", "weight"):
             out[k] = self.strategy.reduce("SUM", per_replica[k], axis=None)
         return out
 
     def validation_batch(self, dist_batch) -> dict[str, np.ndarray]:
         """One distributed validation batch → host arrays: the real rows of ``pred`` (normalised),
-        ``targets``, ``x64`` (float64) and the summed normalised ``abs_error`` and its ``weight``."""
+        ``targets`` (float64, exact where the records have float64 copies), ``x64`` (float64) and the
+        summed normalised ``abs_error`` and its ``weight``."""
         out = self._validate(dist_batch)
         valid = out["valid"].numpy() > 0
-        x64 = out["x64"].numpy().view(np.float64).reshape(len(valid), -1)
+        x64, y64 = (out[k].numpy().view(np.float64).reshape(len(valid), -1)[valid] for k in ("x64", "y64"))
+        targets = exact_targets(out["targets"].numpy()[valid], y64, self.normalization.schema)
         return {
-            "pred": out["pred"].numpy()[valid], "targets": out["targets"].numpy()[valid], "x64": x64[valid],
+            "pred": out["pred"].numpy()[valid], "targets": targets, "x64": x64,
             "abs_error": float(out["abs_error"]), "weight": float(out["weight"]),
         }  # fmt: skip
 
