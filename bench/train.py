@@ -81,7 +81,7 @@ from tfpipe.train import train  # noqa: E402
 
 QUICK = os.environ.get("TFPIPE_BENCH_QUICK", "") not in ("", "0")
 TINY = str(REPO / "configs" / "tiny.yaml")
-DAYS = 0.5
+DAYS = 0.25 if QUICK else 0.5
 SUB_EPOCHS = 2 if QUICK else 3
 """Sub-epochs run in process per model (the first carries compilation)."""
 COMMON = ["epochs=2"]
