@@ -51,6 +51,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import platform
@@ -64,7 +65,24 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["GcsEmulator", "GcsEmulatorError", "fake_gcs_server_binary"]
+__all__ = [
+    "GcsEmulator",
+    "GcsEmulatorError",
+    "fake_gcs_server_binary",
+    "HAS_TF_GCS_PLUGIN",
+    "NO_TF_GCS_PLUGIN",
+]
+
+#: Whether TensorFlow can reach the emulator here: TF plus the tensorflow-io GCS plugin, which only
+#: requirements.txt installs (TF 2.17 + tensorflow-io 0.37.1; no plugin build loads into TF >= 2.18).
+HAS_TF_GCS_PLUGIN = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("tensorflow", "tensorflow_io", "tensorflow_io_gcs_filesystem")
+)
+NO_TF_GCS_PLUGIN = (
+    "TensorFlow reaches the GCS emulator only through the tensorflow-io plugin (requirements.txt: "
+    "TF 2.17 + tensorflow-io 0.37.1); this environment has none (requirements-latest.txt)"
+)
 
 _LOOPBACK = "127.0.0.1"
 

@@ -34,7 +34,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     report = Path(summary["report"])
     assert report.is_file() and "squeezeformer" in report.read_text()
     blend_row = next(line for line in report.read_text().splitlines() if line.startswith("| blend |"))
-    assert "nan" not in blend_row and summary["val_r2"]["blend"] > 0  # the blend's own out-of-fold R²
+    # the blend's own out-of-fold R²; the validation rows' near-constant targets are named and explained
+    assert "nan" not in blend_row and summary["val_r2_near_constant_as_1"]["blend"] > 0
+    assert summary["val_r2_near_constant_as_1"]["blend"] >= summary["val_r2_near_constant_as_1"]["mlp"]
+    if summary["val_near_constant_targets"]:
+        assert "nearly constant truth" in report.read_text()
+    assert "near-constant targets as 1" in result.stderr
     assert (workdir / "report" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (workdir / "report" / "squeezeformer.score" / "r2_heatmap.png").is_file()
     # both models lowered their validation loss (issue: training on the synthetic physics works)

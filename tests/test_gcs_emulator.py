@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from gcs_emulator import GcsEmulator
+from gcs_emulator import HAS_TF_GCS_PLUGIN, NO_TF_GCS_PLUGIN, GcsEmulator
 
 storage = pytest.importorskip("google.cloud.storage")
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
@@ -94,11 +93,7 @@ def _tfrecord_bytes(payloads: list[bytes]) -> bytes:
     return b"".join(frame_record(p) for p in payloads)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("tensorflow_io") is None
-    or importlib.util.find_spec("tensorflow_io_gcs_filesystem") is None,
-    reason="needs tensorflow-io (TF 2.17 + tensorflow-io 0.37.1)",
-)
+@pytest.mark.skipif(not HAS_TF_GCS_PLUGIN, reason=NO_TF_GCS_PLUGIN)
 def test_tensorflow_reads_and_writes_gs_paths(
     gcs: GcsEmulator, client: storage.Client, tmp_path: Path
 ) -> None:

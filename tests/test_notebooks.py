@@ -29,7 +29,7 @@ import numpy as np
 import papermill
 import pyarrow.parquet as pq
 import pytest
-from gcs_emulator import GcsEmulator
+from gcs_emulator import HAS_TF_GCS_PLUGIN, NO_TF_GCS_PLUGIN, GcsEmulator
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
@@ -190,6 +190,7 @@ def test_predict_notebook_local(local_run: dict) -> None:
     _check_submission(pq.read_table(local_run["out"]), SAMPLES)
 
 
+@pytest.mark.skipif(not HAS_TF_GCS_PLUGIN, reason=NO_TF_GCS_PLUGIN)
 def test_notebooks_on_gcs_emulator(
     gcs: GcsEmulator, raw_tree: Path, local_run: dict, kernel_dirs: list[str], tmp_path: Path, wheel: Path
 ) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gcs_emulator import GcsEmulator
+from gcs_emulator import HAS_TF_GCS_PLUGIN, NO_TF_GCS_PLUGIN, GcsEmulator
 from test_download import COMMIT, FakeHub, hub, hub_tree  # noqa: F401  (fixtures)
 
 from tfpipe import storage
@@ -295,13 +295,7 @@ _TF_READER = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(
-    any(
-        __import__("importlib").util.find_spec(name) is None
-        for name in ("tensorflow", "tensorflow_io", "tensorflow_io_gcs_filesystem")
-    ),
-    reason="needs TF 2.17 + tensorflow-io 0.37.1",
-)
+@pytest.mark.skipif(not HAS_TF_GCS_PLUGIN, reason=NO_TF_GCS_PLUGIN)
 def test_tensorflow_reads_a_tfrecord_published_with_upload_file(
     bucket: str, gcs_env: GcsEmulator, tmp_path: Path
 ):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from gcs_emulator import HAS_TF_GCS_PLUGIN, NO_TF_GCS_PLUGIN
 
 from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import compute_stats
@@ -224,6 +225,7 @@ def test_predict_refuses_a_checkpoint_of_another_layout(
     assert out["rows"] == 74 * 384
 
 
+@pytest.mark.skipif(not HAS_TF_GCS_PLUGIN, reason=NO_TF_GCS_PLUGIN)
 def test_run_dir_on_the_gcs_emulator_with_ema(encoded: Path, gcs, tmp_path: Path, monkeypatch) -> None:
     """Checkpoints, state, logs and best.keras on gs:// (TF through the tensorflow-io plugin); resume."""
     from google.auth.credentials import AnonymousCredentials
@@ -388,11 +390,12 @@ def test_two_sources_squeezeformer_interrupted_and_resumed_equals_straight(
 
 def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path: Path) -> None:
     """Validation, best/, best.keras and predict use the same (EMA) weights."""
-    from tfpipe.metrics import kaggle_score, load_predictions, load_truth
+    from tfpipe.metrics import kaggle_score, load_predictions, load_truth, score_files
 
     state = json.loads((mixed_run / "checkpoints" / "ckpt-2.state.json").read_text())
     best = state["best_checkpoint"]
-    want = json.loads((mixed_run / "checkpoints" / f"ckpt-{best}.state.json").read_text())["val"]["val_r2"]
+    val = json.loads((mixed_run / "checkpoints" / f"ckpt-{best}.state.json").read_text())["val"]
+    want = val["val_r2"]
     assert json.loads((mixed_run / "best.json").read_text())["checkpoint"] == f"ckpt-{best}"
     scores = {}
     for name, model in (("keras", mixed_run / "best.keras"), ("ckpt", mixed_run / "best" / f"ckpt-{best}")):
@@ -400,6 +403,10 @@ def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path
         _, pred = load_predictions(out["out"])
         _, truth = load_truth(out["truth"])
         scores[name] = kaggle_score(pred, truth)
+        # and the score's near-constant explanation reproduces the validation's own
+        scored = score_files(out["out"], out["truth"], out_dir=str(tmp_path / f"{name}.score"))
+        assert scored["r2_near_constant_as_1"] == pytest.approx(val["val_r2_near_constant_as_1"], abs=1e-6)
+        assert len(scored["near_constant_targets"]) == val["val_near_constant"]
     assert scores["keras"] == pytest.approx(want, abs=1e-6) and scores["ckpt"] == pytest.approx(
         want, abs=1e-6
     )

@@ -125,6 +125,10 @@ class StreamingR2:
         self.ss_res = self.ss_res + ((t - np.asarray(pred, dtype=np.float64)) ** 2).sum(axis=0)
         self.n = n
 
+    def std(self) -> np.ndarray:
+        """Standard deviation per target of the truth added so far."""
+        return np.sqrt(self.m2 / max(self.n, 1))
+
     def r2(self) -> np.ndarray:
         """R² per target of everything added so far."""
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,8 +250,13 @@ def near_constant_targets(truth: np.ndarray, r2: np.ndarray, schema: Schema | No
     On such a column SS_tot is tiny, so any error makes R² hugely negative (e.g. ``ptend_q0002`` on
     upper levels of a test period where it is ~1e-18 everywhere).
     """
+    return near_constant_mask(np.asarray(truth, dtype=np.float64).std(axis=0), r2, schema)
+
+
+def near_constant_mask(std: np.ndarray, r2: np.ndarray, schema: Schema | None = None) -> np.ndarray:
+    """:func:`near_constant_targets` from the truth's std per target (e.g. :meth:`StreamingR2.std`)."""
     schema = _schema(schema)
-    std = np.asarray(truth, dtype=np.float64).std(axis=0)
+    std = np.asarray(std, dtype=np.float64)
     scored = ~zero_weight_mask(schema)
     flags = scored & (std == 0) & (r2 < 1)
     for v in schema.targets:

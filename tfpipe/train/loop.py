@@ -283,7 +283,9 @@ class Trainer:
         self._commit(index, val, improved)
         print(f"[train] ckpt-{n_ckpt}: epoch {stage.epoch} sub-epoch {stage.sub_epoch} "
               f"loss {row['loss']:.4f} val R2 {val['val_r2']:.4f} "
-              f"(normalised {val['val_r2_normalized']:.4f}) "
+              f"({val['val_near_constant']} near-constant targets as 1: "
+              f"{val['val_r2_near_constant_as_1']:.4f}; "
+              f"normalised {val['val_r2_normalized']:.4f}) "
               f"in {row['seconds']} s", file=sys.stderr, flush=True)  # fmt: skip
         return val
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfpipe.metrics import StreamingR2
+from tfpipe.metrics import StreamingR2, near_constant_mask
 from tfpipe.postprocess import physical_predictions
 from tfpipe.train.step import TrainStep
 
@@ -19,8 +19,11 @@ def validate(step: TrainStep, dist_batches) -> dict:
     """Scores of the inference weights (EMA when on) over a distributed validation dataset.
 
     Returns ``val_r2`` (Kaggle metric: physical scale, submission weights, zero-weight targets count
-    as 1), ``val_r2_normalized`` (mean over the targets in the loss), ``val_mae_normalized`` and
-    ``val_samples``.
+    as 1), ``val_near_constant`` (how many scored targets have a nearly constant truth in the
+    validation rows, :func:`tfpipe.metrics.near_constant_targets`: their R² is hugely negative for any
+    error and can dominate ``val_r2`` on a short validation period), ``val_r2_near_constant_as_1``
+    (``val_r2`` with those counted as 1, as ``tfpipe score`` reports it), ``val_r2_normalized`` (mean
+    over the targets in the loss), ``val_mae_normalized`` and ``val_samples``.
     """
     norm = step.normalization
     schema = norm.schema
@@ -36,8 +39,11 @@ def validate(step: TrainStep, dist_batches) -> dict:
             physical.update(truth * weights, physical_predictions(b["pred"], b["x64"], norm) * weights)
             abs_error, weight = abs_error + b["abs_error"], weight + b["weight"]
     r2 = np.where(weights == 0, 1.0, physical.r2())
+    near_constant = near_constant_mask(physical.std(), r2, schema)
     return {
         "val_r2": float(r2.mean()),
+        "val_near_constant": int(near_constant.sum()),
+        "val_r2_near_constant_as_1": float(np.where(near_constant, 1.0, r2).mean()),
         "val_r2_normalized": float(normalized.r2()[in_loss].mean()),
         "val_mae_normalized": abs_error / max(weight, 1.0),
         "val_samples": normalized.n,
