@@ -190,8 +190,8 @@ def test_gcs_round_trip_of_every_function(bucket: str, tmp_path: Path) -> None:
 def test_gcs_resumable_upload_and_download_of_a_multi_chunk_file(
     bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage, "RESUMABLE_THRESHOLD", 256 * 1024)
-    monkeypatch.setattr(storage, "RESUMABLE_CHUNK_SIZE", 256 * 1024)
+    monkeypatch.setattr("tfpipe.storage.gcs.RESUMABLE_THRESHOLD", 256 * 1024)
+    monkeypatch.setattr("tfpipe.storage.gcs.RESUMABLE_CHUNK_SIZE", 256 * 1024)
     data = os.urandom(1024 * 1024 + 12345)  # 5 chunks
     (tmp_path / "big.bin").write_bytes(data)
     storage.upload_file(tmp_path / "big.bin", f"gs://{bucket}/big.bin")
@@ -346,7 +346,7 @@ def test_tf_path_without_an_emulator_and_the_late_import_guard(monkeypatch: pyte
     # With an emulator endpoint, TF imported before TF_USE_MODULAR_FILESYSTEM=1 cannot be fixed: say so.
     monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.delenv("TF_USE_MODULAR_FILESYSTEM", raising=False)
-    monkeypatch.setattr(storage, "_TF_IO_LOADED", False)
+    monkeypatch.setattr("tfpipe.storage.tf._TF_IO_LOADED", False)
     monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow", object()))
     with pytest.raises(storage.StorageError, match="TF_USE_MODULAR_FILESYSTEM=1"):
         storage.tf_path("gs://b/x")
