@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -337,10 +336,9 @@ def _remove_stale(config: EncodeConfig, keep: set[str]) -> None:
     prefix = f"part-{config.shard:05d}-of-{config.num_shards:05d}-"
     for path in storage.list_files(config.dst):
         name = path.rsplit("/", 1)[-1]
-        stale = name.startswith(prefix) and name not in keep
-        dead_tmp = name.startswith("." + prefix) and ".tmp-" in name
-        if stale or dead_tmp:
+        if name.startswith(prefix) and name not in keep:
             storage.delete(path, missing_ok=True)
+    storage.remove_temps(config.dst, prefix=prefix)  # of files being written when a run was killed
     storage.remove_temps(config.dst, [manifest_name(config.shard, config.num_shards)])
 
 
@@ -452,25 +450,21 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
     # A committed shard stays committed (manifest and files) until the new manifest replaces it.
 
     stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
-    local_staging = None if storage.is_remote(c.dst) else c.dst
-    with tempfile.TemporaryDirectory(prefix="tfpipe-encode-") as tmp:
-        writer = BackgroundWriter(
-            ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file, local_staging or tmp)
-        )
-        blocks = raw_blocks(c, mine, stats) if mine is not None else csv_blocks(c, stats)
-        total = len(mine) if mine is not None else None
-        with _progress(c, total) as bar:
-            try:
-                for block in blocks:
-                    writer.write(block)
-                    bar.update(1)
-                    bar.set_postfix(samples=stats["samples"], refresh=False)
-                writer.close()
-            except BaseException as err:
-                writer.abort()
-                if isinstance(err, RawDataError):
-                    raise EncodeError(str(err)) from None
-                raise
+    writer = BackgroundWriter(ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file))
+    blocks = raw_blocks(c, mine, stats) if mine is not None else csv_blocks(c, stats)
+    total = len(mine) if mine is not None else None
+    with _progress(c, total) as bar:
+        try:
+            for block in blocks:
+                writer.write(block)
+                bar.update(1)
+                bar.set_postfix(samples=stats["samples"], refresh=False)
+            writer.close()
+        except BaseException as err:
+            writer.abort()
+            if isinstance(err, RawDataError):
+                raise EncodeError(str(err)) from None
+            raise
 
     _copy_grid(c)  # beside the data before the shard is committed; nothing at all if encoding failed
     manifest = Manifest(

@@ -9,7 +9,6 @@ decoding, numpy conversions, sha256 and file writes all release the GIL).
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import threading
 from pathlib import Path
@@ -27,9 +26,8 @@ class ShardWriter:
     still lists, so ``--overwrite`` keeps the old shard readable until the new manifest replaces it.
     """
 
-    def __init__(self, shard: int, num_shards: int, dst: str, blocks_per_file: int, staging: str) -> None:
+    def __init__(self, shard: int, num_shards: int, dst: str, blocks_per_file: int) -> None:
         self.shard, self.num_shards, self.dst, self.blocks_per_file = shard, num_shards, dst, blocks_per_file
-        self.staging = staging
         self.entries: list[FileEntry] = []
         self._writer = None
         self._local = None
@@ -40,10 +38,9 @@ class ShardWriter:
 
     def write(self, block: Block) -> None:
         if self._writer is None:
-            temp = (
-                f".part-{self.shard:05d}-of-{self.num_shards:05d}-{len(self.entries):05d}.tmp-{os.getpid()}"
-            )
-            self._local = os.path.join(self.staging, temp)
+            # beside a local dst (renamed into place), in the system temp folder for gs:// (uploaded)
+            stem = f"part-{self.shard:05d}-of-{self.num_shards:05d}-{len(self.entries):05d}"
+            self._local = storage.local_temp_for(storage.join(self.dst, stem))
             self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
             self._hash, self._bytes = hashlib.sha256(), 0
             self._times: list[int] = []
@@ -69,17 +66,10 @@ class ShardWriter:
     def close_file(self) -> None:
         if self._writer is None:
             return
-        self._writer.flush()
-        os.fsync(self._writer.fileno())  # durable before it is renamed into place
         self._writer.close()
         digest = self._hash.hexdigest()
         name = self._name(len(self.entries), digest)
-        target = storage.join(self.dst, name)
-        if storage.is_remote(target):
-            storage.upload_file(self._local, target)
-            os.unlink(self._local)
-        else:
-            os.replace(self._local, target)
+        storage.publish(self._local, storage.join(self.dst, name))  # fsync'ed, then renamed or uploaded
         times = (min(self._times), max(self._times)) if self._times else (None, None)
         self.entries.append(FileEntry(name, self._bytes, digest, self._records, self._samples, *times))
         self._writer = None

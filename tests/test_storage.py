@@ -120,6 +120,33 @@ def test_local_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert target.read_bytes() == b"new" and _no_temp_files(tmp_path)
 
 
+def test_one_temp_naming_publish_and_removal_of_leftovers(tmp_path: Path) -> None:
+    from tfpipe.storage import staging
+
+    name = staging.temp_name("best.keras", ".keras")
+    assert (
+        name.startswith(".best.keras.")
+        and ".tfpipe-tmp" in name
+        and staging.temp_target(name) == "best.keras"
+    )
+    assert (
+        staging.temp_target(".part-00000-of-00003-00000.tmp-99") == "part-00000-of-00003-00000"
+    )  # older encoders
+    assert staging.temp_target("x.bin") is None and staging.temp_target(".hidden") is None
+    mine = storage.local_temp_for(tmp_path / "part-00000-of-00002-00000")
+    other = storage.local_temp_for(tmp_path / "part-00001-of-00002-00000")
+    manifest = storage.local_temp_for(tmp_path / "manifest-00000-of-00002.json")
+    assert storage.listdir(tmp_path) == [] and storage.list_files(tmp_path) == []  # temps are hidden
+    assert storage.remove_temps(tmp_path, prefix="part-00000-of-00002-") == [mine]
+    assert storage.remove_temps(tmp_path, ["manifest-00000-of-00002.json"]) == [manifest]
+    assert storage.remove_temps(tmp_path) == [other] and not list(tmp_path.iterdir())
+    local = storage.local_temp_for(tmp_path / "out.bin")
+    Path(local).write_bytes(b"done")
+    storage.publish(local, tmp_path / "out.bin")
+    assert storage.listdir(tmp_path) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"done"
+    assert _no_temp_files(tmp_path)
+
+
 # -- gs:// --------------------------------------------------------------------------------------------
 
 
