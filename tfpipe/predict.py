@@ -89,10 +89,10 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
     """The model of checkpoint ``prefix``, with EMA weights when the run used them."""
     import tensorflow as tf
 
-    from data_prep.stats import load_stats
     from tfpipe.models import build_normalized_model
     from tfpipe.normalize import Normalization
     from tfpipe.schedule import make_optimizer
+    from tfpipe.stats import load_stats
 
     if config is None:
         raise PredictError(
