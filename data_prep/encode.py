@@ -27,6 +27,7 @@ import numpy as np
 
 from data_prep.raw import RawDataError, read_pair
 from data_prep.shard_writer import BackgroundWriter, ShardWriter
+from data_prep.sharding import SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.kaggle_csv import CsvError, csv_blocks, read_header
@@ -47,7 +48,6 @@ FORMATS = ("raw", "kaggle-csv")
 BAD_VALUE_POLICIES = ("error", "drop-sample")
 BAD_VALUES_HINT = "use --on-bad-values=drop-sample to drop such rows"
 """How the error about a CSV row with NaN/Inf or empty values ends."""
-SHARD_ENV = ("JOB_COMPLETION_INDEX", "CLOUD_RUN_TASK_INDEX")
 GRID_FILE = "grid-info.nc"
 
 
@@ -412,16 +412,6 @@ def _progress(config: EncodeConfig, total: int | None):
 # ---------------------------------------------------------------- CLI
 
 
-def default_shard() -> int | None:
-    for name in SHARD_ENV:
-        if os.environ.get(name, "") != "":
-            try:
-                return int(os.environ[name])
-            except ValueError:
-                raise EncodeError(f"${name}={os.environ[name]!r} is not an integer") from None
-    return None
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m data_prep.encode", description=__doc__.split("\n\n")[0])
     p.add_argument("--src", required=True, help="raw tree (dir, gs://, hf://) or Kaggle CSV file")
@@ -451,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        shard = args.shard if args.shard is not None else default_shard()
+        shard = args.shard if args.shard is not None else int_from_env(SHARD_ENV)[0]
         if shard is None:
             parser.error(f"--shard is required (or set ${' or $'.join(SHARD_ENV)})")
         config = EncodeConfig(
@@ -471,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         summary = encode_shard(config)
-    except (EncodeError, RawDataError, ManifestError, storage.StorageError) as err:
+    except (EncodeError, ShardEnvError, RawDataError, ManifestError, storage.StorageError) as err:
         print(f"data_prep.encode: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
