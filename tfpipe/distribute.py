@@ -140,8 +140,3 @@ def set_precision(policy: str, kind: str) -> str:
     name = resolve_precision(policy, kind)
     keras.mixed_precision.set_global_policy(name)
     return name
-
-
-def global_batch_size(per_replica: int, strategy: tf.distribute.Strategy) -> int:
-    """Samples per step over all replicas."""
-    return per_replica * strategy.num_replicas_in_sync
