@@ -22,7 +22,6 @@ from tfpipe.distribute import (
     choose_strategy,
     configure_logical_cpus,
     resolve_precision,
-    set_precision,
     tf_config_workers,
 )
 
@@ -156,10 +155,10 @@ def test_precision_policy():
     with pytest.raises(ValueError):
         resolve_precision("float16", "tpu")
     try:
-        assert set_precision("auto", "tpu") == "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(resolve_precision("auto", "tpu"))  # as TrainStep does
         layer = keras.layers.Dense(2)
         layer.build((None, 3))
         assert (layer.compute_dtype, layer.variable_dtype) == ("bfloat16", "float32")
     finally:
-        set_precision("float32", "default")
+        keras.mixed_precision.set_global_policy(resolve_precision("float32", "default"))
     assert keras.mixed_precision.global_policy().name == "float32"
