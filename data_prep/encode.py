@@ -325,19 +325,7 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         writer = BackgroundWriter(
             ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file, local_staging or tmp)
         )
-        if mine is not None:
-            blocks = raw_blocks(c, mine, bad_values)
-        else:
-            dropped = bad_values if c.on_bad_values == "drop-sample" else None
-            blocks = csv_blocks(
-                c.src,
-                schema,
-                c.block_size,
-                c.shard,
-                c.num_shards,
-                dropped=dropped,
-                bad_values_hint=BAD_VALUES_HINT,
-            )
+        blocks = _shard_blocks(c, schema, mine, bad_values)
         total = len(mine) if mine is not None else None
         with _progress(c, total) as bar:
             try:
@@ -382,6 +370,22 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         c.shard, c.num_shards, c.dst, False, len(writer.entries), manifest.samples,
         sum(e.bytes for e in writer.entries), len(source_files), dropped_samples,
         round(time.perf_counter() - t0, 3),
+    )  # fmt: skip
+
+
+def _shard_blocks(
+    config: EncodeConfig, schema: Schema, pairs: list[tuple[str, str]] | None, bad_values: list[dict]
+) -> Iterator[Block]:
+    """The shard's blocks: its raw ``pairs``, or (``None``) its slice of the CSV rows.
+
+    Samples dropped for NaN/Inf values (``--on-bad-values=drop-sample``) are described in ``bad_values``.
+    """
+    if pairs is not None:
+        return raw_blocks(config, pairs, bad_values)
+    dropped = bad_values if config.on_bad_values == "drop-sample" else None
+    return csv_blocks(
+        config.src, schema, config.block_size, config.shard, config.num_shards,
+        dropped=dropped, bad_values_hint=BAD_VALUES_HINT,
     )  # fmt: skip
 
 
