@@ -139,9 +139,9 @@ def progress_clock(stop_after_updates: int | None = None) -> Iterator[list[dict]
 
 def normalization_of(config):
     """The Normalization layer ``train`` builds for ``config`` (from the first source's statistics)."""
-    from data_prep.stats import load_stats
     from tfpipe.normalize import Normalization
     from tfpipe.schema import get_schema
+    from tfpipe.stats import load_stats
 
     data = config.data
     stats = load_stats(data.stats_path, schema=data.schema)

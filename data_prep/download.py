@@ -36,14 +36,13 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_prep.sharding import COUNT_ENV, SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser
 from tfpipe.rawtree import parse_raw_file_name, partner_path
 
 PROG = "data_prep.download"
 SPLIT = "train"
-SHARD_ENV = ("JOB_COMPLETION_INDEX", "CLOUD_RUN_TASK_INDEX")
-COUNT_ENV = ("CLOUD_RUN_TASK_COUNT",)
 _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 
 
@@ -114,17 +113,6 @@ def parse_months(text: str) -> MonthRange:
     if months.first and months.last and months.first > months.last:
         raise argparse.ArgumentTypeError(f"empty month range {text!r}: {months.first} is after {months.last}")
     return months
-
-
-def _env_int(names: tuple[str, ...]) -> tuple[int | None, str | None]:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            try:
-                return int(value), name
-            except ValueError:
-                raise DownloadError(f"${name}={value!r} is not an integer") from None
-    return None, None
 
 
 def build_parser() -> ArgumentParser:
@@ -371,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log = lambda message: print(f"{PROG}: {message}", file=sys.stderr, flush=True)
     try:
-        shard, shard_env = (args.shard, None) if args.shard is not None else _env_int(SHARD_ENV)
-        num_shards, _ = (args.num_shards, None) if args.num_shards is not None else _env_int(COUNT_ENV)
-    except DownloadError as err:
+        shard, shard_env = (args.shard, None) if args.shard is not None else int_from_env(SHARD_ENV)
+        num_shards, _ = (args.num_shards, None) if args.num_shards is not None else int_from_env(COUNT_ENV)
+    except ShardEnvError as err:
         parser.error(str(err))
     shard = 0 if shard is None else shard
     num_shards = 1 if num_shards is None else num_shards

@@ -26,8 +26,10 @@ import numpy as np
 
 from data_prep.raw import RawDataError, read_pair
 from data_prep.shard_writer import BackgroundWriter, ShardWriter
+from data_prep.sharding import SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
 from tfpipe.cliutil import ArgumentParser, stop_on_signals
+from tfpipe.kaggle_csv import CsvError, csv_blocks, read_header
 from tfpipe.manifest import (
     ENCODER,
     MANIFEST_RE,
@@ -43,7 +45,8 @@ from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
 
 FORMATS = ("raw", "kaggle-csv")
 BAD_VALUE_POLICIES = ("error", "drop-sample")
-SHARD_ENV = ("JOB_COMPLETION_INDEX", "CLOUD_RUN_TASK_INDEX")
+BAD_VALUES_HINT = "use --on-bad-values=drop-sample to drop such rows"
+"""How the error about a CSV row with NaN/Inf or empty values ends."""
 GRID_FILE = "grid-info.nc"
 
 
@@ -139,19 +142,19 @@ def _read_raw(args: tuple[str, str, str, bool]) -> tuple[str, Block | None, int,
     return mli, block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
 
 
-def raw_blocks(config: EncodeConfig, pairs: list[tuple[str, str]], stats: dict) -> Iterator[Block]:
-    """Blocks of the shard's raw pairs in order, read by ``config.workers`` processes."""
+def raw_blocks(config: EncodeConfig, pairs: list[tuple[str, str]], bad_values: list[dict]) -> Iterator[Block]:
+    """Blocks of the shard's raw pairs in order, read by ``config.workers`` processes.
+
+    A file with dropped samples appends ``{"file", "dropped_samples", "problem"}`` to ``bad_values``.
+    """
     drop = config.on_bad_values == "drop-sample"
     jobs = [(mli, mlo, config.schema, drop) for mli, mlo in pairs]
 
     def consume(results):
         for mli, block, dropped, note in results:
-            stats["files"] += 1
             if dropped:
-                stats["dropped"] += dropped
-                stats["bad_values"].append({"file": mli, "dropped_samples": dropped, "problem": note})
+                bad_values.append({"file": mli, "dropped_samples": dropped, "problem": note})
             if block is not None:
-                stats["samples"] += len(block)
                 yield block
 
     if config.workers <= 1:
@@ -180,142 +183,6 @@ def die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
-
-
-def _csv_header(path: str) -> list[str]:
-    with storage.open_text(path) as f:
-        return f.readline().rstrip("\r\n").split(",")
-
-
-def check_csv_header(path: str, header: list[str], schema: Schema) -> bool:
-    """True for a train file (with targets), False for test; EncodeError naming the wrong column."""
-    expected_train = ["sample_id", *schema.input_columns, *schema.target_columns]
-    expected_test = expected_train[: 1 + schema.n_inputs]
-    expected = expected_train if len(header) > len(expected_test) else expected_test
-    for k, (got, want) in enumerate(zip(header, expected, strict=False)):
-        if got != want:
-            raise EncodeError(f"{path}: column {k} is {got!r}, expected {want!r} ({schema.name} order)")
-    if len(header) != len(expected):
-        missing = expected[len(header) :]
-        if missing:
-            raise EncodeError(f"{path}: missing columns from {missing[0]!r} on ({len(missing)} in all)")
-        raise EncodeError(f"{path}: unexpected extra column {header[len(expected)]!r}")
-    return expected is expected_train
-
-
-def count_csv_rows(path: str) -> int:
-    """Data rows of a CSV file (newlines after the header), streamed in 16 MiB pieces."""
-    rows, last = 0, b"\n"
-    with storage.open_binary(path) as f:
-        while piece := f.read(1 << 24):
-            rows += piece.count(b"\n")
-            last = piece[-1:]
-    return rows - 1 + (last != b"\n")
-
-
-BAD_VALUES_HINT = "use --on-bad-values=drop-sample to drop such rows"
-
-
-def csv_blocks(config: EncodeConfig, stats: dict, bad_values_hint: str = BAD_VALUES_HINT) -> Iterator[Block]:
-    """The shard's contiguous slice of CSV rows, parsed in chunks of ``block_size`` rows.
-
-    ``bad_values_hint`` ends the error for a row with NaN/Inf or empty values (what the caller can do).
-    """
-    import pandas as pd
-
-    schema = get_schema(config.schema)
-    header = _csv_header(config.src)
-    train = check_csv_header(config.src, header, schema)
-    total = count_csv_rows(config.src)
-    if total == 0:
-        raise EncodeError(f"{config.src}: no data rows")
-    start = total * config.shard // config.num_shards
-    stop = total * (config.shard + 1) // config.num_shards
-    stats["rows"] = [start, stop]
-    if stop == start:
-        return
-    dtypes = {c: np.float64 for c in header[1:]} | {"sample_id": str}
-    with storage.open_text(config.src) as f:
-        reader = pd.read_csv(
-            f,
-            dtype=dtypes,
-            skiprows=range(1, start + 1),
-            nrows=stop - start,
-            chunksize=config.block_size,
-            engine="c",
-            na_filter=True,
-            float_precision="round_trip",  # exact float64 parse (the default C parser can be 1 ULP off)
-        )
-        row = start
-        while True:
-            try:
-                chunk = next(reader)
-            except StopIteration:
-                break
-            except pd.errors.ParserError:  # a row with too many fields (a ValueError too: check first)
-                raise EncodeError(_bad_row(config.src, len(header), row, config.block_size)) from None
-            except ValueError:
-                raise EncodeError(_non_numeric_cell(config.src, header, row, config.block_size)) from None
-            n = len(chunk)
-            values = chunk.iloc[:, 1:].to_numpy(np.float64)
-            inputs = values[:, : schema.n_inputs]
-            targets = values[:, schema.n_inputs :] if train else None
-            good = np.isfinite(values).all(axis=1)
-            ids = chunk["sample_id"].tolist()
-            if not good.all():
-                bad = int((~good).sum())
-                column = header[1 + int(np.nonzero(~np.isfinite(values).all(axis=0))[0][0])]
-                if config.on_bad_values == "error":
-                    first = int(np.nonzero(~good)[0][0])
-                    raise EncodeError(
-                        f"{config.src}: row {row + first + 1} ({ids[first]}) has NaN/Inf or empty "
-                        f"values, e.g. in {column} ({bad_values_hint})"
-                    )
-                stats["dropped"] += bad
-                stats["bad_values"].append(
-                    {"file": config.src, "rows": [row, row + n], "dropped_samples": bad, "column": column}
-                )
-            index = np.arange(row, row + n)
-            ncol = (index % NCOL).astype(np.int32) if train else np.full(n, -1, np.int32)
-            row += n
-            if good.any():
-                stats["samples"] += int(good.sum())
-                yield make_block(
-                    schema,
-                    inputs[good],
-                    None if targets is None else targets[good],
-                    ncol[good],
-                    np.full(int(good.sum()), -1, np.int64),
-                    [i for i, g in zip(ids, good, strict=True) if g],
-                )
-
-
-def _bad_row(path: str, width: int, row: int, n: int) -> str:
-    """Describe the first of CSV data rows ``row .. row + n`` whose field count is not the header's."""
-    with storage.open_text(path) as f:
-        f.readline()
-        for i, line in enumerate(f):
-            if i >= row + n:
-                break
-            fields = line.rstrip("\r\n").count(",") + 1
-            if i >= row and fields != width:
-                return f"{path}: row {i + 1} has {fields} fields, the header has {width}"
-    return f"{path}: rows {row + 1}..{row + n}: malformed CSV (field counts differ from the header's)"
-
-
-def _non_numeric_cell(path: str, header: list[str], row: int, n: int) -> str:
-    """Describe the first cell that is not a number in CSV rows ``row .. row + n``."""
-    import pandas as pd
-
-    with storage.open_text(path) as f:
-        chunk = pd.read_csv(f, dtype=str, skiprows=range(1, row + 1), nrows=n, keep_default_na=False)
-    for k, column in enumerate(header[1:], start=1):
-        for i, cell in enumerate(chunk.iloc[:, k]):
-            try:
-                float(cell or "nan")
-            except ValueError:
-                return f"{path}: row {row + i + 1}, column {column}: {cell!r} is not a number"
-    return f"{path}: rows {row + 1}..{row + n}: unparseable values"
 
 
 # ---------------------------------------------------------------- output
@@ -449,22 +316,25 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         raise EncodeError(f"{c.grid}: grid file not found")
     # A committed shard stays committed (manifest and files) until the new manifest replaces it.
 
-    stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
+    bad_values: list[dict] = []
+    samples = 0
     writer = BackgroundWriter(ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file))
-    blocks = raw_blocks(c, mine, stats) if mine is not None else csv_blocks(c, stats)
+    blocks = _shard_blocks(c, schema, mine, bad_values)
     total = len(mine) if mine is not None else None
     with _progress(c, total) as bar:
         try:
             for block in blocks:
                 writer.write(block)
+                samples += len(block)
                 bar.update(1)
-                bar.set_postfix(samples=stats["samples"], refresh=False)
+                bar.set_postfix(samples=samples, refresh=False)
             writer.close()
         except BaseException as err:
             writer.abort()
-            if isinstance(err, RawDataError):
+            if isinstance(err, (RawDataError, CsvError)):  # encode_shard's errors are EncodeErrors
                 raise EncodeError(str(err)) from None
             raise
+    dropped_samples = sum(entry["dropped_samples"] for entry in bad_values)
 
     _copy_grid(c)  # beside the data before the shard is committed; nothing at all if encoding failed
     manifest = Manifest(
@@ -479,8 +349,8 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         has_targets=_has_targets(c, schema),
         files=writer.entries,
         source_files=[_relative(c.src, p) for p in source_files],
-        dropped_samples=stats["dropped"],
-        bad_values=stats["bad_values"],
+        dropped_samples=dropped_samples,
+        bad_values=bad_values,
         blocks_per_file=c.blocks_per_file,
         block_size=c.block_size,
         on_bad_values=c.on_bad_values,
@@ -492,15 +362,31 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         print(warning, file=sys.stderr)
     return EncodeSummary(
         c.shard, c.num_shards, c.dst, False, len(writer.entries), manifest.samples,
-        sum(e.bytes for e in writer.entries), len(source_files), stats["dropped"],
+        sum(e.bytes for e in writer.entries), len(source_files), dropped_samples,
         round(time.perf_counter() - t0, 3),
+    )  # fmt: skip
+
+
+def _shard_blocks(
+    config: EncodeConfig, schema: Schema, pairs: list[tuple[str, str]] | None, bad_values: list[dict]
+) -> Iterator[Block]:
+    """The shard's blocks: its raw ``pairs``, or (``None``) its slice of the CSV rows.
+
+    Samples dropped for NaN/Inf values (``--on-bad-values=drop-sample``) are described in ``bad_values``.
+    """
+    if pairs is not None:
+        return raw_blocks(config, pairs, bad_values)
+    dropped = bad_values if config.on_bad_values == "drop-sample" else None
+    return csv_blocks(
+        config.src, schema, config.block_size, config.shard, config.num_shards,
+        dropped=dropped, bad_values_hint=BAD_VALUES_HINT,
     )  # fmt: skip
 
 
 def _has_targets(config: EncodeConfig, schema: Schema) -> bool:
     if config.format == "raw":
         return True
-    return len(_csv_header(config.src)) == 1 + schema.n_inputs + schema.n_targets
+    return len(read_header(config.src)) == 1 + schema.n_inputs + schema.n_targets
 
 
 def _relative(src: str, path: str) -> str:
@@ -522,16 +408,6 @@ def _progress(config: EncodeConfig, total: int | None):
 
 
 # ---------------------------------------------------------------- CLI
-
-
-def default_shard() -> int | None:
-    for name in SHARD_ENV:
-        if os.environ.get(name, "") != "":
-            try:
-                return int(os.environ[name])
-            except ValueError:
-                raise EncodeError(f"${name}={os.environ[name]!r} is not an integer") from None
-    return None
 
 
 def build_parser() -> ArgumentParser:
@@ -563,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        shard = args.shard if args.shard is not None else default_shard()
+        shard = args.shard if args.shard is not None else int_from_env(SHARD_ENV)[0]
         if shard is None:
             parser.error(f"--shard is required (or set ${' or $'.join(SHARD_ENV)})")
         config = EncodeConfig(
@@ -583,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         summary = encode_shard(config)
-    except (EncodeError, RawDataError, ManifestError, storage.StorageError) as err:
+    except (EncodeError, ShardEnvError, RawDataError, ManifestError, storage.StorageError) as err:
         print(f"data_prep.encode: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

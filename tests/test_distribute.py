@@ -1,4 +1,4 @@
-"""Strategy choice, logical CPU devices, precision policy and global batch size.
+"""Strategy choice, logical CPU devices and precision policy.
 
 The 8-device checks run in a subprocess: logical devices must be configured before TensorFlow
 initialises its devices, which the rest of the test session has long done.
@@ -21,9 +21,7 @@ import tensorflow as tf
 from tfpipe.distribute import (
     choose_strategy,
     configure_logical_cpus,
-    global_batch_size,
     resolve_precision,
-    set_precision,
     tf_config_workers,
 )
 
@@ -33,14 +31,14 @@ EIGHT_CPUS = textwrap.dedent(
     """
     import json, time
     import numpy as np
-    from tfpipe.distribute import choose_strategy, configure_logical_cpus, global_batch_size
+    from tfpipe.distribute import choose_strategy, configure_logical_cpus
     configure_logical_cpus(8)
     import keras, tensorflow as tf
     from tfpipe.config import OptimConfig
     from tfpipe.schedule import make_optimizer
 
     strategy, kind = choose_strategy("cpu-mirrored")
-    batch = global_batch_size(4, strategy)
+    batch = 4 * strategy.num_replicas_in_sync  # the global batch, as tfpipe.train.plan sizes it
     keras.utils.set_random_seed(0)
     with strategy.scope():
         layers = [keras.Input((6,)), keras.layers.Dense(8, activation="swish"), keras.layers.Dense(2)]
@@ -121,7 +119,6 @@ def test_auto_without_tpu_gpu_or_workers_is_the_default_strategy(monkeypatch):
     strategy, kind = choose_strategy()
     assert kind == "default" and strategy.num_replicas_in_sync == 1
     assert time.monotonic() - t0 < 10
-    assert global_batch_size(64, strategy) == 64
 
 
 def test_forced_kinds_that_are_missing_raise(monkeypatch):
@@ -158,10 +155,10 @@ def test_precision_policy():
     with pytest.raises(ValueError):
         resolve_precision("float16", "tpu")
     try:
-        assert set_precision("auto", "tpu") == "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(resolve_precision("auto", "tpu"))  # as TrainStep does
         layer = keras.layers.Dense(2)
         layer.build((None, 3))
         assert (layer.compute_dtype, layer.variable_dtype) == ("bfloat16", "float32")
     finally:
-        set_precision("float32", "default")
+        keras.mixed_precision.set_global_policy(resolve_precision("float32", "default"))
     assert keras.mixed_precision.global_policy().name == "float32"

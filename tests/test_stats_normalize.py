@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep.encode import EncodeConfig, encode_shard
-from data_prep.stats import MIN_STD, Moments, Stats, StatsError, compute_stats, load_stats, merge_files
+from data_prep.stats import compute_stats, merge_files
 from tfpipe.export import export_parquet
 from tfpipe.normalize import (
     Normalization,
@@ -26,6 +26,7 @@ from tfpipe.normalize import (
     stats_sha256,
 )
 from tfpipe.schema import KAGGLE, NLEV, V1
+from tfpipe.stats import MIN_STD, Moments, Stats, StatsError, load_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

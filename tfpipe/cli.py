@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
-    except (ValueError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: storage.StorageError among others
         print(f"tfpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,4 +1,4 @@
-"""Choose the distribution strategy once, at the edge, and set the matching precision policy.
+"""Choose the distribution strategy once, at the edge, and resolve the matching precision policy.
 
 Order of preference with ``prefer="auto"``: a TPU (Colab, Kaggle, Cloud TPU VM or node), several
 workers named in ``TF_CONFIG`` (MultiWorkerMirroredStrategy), the visible GPUs (MirroredStrategy),
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 
-import keras
 import tensorflow as tf
 
 from tfpipe.config import PRECISIONS
@@ -133,15 +132,3 @@ def resolve_precision(policy: str, kind: str) -> str:
     if policy == "auto":
         return "mixed_bfloat16" if kind == "tpu" else "float32"
     return policy
-
-
-def set_precision(policy: str, kind: str) -> str:
-    """Set Keras' global dtype policy (affects layers built afterwards); returns the policy name."""
-    name = resolve_precision(policy, kind)
-    keras.mixed_precision.set_global_policy(name)
-    return name
-
-
-def global_batch_size(per_replica: int, strategy: tf.distribute.Strategy) -> int:
-    """Samples per step over all replicas."""
-    return per_replica * strategy.num_replicas_in_sync

@@ -560,27 +560,24 @@ def score_files(
     if metric not in ("kaggle", "climsim"):
         raise ScoreError(f"unknown metric {metric!r}; choose kaggle or climsim")
     schema = _schema(schema)
-    try:
-        pred_ids, pred_values = load_predictions(pred, schema)
-        truth_ids, truth_values = load_truth(truth, schema)
-        truth_values = truth_values[align(pred_ids, truth_ids, pred, truth)]
-        w = None if weights is None else load_weights(weights, schema)
-        r2 = r2_scores(pred_values, truth_values, w, schema)
-        table = r2_table(r2, w, schema)
-        out_dir = out_dir or strip_parquet(pred) + ".score"
-        join = posixpath.join if storage.is_remote(out_dir) else os.path.join
-        storage.makedirs(out_dir)
-        per_target = join(out_dir, "r2_per_target.csv")
-        per_level = join(out_dir, "r2_per_level.csv")
-        heatmap = join(out_dir, "r2_heatmap.png")
-        storage.write_bytes(per_target, table.to_csv(index=False, float_format="%.10g").encode())
-        storage.write_bytes(per_level, r2_by_level(table).to_csv(float_format="%.10g").encode())
-        plot_r2_heatmap(table, heatmap, title=f"{os.path.basename(pred)}: R² {r2.mean():.5f}")
-        climsim = None
-        if metric == "climsim":
-            climsim = _climsim_report(pred_ids, pred_values, truth, truth_values, grid, schema, out_dir, join)
-    except storage.StorageError as err:
-        raise OSError(str(err)) from None  # the CLI reports OSError as one line
+    pred_ids, pred_values = load_predictions(pred, schema)
+    truth_ids, truth_values = load_truth(truth, schema)
+    truth_values = truth_values[align(pred_ids, truth_ids, pred, truth)]
+    w = None if weights is None else load_weights(weights, schema)
+    r2 = r2_scores(pred_values, truth_values, w, schema)
+    table = r2_table(r2, w, schema)
+    out_dir = out_dir or strip_parquet(pred) + ".score"
+    join = posixpath.join if storage.is_remote(out_dir) else os.path.join
+    storage.makedirs(out_dir)
+    per_target = join(out_dir, "r2_per_target.csv")
+    per_level = join(out_dir, "r2_per_level.csv")
+    heatmap = join(out_dir, "r2_heatmap.png")
+    storage.write_bytes(per_target, table.to_csv(index=False, float_format="%.10g").encode())
+    storage.write_bytes(per_level, r2_by_level(table).to_csv(float_format="%.10g").encode())
+    plot_r2_heatmap(table, heatmap, title=f"{os.path.basename(pred)}: R² {r2.mean():.5f}")
+    climsim = None
+    if metric == "climsim":
+        climsim = _climsim_report(pred_ids, pred_values, truth, truth_values, grid, schema, out_dir, join)
     extra = {} if climsim is None else {"climsim": climsim}
     return extra | {
         "r2": float(r2.mean()),

@@ -33,8 +33,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from data_prep.stats import MIN_STD, Stats
 from tfpipe.schema import NLEV, VARIABLES, Schema, get_schema
+from tfpipe.stats import MIN_STD, Stats
 
 REPRESENTATIONS = ("column", "variable", "log")
 _ARRAYS = ("input_mean", "input_std", "variable_mean", "variable_std", "target_mean", "target_scale")

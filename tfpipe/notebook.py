@@ -33,11 +33,6 @@ def platform() -> str:
     return "colab" if in_colab() else "kaggle" if in_kaggle() else "local"
 
 
-def install_cell_skipped() -> bool:
-    """Whether the notebooks' ``install`` cell does nothing here (anywhere but Colab and Kaggle)."""
-    return platform() == "local"
-
-
 def environment() -> dict:
     """Where the notebook runs: platform, versions and whether a TPU is hinted (no TPU connection)."""
     import keras

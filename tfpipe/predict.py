@@ -89,10 +89,10 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
     """The model of checkpoint ``prefix``, with EMA weights when the run used them."""
     import tensorflow as tf
 
-    from data_prep.stats import load_stats
     from tfpipe.models import build_normalized_model
     from tfpipe.normalize import Normalization
     from tfpipe.schedule import make_optimizer
+    from tfpipe.stats import load_stats
 
     if config is None:
         raise PredictError(
@@ -168,13 +168,11 @@ def _encoded_batches(
 
 
 def _csv_batches(path: str, norm: Normalization, batch: int):
-    from data_prep.encode import EncodeConfig, csv_blocks
     from tfpipe.export import exact_targets
+    from tfpipe.kaggle_csv import csv_blocks
 
-    config = EncodeConfig(path, "", 0, 1, format="kaggle-csv", schema=norm.schema.name, block_size=batch)
-    stats = {"files": 0, "samples": 0, "dropped": 0, "bad_values": []}
     hint = "every row of a test set needs all its inputs: fill or remove such rows"
-    for block in csv_blocks(config, stats, bad_values_hint=hint):
+    for block in csv_blocks(path, norm.schema, batch, bad_values_hint=hint):
         truth = None if block.targets is None else exact_targets(block.targets, block.y64, norm.schema)
         yield block.sample_id, block.inputs, block.x64, truth
 

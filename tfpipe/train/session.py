@@ -15,13 +15,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from data_prep.stats import Stats, StatsError
 from tfpipe import storage
 from tfpipe.config import TrainConfig, config_hash
 from tfpipe.data import Source, data_fingerprint, resolve_sources
 from tfpipe.distribute import choose_strategy, resolve_precision
 from tfpipe.normalize import Normalization, stats_sha256
 from tfpipe.schema import get_schema
+from tfpipe.stats import Stats, StatsError
 from tfpipe.train.checkpoints import (
     AllowedChanges,
     ResumeFacts,
