@@ -39,15 +39,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfpipe import storage
-from tfpipe.metrics import (
+from tfpipe.metrics import r2_scores, zero_weight_mask
+from tfpipe.prediction_files import (
     align,
     load_predictions,
     load_truth,
     load_weights,
-    r2_scores,
     strip_parquet,
     write_predictions,
-    zero_weight_mask,
 )
 from tfpipe.schema import Schema, get_schema
 

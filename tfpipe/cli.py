@@ -5,12 +5,13 @@ Stages that exist so far:
 * ``tfpipe demo [--workdir DIR]``: generate the built-in synthetic ClimSim data and report
   what was written (the later stages join the demo as they land).
 * ``tfpipe schema [--name kaggle] [--columns]``: the variables and column order of a schema.
-* ``tfpipe score --pred P --truth T``: the LEAP R² with tables and a heat map (:mod:`tfpipe.metrics`).
+* ``tfpipe score --pred P --truth T``: the LEAP R² with tables and a heat map (:mod:`tfpipe.score`).
 * ``tfpipe blend --pred A B .. --truth T --method M --out OUT``: blend predictions (:mod:`tfpipe.blend`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -95,6 +96,25 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _run_score(args: argparse.Namespace) -> None:
+    """``tfpipe score``: a summary line, the score's explanation, the ClimSim table, the JSON line."""
+    from tfpipe.metrics import explanation_lines
+    from tfpipe.score import score_files
+
+    report = score_files(
+        args.pred, args.truth, args.weights, args.out_dir, metric=args.metric, grid=args.grid
+    )
+    print(f"R² {report['r2']:.6f} over {get_schema('kaggle').n_targets} targets, {report['n']} rows")
+    for line in explanation_lines(report):
+        print(line)
+    if "climsim" in report:
+        print("ClimSim metrics (energy-flux weighted, per grid column over time, then averaged; W/m²):")
+        print(f"  {'variable':16s} {'R²':>9s} {'RMSE':>11s} {'MAE':>11s} {'bias':>11s}")
+        for name, m in report["climsim"]["variables"].items():
+            print(f"  {name:16s} {m['r2']:9.4f} {m['rmse']:11.4g} {m['mae']:11.4g} {m['bias']:11.4g}")
+    print(json.dumps(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("train", "predict"):
@@ -114,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(export_parquet(args.data, args.out, args.allow_partial)))
         elif args.command == "score":
-            from tfpipe.metrics import score_command
-
-            return score_command(args)
+            _run_score(args)
         elif args.command == "blend":
             from tfpipe.blend import blend_command
 

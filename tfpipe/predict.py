@@ -278,7 +278,7 @@ def predict(
         raise PredictError("--data is required (or --oof for the run's validation data)")
     w = None
     if weights:
-        from tfpipe.metrics import load_weights
+        from tfpipe.prediction_files import load_weights
 
         w = np.asarray(load_weights(weights, schema), dtype=np.float64)
     sink = ParquetSink(out, schema.target_columns)
