@@ -115,6 +115,30 @@ def _run_score(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def _run_blend(args: argparse.Namespace) -> None:
+    """``tfpipe blend``: the R² of the inputs and of the blend on stderr (with a truth), the JSON line."""
+    from tfpipe.blend import BlendError, blend_files
+
+    if (args.apply is None) == (args.method is None):
+        raise BlendError("give either --method (to fit a blend) or --apply SPEC.json (to reuse one)")
+    report = blend_files(
+        args.pred,
+        args.out,
+        args.truth,
+        args.method or "equal",
+        args.per_group,
+        args.weights,
+        args.stack_method,
+        args.apply,
+        args.spec,
+    )
+    if "r2_blend" in report:
+        for name, r2 in report["r2_inputs"].items():
+            print(f"{name}: R² {r2:.6f}", file=sys.stderr)
+        print(f"blend ({report['method']}): R² {report['r2_blend']:.6f}", file=sys.stderr)
+    print(json.dumps(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("train", "predict"):
@@ -136,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "score":
             _run_score(args)
         elif args.command == "blend":
-            from tfpipe.blend import blend_command
-
-            return blend_command(args)
+            _run_blend(args)
         elif args.command == "schema":
             schema = get_schema(args.name)
             if args.columns:
