@@ -35,7 +35,7 @@ Setup, in a temporary folder: ``prepare_demo_data(days=0.5)`` (36 time steps x 3
   ``build_normalized_model``, ``tf.train.Checkpoint.restore``, ``make_train_dataset``,
   ``StageProgress``, and, called only while the train step is traced, ``total_loss`` and
   ``AdamW.apply_gradients``) to print wall-clock stamps on stderr, then calls
-  ``tfpipe.train.cli.main`` with the same arguments (the package is not changed). The XLA lines that
+  ``tfpipe.cli.train_main`` with the same arguments (the package is not changed). The XLA lines that
   TensorFlow logs on stderr with ``TF_CPP_MIN_LOG_LEVEL=0`` (``XLA service ... initialized`` when the
   first compilation starts, ``Compiled cluster using XLA!`` when it is done) split tracing from
   compiling.
@@ -260,7 +260,7 @@ mark("python_up")
 import keras
 import tensorflow as tf
 import tfpipe.config, tfpipe.data, tfpipe.predict
-import tfpipe.train.cli, tfpipe.train.loop, tfpipe.train.session, tfpipe.train.step
+import tfpipe.cli, tfpipe.train.loop, tfpipe.train.session, tfpipe.train.step
 mark("imports_done")
 def wrap(owner, name, label):
     fn = getattr(owner, name)
@@ -286,7 +286,7 @@ class MarkedProgress(tfpipe.train.loop.StageProgress):
         mark("update", done)
         super().update(done, *args)
 tfpipe.train.loop.StageProgress = MarkedProgress
-sys.exit(tfpipe.train.cli.main(sys.argv[1:], prog="python -m tfpipe.train"))
+sys.exit(tfpipe.cli.train_main(sys.argv[1:], prog="python -m tfpipe.train"))
 """
 XLA_START = "XLA service"
 XLA_DONE = "Compiled cluster using XLA"

@@ -21,7 +21,8 @@ from tfpipe.blend import (
     stack_apply,
     stack_fit,
 )
-from tfpipe.metrics import kaggle_score, load_predictions, write_predictions
+from tfpipe.metrics import kaggle_score
+from tfpipe.prediction_files import load_predictions, write_predictions
 from tfpipe.schema import KAGGLE
 
 ROOT = Path(__file__).resolve().parents[1]

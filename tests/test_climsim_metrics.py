@@ -13,7 +13,7 @@ import pytest
 
 from tfpipe.climsim_metrics import GRAV, LV, ClimSimMetricError, climsim_scores, output_weighting
 from tfpipe.grid import make_grid
-from tfpipe.metrics import write_predictions
+from tfpipe.prediction_files import write_predictions
 from tfpipe.schema import KAGGLE, NCOL
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,20 +12,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import r2_score
 
-from tfpipe.metrics import (
-    ScoreError,
-    StreamingR2,
-    kaggle_score,
-    load_predictions,
-    load_truth,
-    load_weights,
-    plot_r2_heatmap,
-    r2_by_level,
-    r2_scores,
-    r2_table,
-    write_predictions,
-)
+from tfpipe.metrics import ScoreError, StreamingR2, kaggle_score, r2_scores
+from tfpipe.prediction_files import load_predictions, load_truth, load_weights, write_predictions
 from tfpipe.schema import KAGGLE, NLEV
+from tfpipe.score import plot_r2_heatmap, r2_by_level, r2_table
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = list(KAGGLE.target_columns)

@@ -390,7 +390,9 @@ def test_two_sources_squeezeformer_interrupted_and_resumed_equals_straight(
 
 def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path: Path) -> None:
     """Validation, best/, best.keras and predict use the same (EMA) weights."""
-    from tfpipe.metrics import kaggle_score, load_predictions, load_truth, score_files
+    from tfpipe.metrics import kaggle_score
+    from tfpipe.prediction_files import load_predictions, load_truth
+    from tfpipe.score import score_files
 
     state = json.loads((mixed_run / "checkpoints" / "ckpt-2.state.json").read_text())
     best = state["best_checkpoint"]

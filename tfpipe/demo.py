@@ -142,8 +142,8 @@ def run_demo(
     from data_prep.synth import synthesize
     from tfpipe.blend import blend_files
     from tfpipe.export import export_parquet
-    from tfpipe.metrics import score_files
     from tfpipe.predict import predict
+    from tfpipe.score import score_files
 
     t0 = time.time()
     root = Path(workdir).absolute()

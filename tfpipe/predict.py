@@ -13,7 +13,6 @@ group per batch (bounded memory) under a temporary name and published at the end
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -24,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tfpipe import storage
-from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
 from tfpipe.postprocess import physical_predictions
 from tfpipe.schema import get_schema
 
@@ -276,7 +274,7 @@ def predict(
         raise PredictError("--data is required (or --oof for the run's validation data)")
     w = None
     if weights:
-        from tfpipe.metrics import load_weights
+        from tfpipe.prediction_files import load_weights
 
         w = np.asarray(load_weights(weights, schema), dtype=np.float64)
     sink = ParquetSink(out, schema.target_columns)
@@ -316,41 +314,7 @@ def predict(
     return summary
 
 
-def build_parser(prog: str = "tfpipe predict") -> ArgumentParser:
-    p = ArgumentParser(prog=prog, description="Predict targets with a trained model; write parquet.")
-    p.add_argument(
-        "--checkpoint", required=True,
-        help="RUN/best.keras, RUN/checkpoints/ckpt-N (or RUN/ckpt-N), or RUN alone (= its best.keras)",
-    )  # fmt: skip
-    p.add_argument("--data", default=None, help="encoded shards folder or a Kaggle test.csv")
-    p.add_argument("--out", required=True, help="parquet file to write (local or gs://)")
-    p.add_argument("--weights", default=None, help="sample_submission.csv with the per-target weights")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
-    p.add_argument("--oof", action="store_true", help="predict the run's validation data; also write truth")
-    p.add_argument(
-        "--allow-partial",
-        action="store_true",
-        help="predict a shard set with missing shards (named on stderr)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    return p
+if __name__ == "__main__":  # python -m tfpipe.predict: the command line is tfpipe.cli's
+    from tfpipe.cli import predict_main
 
-
-def main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
-    stop_on_signals(prog)
-    args = build_parser(prog).parse_args(argv)
-    quiet_native_logs()
-    try:
-        summary = predict(
-            args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof, args.allow_partial,
-            progress=not args.quiet,
-        )  # fmt: skip
-    except (ValueError, OSError, storage.StorageError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m tfpipe.predict"))
+    sys.exit(predict_main(prog="python -m tfpipe.predict"))

@@ -10,7 +10,8 @@ One room per concern, in the spirit of orbit (tensorflow/models):
 - :mod:`~tfpipe.train.validation`: scores from the gathered validation predictions.
 - :mod:`~tfpipe.train.loop`: sub-epochs, the time budget, signals, and the commit order of writes.
 - :mod:`~tfpipe.train.logs`: ``metrics.csv``, TensorBoard, MLflow.
-- :mod:`~tfpipe.train.cli`: the command line.
+
+The command line (``tfpipe train``, ``python -m tfpipe.train``) is :func:`tfpipe.cli.train_main`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tfpipe.cli import train_main as main
     from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints
-    from tfpipe.train.cli import main
     from tfpipe.train.loop import export_keras, train
 
 _LAZY = {
-    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.loop", "main": "tfpipe.train.cli",
+    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.loop", "main": "tfpipe.cli:train_main",
     "RunState": "tfpipe.train.checkpoints", "TrainError": "tfpipe.train.checkpoints",
     "available_checkpoints": "tfpipe.train.checkpoints",
 }  # fmt: skip
+"""Name -> module, or module:attribute where the attribute has another name there."""
 
 
 def __getattr__(name: str):
@@ -35,7 +37,8 @@ def __getattr__(name: str):
     if name in _LAZY:
         from importlib import import_module
 
-        return getattr(import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(import_module(module), attribute or name)
     raise AttributeError(f"module 'tfpipe.train' has no attribute {name!r}")
 
 

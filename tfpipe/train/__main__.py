@@ -6,6 +6,6 @@ from tfpipe.cliutil import stop_on_signals
 
 stop_on_signals("python -m tfpipe.train")  # before anything heavy is imported
 
-from tfpipe.train.cli import main  # noqa: E402
+from tfpipe.cli import train_main  # noqa: E402
 
-sys.exit(main(prog="python -m tfpipe.train"))
+sys.exit(train_main(prog="python -m tfpipe.train"))
