@@ -44,7 +44,7 @@ class ConvModule(layers.Layer):
         self.expansion = expansion
         self.eca_kernel_size = eca_kernel_size
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         d = input_shape[-1]
         shape = tuple(input_shape)  # every sublayer but ff_project takes d channels
         dtype = self.dtype_policy
@@ -67,7 +67,7 @@ class ConvModule(layers.Layer):
         self.scale2 = _built(ScaleBias(name="scale2", dtype=dtype), shape)
         self.ln = _built(layers.LayerNormalization(name="ln", dtype=dtype), shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training: bool | None = None):
         y = self.glu(self.pw_expand(inputs))
         y = self.bn(self.dwconv(y), training=training)
         y = self.eca(keras.activations.swish(y))
@@ -76,10 +76,10 @@ class ConvModule(layers.Layer):
         x = x + self.scale2(y)
         return self.ln(x)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "kernel_size": self.kernel_size,
@@ -106,7 +106,7 @@ class TransformerBlock(layers.Layer):
         self.n_heads = n_heads
         self.expansion = expansion
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         d = input_shape[-1]
         if d % self.n_heads:
             raise ValueError(f"{self.name}: width {d} is not a multiple of n_heads={self.n_heads}")
@@ -128,13 +128,13 @@ class TransformerBlock(layers.Layer):
         self.scale2 = _built(ScaleBias(name="scale2", dtype=dtype), shape)
         self.ln2 = _built(layers.LayerNormalization(name="ln2", dtype=dtype), shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training: bool | None = None):
         x = self.ln1(inputs + self.scale1(self.mha(inputs, inputs, training=training)))
         y = self.ff2(self.ff1(x))
         return self.ln2(x + self.scale2(y))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "n_heads": self.n_heads, "expansion": self.expansion}
