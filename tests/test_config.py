@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from tfpipe.config import (
     SourceConfig,
     TrainConfig,
     changed_fields,
+    config_from_dict,
     config_hash,
-    config_reference_markdown,
     config_to_dict,
     dump_config,
     is_resume_mutable,
@@ -25,6 +26,7 @@ from tfpipe.config import (
     parse_duration,
     resume_conflicts,
 )
+from tfpipe.config_reference import config_reference_markdown
 from tfpipe.losses import LossConfig
 from tfpipe.models.registry import ModelConfig
 
@@ -86,7 +88,7 @@ def test_overrides_are_parsed_and_coerced():
             "optim.learning_rate=3e-4",  # YAML 1.1 reads this as a string
             "data.representations=[column,log]",
             "optim.weight_decay=null",
-            "data.q0002_replacement_levels=[12, 13.0]",
+            "data.q0002_replacement_levels=[12, '13']",
             "time_budget=8h30m",
             "float32_after_epoch=3",
             "name=run-7",
@@ -144,7 +146,8 @@ def test_unknown_override_key_names_the_override():
     [
         ("epochs: many\n", "epochs", "int"),
         ("epochs: 2.5\n", "epochs", "int"),
-        ("jit_compile: 1\n", "jit_compile", "bool"),
+        ("jit_compile: maybe\n", "jit_compile", "bool"),  # OmegaConf reads 1/0, yes/no, on/off as bools
+        ("data:\n  q0002_replacement_levels: [12, 13.5]\n", r"data\.q0002_replacement_levels\.1", "int"),
         ("optim:\n  learning_rate: fast\n", "optim.learning_rate", "float"),
         ("optim:\n  clipnorm: [1]\n", "optim.clipnorm", r"float \| None"),
         ("data:\n  representations: {a: 1}\n", "data.representations", r"tuple\[str, \.\.\.\]"),
@@ -286,3 +289,33 @@ def test_cli_prints_resolved_config_or_an_error(tmp_path, capsys):
     assert "seed: 3" in capsys.readouterr().out
     assert main(["--config", str(TINY), "sed=3"]) == 2
     assert "unknown key 'sed'" in capsys.readouterr().err
+
+
+def test_each_model_has_its_own_config_class():
+    from tfpipe.model_config import CNNConfig, MLPConfig, SqueezeformerConfig
+
+    assert type(load_config(TINY).model) is SqueezeformerConfig
+    mlp = load_config(TINY, ["model.name=mlp", "model.mlp_units=[8,8]"]).model  # the file's sizes are dropped
+    assert mlp == MLPConfig(mlp_units=(8, 8)) and not hasattr(mlp, "d_model")
+    assert "d_model" not in config_to_dict(load_config(TINY, ["model.name=mlp"]))["model"]
+    assert type(load_config(None, ["model.name=cnn"]).model) is CNNConfig
+    # an override of another model's key, or a file mixing models, is a mistake, not silently ignored
+    with pytest.raises(ConfigError, match=r"model\.lstm_units.*override.*squeezeformer model's keys"):
+        load_config(TINY, ["model.lstm_units=3"])
+    with pytest.raises(ConfigError, match=r"model\.d_model.*mlp model's keys"):
+        load_config(None, ["model.name=mlp", "model.d_model=3"])
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        load_config(None, ["model.name=nope"])
+
+
+def test_a_saved_config_of_an_older_tfpipe_with_every_models_fields_still_resumes():
+    """An older tfpipe saved every model's fields; the unused ones no longer count as changes."""
+    new = config_to_dict(load_config(TINY))
+    old = copy.deepcopy(new)
+    old["model"] |= {"mlp_units": [768, 640], "lstm_units": 256, "cnn_filters": 256}
+    assert changed_fields(old, new) == [] and resume_conflicts(old, new) == []
+    assert config_from_dict(old) == load_config(TINY)
+    old["model"]["lstm_units"] = 7  # a change of an unused key does not block the Squeezeformer run
+    assert changed_fields(old, new) == []
+    old["model"]["d_model"] = 64
+    assert resume_conflicts(old, new) == ["model.d_model"]

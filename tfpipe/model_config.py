@@ -1,68 +1,157 @@
 """What a model and its losses are: plain dataclasses, no Keras (so configs load without TensorFlow).
 
-:class:`ModelConfig` is built into a Keras model by :func:`tfpipe.models.build_model`;
+One config class per model, holding only that model's fields (so changing an ``lstm_units`` never
+touches a Squeezeformer run). ``ModelConfig(name=..., **fields)`` builds the class that ``name``
+selects (:data:`MODEL_CONFIGS`); :func:`tfpipe.models.build_model` builds it into a Keras model.
 :class:`LossConfig` is read by :func:`tfpipe.losses.total_loss`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 LOSS_KINDS = ("mae", "smooth_l1")
+
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
+"""Model name → its config class (``register_model_config``)."""
+
+C = TypeVar("C", bound="type[ModelConfig]")
+
+
+def register_model_config(name: str) -> Callable[[C], C]:
+    """Class decorator: the config class of model ``name`` (its ``name`` field defaults to it)."""
+
+    def wrap(cls: C) -> C:
+        if name in MODEL_CONFIGS:
+            raise ValueError(f"model config {name!r} is already registered")
+        MODEL_CONFIGS[name] = cls
+        return cls
+
+    return wrap
+
+
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class of model ``name``; ValueError naming the known models."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODEL_CONFIGS)}")
+    return MODEL_CONFIGS[name]
 
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of every registered model; each model reads the fields it needs.
+    """Base of every model's config: ``name`` selects the model (and the config class).
 
-    The defaults are the reference sizes; :meth:`tiny` gives sizes for tests.
+    Calling ``ModelConfig(name="mlp", mlp_units=(64,))`` gives an :class:`MLPConfig`; the default
+    name is the flagship, ``squeezeformer``. The defaults are the reference sizes; :meth:`tiny`
+    gives sizes for tests.
     """
 
     name: str = "squeezeformer"
-    # Squeezeformer (also: head_units for the per-level head of squeezeformer, lstm and cnn).
-    d_model: int = 384
-    n_blocks: int = 12
-    n_heads: int = 8
-    kernel_size: int = 15
-    expansion: int = 4
-    head_units: int = 2048
-    # MLP baseline (ClimSim paper).
-    mlp_units: tuple[int, ...] = (768, 640, 512, 640, 640)
-    mlp_leaky_alpha: float = 0.15
-    # Bidirectional LSTM stack (LEAP 2nd place).
-    lstm_units: int = 256
-    lstm_layers: int = 4
-    lstm_use_cudnn: bool = False
-    """cuDNN kernels are faster on a GPU without XLA but do not compile with ``jit_compile=True``."""
-    # 1-D ResNet over levels.
-    cnn_filters: int = 256
-    cnn_blocks: int = 8
-    cnn_kernel: int = 5
+    """The model: one of :data:`MODEL_CONFIGS` (``squeezeformer``, ``mlp``, ``lstm``, ``cnn``)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelConfig:
+        if cls is ModelConfig:
+            name = kwargs.get("name", args[0] if args else "squeezeformer")
+            cls = model_config_class(name)
+        return object.__new__(cls)
 
     def __post_init__(self) -> None:
-        self.mlp_units = tuple(int(u) for u in self.mlp_units)
+        expected = next((n for n, c in MODEL_CONFIGS.items() if c is type(self)), self.name)
+        if self.name != expected:
+            raise ValueError(f"{type(self).__name__} is the config of {expected!r}, not of {self.name!r}")
+
+    @classmethod
+    def tiny(cls, name: str = "squeezeformer", **overrides: Any) -> ModelConfig:
+        """Smallest sizes that still exercise every layer of model ``name`` (tests, quick benchmarks)."""
+        return model_config_class(name)(name=name, **(_TINY_SIZES.get(name, {}) | overrides))
+
+
+@register_model_config("squeezeformer")
+@dataclass
+class SqueezeformerConfig(ModelConfig):
+    """Squeezeformer over the 60 levels (the flagship): conv + attention blocks, a per-level head."""
+
+    name: str = "squeezeformer"
+    """Selects this model."""
+    d_model: int = 384
+    """Channels of every block."""
+    n_blocks: int = 12
+    """Blocks (each: attention, feed-forward, convolution module, feed-forward)."""
+    n_heads: int = 8
+    """Attention heads (``d_model`` must be a multiple)."""
+    kernel_size: int = 15
+    """Depthwise convolution kernel over the levels."""
+    expansion: int = 4
+    """Feed-forward width as a multiple of ``d_model``."""
+    head_units: int = 2048
+    """Width of the per-level output head."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
 
-    @classmethod
-    def tiny(cls, name: str = "squeezeformer", **overrides: object) -> ModelConfig:
-        """Smallest sizes that still exercise every layer (for tests and quick benchmarks)."""
-        base = cls(
-            name=name,
-            d_model=16,
-            n_blocks=1,
-            n_heads=2,
-            kernel_size=3,
-            expansion=2,
-            head_units=16,
-            mlp_units=(32, 32),
-            lstm_units=8,
-            lstm_layers=1,
-            cnn_filters=16,
-            cnn_blocks=1,
-            cnn_kernel=3,
-        )
-        return replace(base, **overrides)
+
+@register_model_config("mlp")
+@dataclass
+class MLPConfig(ModelConfig):
+    """The ClimSim paper's MLP baseline."""
+
+    name: str = "mlp"
+    """Selects this model."""
+    mlp_units: tuple[int, ...] = (768, 640, 512, 640, 640)
+    """Widths of the hidden layers."""
+    mlp_leaky_alpha: float = 0.15
+    """Slope of the LeakyReLU activations."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.mlp_units = tuple(int(u) for u in self.mlp_units)
+
+
+@register_model_config("lstm")
+@dataclass
+class LSTMConfig(ModelConfig):
+    """Bidirectional LSTM stack over the levels (LEAP 2nd place), a per-level head."""
+
+    name: str = "lstm"
+    """Selects this model."""
+    lstm_units: int = 256
+    """Units per direction of each LSTM layer."""
+    lstm_layers: int = 4
+    """Stacked bidirectional layers."""
+    lstm_use_cudnn: bool = False
+    """cuDNN kernels are faster on a GPU without XLA but do not compile with ``jit_compile=True``."""
+    head_units: int = 2048
+    """Width of the per-level output head."""
+
+
+@register_model_config("cnn")
+@dataclass
+class CNNConfig(ModelConfig):
+    """1-D ResNet over the levels, a per-level head."""
+
+    name: str = "cnn"
+    """Selects this model."""
+    cnn_filters: int = 256
+    """Channels of every residual block."""
+    cnn_blocks: int = 8
+    """Residual blocks."""
+    cnn_kernel: int = 5
+    """Convolution kernel over the levels."""
+    head_units: int = 2048
+    """Width of the per-level output head."""
+
+
+_TINY_SIZES: dict[str, dict[str, Any]] = {
+    "squeezeformer": {"d_model": 16, "n_blocks": 1, "n_heads": 2, "kernel_size": 3, "expansion": 2,
+                      "head_units": 16},
+    "mlp": {"mlp_units": (32, 32)},
+    "lstm": {"lstm_units": 8, "lstm_layers": 1, "head_units": 16},
+    "cnn": {"cnn_filters": 16, "cnn_blocks": 1, "cnn_kernel": 3, "head_units": 16},
+}  # fmt: skip
 
 
 @dataclass

@@ -58,15 +58,12 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
 
 def _run_config(run_dir: str):
     """The run's config (None without ``RUN/config.yaml``)."""
-    from tfpipe.config import load_config
+    from tfpipe.config import load_saved_config
 
     path = storage.join(run_dir, "config.yaml")
     if not storage.exists(path):
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "config.yaml")
-        storage.download_file(path, local)
-        return load_config(local)
+    return load_saved_config(path)
 
 
 def _load_keras(path: str):
