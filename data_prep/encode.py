@@ -18,13 +18,10 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 
-import numpy as np
-
-from data_prep.raw import RawDataError, read_pair
+from data_prep.raw import RawDataError
+from data_prep.raw_blocks import list_raw_pairs, raw_blocks
 from data_prep.shard_writer import BackgroundWriter, ShardWriter
 from data_prep.sharding import SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
@@ -39,8 +36,7 @@ from tfpipe.manifest import (
     manifest_name,
     verify,
 )
-from tfpipe.rawtree import parse_raw_file_name, partner_path
-from tfpipe.records import Block, make_block
+from tfpipe.records import Block
 from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
 
 FORMATS = ("raw", "kaggle-csv")
@@ -90,99 +86,6 @@ class EncodeSummary:
 
 
 # ---------------------------------------------------------------- sources
-
-
-def list_raw_pairs(src: str, stride: int) -> list[tuple[str, str]]:
-    """Sorted (mli, mlo) pairs of a raw tree, thinned to every ``stride``-th step."""
-    names = storage.list_files(src, suffix=".nc")
-    mli, present = [], set(names)
-    for path in names:
-        try:
-            kind, t = parse_raw_file_name(path)
-        except ValueError:
-            continue
-        if kind == "mli":
-            mli.append((t, path))
-    if not mli:
-        raise EncodeError(f"{src}: no E3SM-MMF.mli.*.nc files found")
-    mli.sort()
-    pairs = []
-    for _, path in mli[::stride]:
-        mlo = partner_path(path)
-        if mlo not in present:
-            raise EncodeError(f"{path}: its partner {mlo} is missing")
-        pairs.append((path, mlo))
-    return pairs
-
-
-def _read_raw(args: tuple[str, str, str, bool]) -> tuple[str, Block | None, int, str]:
-    """Worker: one raw pair → (mli path, block, dropped samples, bad-value note)."""
-    mli, mlo, schema_name, drop_bad = args
-    schema = get_schema(schema_name)
-    data = {}
-    for path in (mli, mlo):
-        if storage.is_remote(path):
-            data[path] = storage.read_bytes(path)
-    raw = read_pair(mli, mlo, schema, data.get(mli), data.get(mlo), allow_nonfinite=drop_bad)
-    stamp = raw.time.stamp
-    good = np.isfinite(raw.inputs).all(axis=1) & np.isfinite(raw.targets).all(axis=1)
-    dropped = int((~good).sum())
-    if not good.any():
-        return mli, None, dropped, "every sample has NaN/Inf values"
-    if not dropped:
-        good = slice(None)  # no copies when every sample is kept
-    block = make_block(
-        schema,
-        raw.inputs[good],
-        raw.targets[good],
-        raw.ncol[good],
-        np.full(len(raw.ncol[good]), raw.time.absolute_seconds, dtype=np.int64),
-        [f"{stamp}_{c}" for c in raw.ncol[good]],
-    )
-    return mli, block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
-
-
-def raw_blocks(config: EncodeConfig, pairs: list[tuple[str, str]], bad_values: list[dict]) -> Iterator[Block]:
-    """Blocks of the shard's raw pairs in order, read by ``config.workers`` processes.
-
-    A file with dropped samples appends ``{"file", "dropped_samples", "problem"}`` to ``bad_values``.
-    """
-    drop = config.on_bad_values == "drop-sample"
-    jobs = [(mli, mlo, config.schema, drop) for mli, mlo in pairs]
-
-    def consume(results):
-        for mli, block, dropped, note in results:
-            if dropped:
-                bad_values.append({"file": mli, "dropped_samples": dropped, "problem": note})
-            if block is not None:
-                yield block
-
-    if config.workers <= 1:
-        yield from consume(map(_read_raw, jobs))
-        return
-    context = get_context("spawn")
-    with ProcessPoolExecutor(
-        config.workers, context, initializer=die_with_parent, initargs=(os.getpid(),)
-    ) as pool:
-        yield from consume(pool.map(_read_raw, jobs))
-
-
-def die_with_parent(parent: int) -> None:
-    """Pool-worker initializer: the kernel kills this worker when its parent dies (even by SIGKILL).
-
-    Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere the pool is only shut down on a clean exit.
-    Without it a ``kill -9`` of the encoder left its workers (and multiprocessing's resource tracker,
-    which waits for them) running.
-    """
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 # ---------------------------------------------------------------- output
@@ -304,7 +207,10 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
     warning = _check_shard_set(c)
 
     if c.format == "raw":
-        pairs = list_raw_pairs(c.src, c.stride)
+        try:
+            pairs = list_raw_pairs(c.src, c.stride)
+        except RawDataError as err:
+            raise EncodeError(str(err)) from None
         mine = pairs[c.shard :: c.num_shards]
         source_files = [p for pair in mine for p in pair]
     else:
@@ -375,7 +281,9 @@ def _shard_blocks(
     Samples dropped for NaN/Inf values (``--on-bad-values=drop-sample``) are described in ``bad_values``.
     """
     if pairs is not None:
-        return raw_blocks(config, pairs, bad_values)
+        return raw_blocks(
+            pairs, config.schema, bad_values, config.on_bad_values == "drop-sample", config.workers
+        )
     dropped = bad_values if config.on_bad_values == "drop-sample" else None
     return csv_blocks(
         config.src, schema, config.block_size, config.shard, config.num_shards,

@@ -74,7 +74,7 @@ def _read_columns(path: str, pf, columns: list[str]) -> tuple[np.ndarray, np.nda
     unique, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if len(unique) < len(ids):
         dup = unique[counts > 1][0]
-        raise ScoreError(f"{path}: duplicate sample_id {dup!r} ({counts[counts > 1][0]} rows)")
+        raise ScoreError(f"{path}: duplicate sample_id {str(dup)!r} ({counts[counts > 1][0]} rows)")
     return ids, values
 
 
@@ -156,7 +156,8 @@ def load_weights(path: str, schema: Schema | None = None) -> np.ndarray:
                     k = int(np.flatnonzero(values[r] != first)[0])
                     raise ScoreError(
                         f"{path}: weights differ between rows: row {row + r + 1} has {columns[k]}="
-                        f"{values[r, k]!r}, row 1 has {first[k]!r} (LEAP weights are one row repeated)"
+                        f"{float(values[r, k])!r}, row 1 has {float(first[k])!r} "
+                        "(LEAP weights are one row repeated)"
                     )
                 row += batch.num_rows
         except pa.ArrowException as err:
@@ -181,7 +182,7 @@ def align(ids_ref: np.ndarray, ids: np.ndarray, ref_path: str, path: str) -> np.
         first, where = ids[int(np.flatnonzero(extra)[0])], f"in {path}, not in {ref_path}"
     raise ScoreError(
         f"{ref_path} ({len(ids_ref)} rows) and {path} ({len(ids)} rows) have different sample_ids: "
-        f"first differing id {first!r} ({where})"
+        f"first differing id {str(first)!r} ({where})"
     )
 
 
