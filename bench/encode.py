@@ -36,7 +36,7 @@ QUICK = os.environ.get("TFPIPE_BENCH_QUICK", "") not in ("", "0")
 STEPS = 6 if QUICK else 72
 REPEATS = 2 if QUICK else 5
 SCHEMA = "kaggle"
-GOAL_RATIO = 0.7
+GOAL_RATIO = 0.85
 
 
 def read_only(pairs: list[tuple[str, str]]) -> float:

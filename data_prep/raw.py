@@ -138,9 +138,38 @@ def read_pair(
     allow_nonfinite: bool = False,
 ) -> RawSamples:
     """Inputs and targets of every column of one time step (``*_data``: see :func:`read_variables`)."""
+    return samples_of(
+        read_pair_variables(mli_path, mlo_path, schema, mli_data, mlo_data, allow_nonfinite), schema
+    )
+
+
+@dataclass(frozen=True)
+class PairVariables:
+    """The variables of one (mli, mlo) pair as read, before flattening."""
+
+    mli: dict[str, np.ndarray]
+    mlo: dict[str, np.ndarray]
+    time: ModelTime
+
+
+def read_pair_variables(
+    mli_path: str,
+    mlo_path: str,
+    schema: Schema,
+    mli_data: bytes | None = None,
+    mlo_data: bytes | None = None,
+    allow_nonfinite: bool = False,
+) -> PairVariables:
+    """The reading half of :func:`read_pair` (the netCDF part; see :func:`read_variables`)."""
     _, time = parse_raw_file_name(mli_path)
     mli = read_variables(mli_path, schema.mli_variables, mli_data, allow_nonfinite)
     mlo = read_variables(mlo_path, schema.mlo_variables, mlo_data, allow_nonfinite)
+    return PairVariables(mli, mlo, time)
+
+
+def samples_of(pair: PairVariables, schema: Schema) -> RawSamples:
+    """The numpy half of :func:`read_pair`: flattened inputs (derived ones included) and targets."""
+    mli, mlo, time = pair.mli, pair.mlo, pair.time
     return RawSamples(
         inputs=_flatten(with_derived(mli, schema.inputs), schema.inputs),
         targets=build_targets(mli, mlo, schema),

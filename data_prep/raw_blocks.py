@@ -9,11 +9,11 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from data_prep.raw import RawDataError, read_pair
+from data_prep.raw import PairVariables, RawDataError, read_pair_variables, samples_of
 from tfpipe import storage
 from tfpipe.rawtree import parse_raw_file_name, partner_path
 from tfpipe.records import Block, make_block
-from tfpipe.schema import get_schema
+from tfpipe.schema import Schema, get_schema
 
 
 def list_raw_pairs(src: str, stride: int) -> list[tuple[str, str]]:
@@ -39,31 +39,41 @@ def list_raw_pairs(src: str, stride: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_raw(args: tuple[str, str, str, bool]) -> tuple[str, Block | None, int, str]:
-    """Worker: one raw pair → (mli path, block, dropped samples, bad-value note)."""
-    mli, mlo, schema_name, drop_bad = args
-    schema = get_schema(schema_name)
-    data = {}
-    for path in (mli, mlo):
-        if storage.is_remote(path):
-            data[path] = storage.read_bytes(path)
-    raw = read_pair(mli, mlo, schema, data.get(mli), data.get(mlo), allow_nonfinite=drop_bad)
-    stamp = raw.time.stamp
-    good = np.isfinite(raw.inputs).all(axis=1) & np.isfinite(raw.targets).all(axis=1)
-    dropped = int((~good).sum())
-    if not good.any():
-        return mli, None, dropped, "every sample has NaN/Inf values"
-    if not dropped:
-        good = slice(None)  # no copies when every sample is kept
+def _read_step(mli: str, mlo: str, schema: Schema, drop_bad: bool) -> PairVariables:
+    """The variables of one raw pair (fetched first when remote)."""
+    data = {path: storage.read_bytes(path) for path in (mli, mlo) if storage.is_remote(path)}
+    return read_pair_variables(mli, mlo, schema, data.get(mli), data.get(mlo), allow_nonfinite=drop_bad)
+
+
+def _step_block(pair: PairVariables, schema: Schema, drop_bad: bool) -> tuple[Block | None, int, str]:
+    """(block, dropped samples, bad-value note) of one pair's variables."""
+    raw = samples_of(pair, schema)
+    good: np.ndarray | slice = slice(None)
+    dropped = 0
+    if drop_bad:  # without it, read_variables has already refused any NaN/Inf
+        finite = np.isfinite(raw.inputs).all(axis=1) & np.isfinite(raw.targets).all(axis=1)
+        dropped = int((~finite).sum())
+        if not finite.any():
+            return None, dropped, "every sample has NaN/Inf values"
+        if dropped:
+            good = finite
+    ncol = raw.ncol[good]
     block = make_block(
         schema,
         raw.inputs[good],
         raw.targets[good],
-        raw.ncol[good],
-        np.full(len(raw.ncol[good]), raw.time.absolute_seconds, dtype=np.int64),
-        [f"{stamp}_{c}" for c in raw.ncol[good]],
+        ncol,
+        np.full(len(ncol), raw.time.absolute_seconds, dtype=np.int64),
+        [f"{raw.time.stamp}_{c}" for c in ncol.tolist()],
     )
-    return mli, block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
+    return block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
+
+
+def _read_raw(args: tuple[str, str, str, bool]) -> tuple[str, Block | None, int, str]:
+    """Pool worker: one raw pair → (mli path, block, dropped samples, bad-value note)."""
+    mli, mlo, schema_name, drop_bad = args
+    schema = get_schema(schema_name)
+    return mli, *_step_block(_read_step(mli, mlo, schema, drop_bad), schema, drop_bad)
 
 
 def raw_blocks(
@@ -78,7 +88,6 @@ def raw_blocks(
     ``drop_bad``: drop samples with NaN/Inf values (else they raise RawDataError); a file with dropped
     samples appends ``{"file", "dropped_samples", "problem"}`` to ``bad_values``.
     """
-    jobs = [(mli, mlo, schema, drop_bad) for mli, mlo in pairs]
 
     def consume(results):
         for mli, block, dropped, note in results:
@@ -87,6 +96,7 @@ def raw_blocks(
             if block is not None:
                 yield block
 
+    jobs = [(mli, mlo, schema, drop_bad) for mli, mlo in pairs]
     if workers <= 1:
         yield from consume(map(_read_raw, jobs))
         return
