@@ -631,3 +631,54 @@ def test_ctrl_c_stops_cleanly_and_twice_aborts(encoded: Path, tmp_path: Path) ->
         assert "Traceback" not in err
     else:
         assert proc.returncode == 0, err[-2000:]
+
+
+def test_status_and_the_checkpoint_hook_tell_runs_ls_what_happened(encoded: Path, tmp_path: Path) -> None:
+    """status.json: stopped by the hook (a sweep's pruner), resumed to the end; a failure names its error."""
+    from tfpipe.experiments.runs import find_runs, read_run
+    from tfpipe.train.status import read_status
+
+    rows: list[dict] = []
+    run = tmp_path / "runs" / "a"
+    summary = train(config(encoded, run), verbose=0, on_checkpoint=lambda row: rows.append(row) or "pruned")
+    assert not summary["finished"] and summary["stopped"] == "pruned" and len(rows) == 1
+    assert rows[0]["checkpoint"] == 1 and "val_r2" in rows[0]
+    status = read_status(str(run))
+    assert (status["state"], status["reason"], status["checkpoint"], status["checkpoints"]) == (
+        "stopped",
+        "pruned",
+        1,
+        4,
+    )
+    info = read_run(str(run))
+    assert (info.state, info.detail, info.checkpoints, info.total, info.resumable) == (
+        "stopped",
+        "pruned",
+        1,
+        4,
+        True,
+    )
+    assert info.best_r2 == pytest.approx(rows[0]["val_r2"]) and info.config["model.name"] == "mlp"
+
+    train(config(encoded, run), verbose=0)  # resumes to the end
+    info = read_run(str(run))
+    assert (info.state, info.checkpoints, info.resumable, info.best_checkpoint) == (
+        "finished",
+        4,
+        False,
+        info.best_checkpoint,
+    )
+
+    def boom(row: dict) -> None:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    failed = tmp_path / "runs" / "b"
+    with pytest.raises(RuntimeError):
+        train(config(encoded, failed, "optim.learning_rate=2e-3"), verbose=0, on_checkpoint=boom)
+    info = read_run(str(failed))
+    assert (info.state, info.detail, info.resumable) == ("failed", "RuntimeError: disk on fire", True)
+    assert [r.name for r in find_runs(str(tmp_path / "runs"))] == ["tiny", "tiny"]
+    # a refused resume leaves the status as it was
+    with pytest.raises(TrainError):
+        train(config(encoded, run, "model.mlp_units=[8]"), verbose=0)
+    assert read_run(str(run)).state == "finished"

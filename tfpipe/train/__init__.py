@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tfpipe.cli import train_main as main
-    from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints
-    from tfpipe.train.loop import export_keras, train
+    from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints, export_keras
+    from tfpipe.train.loop import train
 
 _LAZY = {
-    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.loop", "main": "tfpipe.cli:train_main",
+    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.checkpoints", "main": "tfpipe.cli:train_main",
     "RunState": "tfpipe.train.checkpoints", "TrainError": "tfpipe.train.checkpoints",
     "available_checkpoints": "tfpipe.train.checkpoints",
 }  # fmt: skip

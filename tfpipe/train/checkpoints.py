@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from tfpipe import storage
 from tfpipe.config import TrainConfig, changed_fields, config_to_dict, resume_conflicts
@@ -298,3 +299,9 @@ def is_chief(strategy) -> bool:
         return True
     cluster = resolver.cluster_spec().as_dict()
     return task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+def export_keras(step: Any, target: str) -> None:
+    """Save the inference weights (EMA when on) as a ``.keras`` file, atomically."""
+    with step.inference_weights(), storage.staged_output(target, suffix=".keras") as local:
+        step.model.save(local)

@@ -12,9 +12,9 @@ redone by the next run; a second Ctrl-C aborts at once).
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from tfpipe.train.checkpoints import (
     TrainError,
     available_checkpoints,
     drop_stale_states,
+    export_keras,
     numbers,
     read_best_record,
     remove_leftovers,
@@ -38,67 +39,30 @@ from tfpipe.train.checkpoints import (
     write_state,
 )
 from tfpipe.train.logs import RunLogs, StageProgress
+from tfpipe.train.plan import group_mask
 from tfpipe.train.session import Session, open_session
+from tfpipe.train.signals import Signals
+from tfpipe.train.status import first_line, write_status
 from tfpipe.train.step import TrainStep
 
-
-class Signals:
-    """SIGTERM and SIGINT (Ctrl-C) become a request to stop at the next chunk; a second Ctrl-C aborts."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.received:
-            raise KeyboardInterrupt
-        self.received.append(signum)
-        name = signal.Signals(signum).name
-        print(f"\n[train] {name}: stopping after the current chunk of steps (Ctrl-C again aborts now)",
-              file=sys.stderr, flush=True)  # fmt: skip
-
-    def __enter__(self) -> Signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # signals can only be handled in the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def group_mask(schema, group: str) -> np.ndarray:
-    """``[T]`` 0/1 mask of a fine-tune group: target variables joined by ``+`` (``cam_out``: all scalars)."""
-    names: list[str] = []
-    for part in (p.strip() for p in group.split("+")):
-        if part == "cam_out":
-            names += list(schema.target_scalars)
-        elif part in schema.targets:
-            names.append(part)
-        else:
-            raise TrainError(f"finetune group {group!r}: {part!r} is not a target of schema {schema.name!r}")
-    mask = np.zeros(schema.n_targets, np.float32)
-    for name in names:
-        mask[schema.target_slice(name)] = 1.0
-    return mask
-
-
-def export_keras(step: TrainStep, target: str) -> None:
-    """Save the inference weights (EMA when on) as a ``.keras`` file, atomically."""
-    with step.inference_weights(), storage.staged_output(target, suffix=".keras") as local:
-        step.model.save(local)
+CheckpointHook = Callable[[dict], "str | None"]
+"""Called with each sub-epoch's ``metrics.csv`` row; a non-empty string stops the run with that reason."""
 
 
 class Trainer:
     """Runs the remaining stages of a session; owns the step, the checkpoint managers and the logs."""
 
-    def __init__(self, session: Session, stop_after: int | None, verbose: int) -> None:
+    def __init__(
+        self,
+        session: Session,
+        stop_after: int | None,
+        verbose: int,
+        on_checkpoint: CheckpointHook | None = None,
+    ) -> None:
         import tensorflow as tf
 
         self.s, self.config, self.stop_after, self.verbose = session, session.config, stop_after, verbose
+        self.on_checkpoint = on_checkpoint
         state = session.state
         self.best_metric = None if state is None else state.best_metric
         self.best_ckpt = None if state is None else state.best_checkpoint
@@ -187,6 +151,7 @@ class Trainer:
             storage.write_bytes(storage.join(s.write_dir, "stats.json"), s.stats_text.encode())
         self.logs = RunLogs(s.write_dir, self.config.mlflow)
         index, done_here, longest, last_val, stopped = s.start_index, 0, 0.0, {}, "finished"
+        self._status("running", index)
         try:
             with Signals() as signals:
                 while index < len(s.plan.stages):
@@ -201,12 +166,36 @@ class Trainer:
                     last_val = self._finish_stage(index, parts, t0)
                     index, done_here = index + 1, done_here + 1
                     longest = max(longest, time.time() - t0)
+                    self._status("running", index)
+                    if self.on_checkpoint is not None and (reason := self.on_checkpoint(last_val)):
+                        stopped = reason
+                        break
                 else:
                     stopped = "finished"
+        except KeyboardInterrupt:  # a second Ctrl-C
+            self._status("stopped", index, reason="aborted")
+            raise
+        except BaseException as err:  # (a run refused before it started keeps its status as it was)
+            self._status("failed", index, error=f"{type(err).__name__}: {first_line(err)}")
+            raise
         finally:
             self.logs.close()
             self.mirror.close()
-        return self._summary(index, done_here, last_val, stopped or "finished")
+        stopped = stopped or "finished"
+        finished = index >= len(s.plan.stages)
+        self._status("finished" if finished else "stopped", index, reason=None if finished else stopped)
+        return self._summary(index, done_here, last_val, stopped)
+
+    def _status(self, state: str, index: int, **fields: object) -> None:
+        """``RUN/status.json`` (the chief's run dir only)."""
+        s = self.s
+        if s.write_dir != s.run_dir:
+            return
+        stages = s.plan.stages
+        write_status(
+            s.run_dir, state, checkpoint=index, checkpoints=len(stages), best_r2=self.best_metric,
+            best_checkpoint=self.best_ckpt, step=self.step.step, **fields,
+        )  # fmt: skip
 
     def _stop_reason(self, done_here: int, longest: float) -> str:
         budget = self.config.time_budget_s
@@ -287,7 +276,7 @@ class Trainer:
               f"{val['val_r2_near_constant_as_1']:.4f}; "
               f"normalised {val['val_r2_normalized']:.4f}) "
               f"in {row['seconds']} s", file=sys.stderr, flush=True)  # fmt: skip
-        return val
+        return row
 
     def _commit(self, index: int, val: dict, improved: bool) -> None:
         """Best model first, then the checkpoint, then the state that names both (the commit)."""
@@ -342,6 +331,7 @@ def train(
     allow_data_change: bool = False,
     allow_replica_change: bool = False,
     fallback: bool = True,
+    on_checkpoint: CheckpointHook | None = None,
 ) -> dict:
     """Run (or continue) training; returns a summary dict. TrainError (a ValueError) on unusable input.
 
@@ -356,6 +346,9 @@ def train(
         verbose: 1 for a progress bar (on stderr), 0 for none.
         fallback: when the checkpoint to resume (the latest, not one named by ``resume``) cannot be
             read back, say so and resume from the newest older one that can.
+        on_checkpoint: called with the ``metrics.csv`` row after every committed sub-epoch; a
+            non-empty string it returns stops the session there, with that reason (e.g. a sweep's
+            pruner: ``"pruned"``).
 
     Keras' global dtype policy is restored afterwards.
     """
@@ -374,7 +367,9 @@ def train(
     try:
         while True:
             try:
-                return _session(config, resume, allow, strategy, stop_after_sub_epochs, verbose)
+                return _session(
+                    config, resume, allow, strategy, stop_after_sub_epochs, verbose, on_checkpoint
+                )
             except CorruptCheckpoint as err:
                 resume = _fallback_target(config, err) if fallback else None
                 if resume is None:
@@ -383,13 +378,13 @@ def train(
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _session(config, resume, allow, strategy, stop_after, verbose) -> dict:
+def _session(config, resume, allow, strategy, stop_after, verbose, on_checkpoint) -> dict:
     session = open_session(config, resume, allow, strategy)
     try:
         if session.write_dir == session.run_dir:
             for path in remove_leftovers(session.run_dir):
                 print(f"[train] removed {path} (left by a killed session)", file=sys.stderr)
-        trainer = Trainer(session, stop_after, verbose)
+        trainer = Trainer(session, stop_after, verbose, on_checkpoint)
         trainer.restore()
         return trainer.run()
     finally:

@@ -17,10 +17,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from tfpipe.config import TrainConfig
 from tfpipe.data import Source
 from tfpipe.sampling import SubEpochPlan, plan_sub_epoch, sub_epoch_files
 from tfpipe.schedule import Segment
+from tfpipe.train.checkpoints import TrainError
 
 
 class PlanError(ValueError):
@@ -179,3 +182,19 @@ def reanchor(old: list[Segment], fresh: list[Segment], step: int, ratio: float =
     else:
         anchored = Segment(step, seg.end, rate, rate, step, seg.floor)
     return fresh[:j] + [anchored] + fresh[j + 1 :]
+
+
+def group_mask(schema, group: str) -> np.ndarray:
+    """``[T]`` 0/1 mask of a fine-tune group: target variables joined by ``+`` (``cam_out``: all scalars)."""
+    names: list[str] = []
+    for part in (p.strip() for p in group.split("+")):
+        if part == "cam_out":
+            names += list(schema.target_scalars)
+        elif part in schema.targets:
+            names.append(part)
+        else:
+            raise TrainError(f"finetune group {group!r}: {part!r} is not a target of schema {schema.name!r}")
+    mask = np.zeros(schema.n_targets, np.float32)
+    for name in names:
+        mask[schema.target_slice(name)] = 1.0
+    return mask

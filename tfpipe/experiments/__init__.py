@@ -1,0 +1,1 @@
+"""The experiment loop around ``tfpipe train``: run tables, sweeps, the model zoo, tracking, exports."""

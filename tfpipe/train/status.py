@@ -1,0 +1,73 @@
+"""``RUN/status.json``: what a run is doing or how its last session ended, for ``tfpipe runs ls`` and
+``tfpipe launch``.
+
+Written atomically by the chief: ``running`` when a session starts and after every checkpoint (a
+heartbeat with the host, pid, checkpoint and best R²), then ``finished``, ``stopped`` (with the
+reason: time budget, stop-after-sub-epochs, a signal, pruned by a sweep) or ``failed`` (with the first
+line of the error). A session killed by SIGKILL leaves ``running`` behind: :func:`effective_state`
+tells it from a live one by its pid (same host) or its heartbeat's age.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from tfpipe import storage
+
+STATUS_FILE = "status.json"
+STALE_AFTER_S = 3600.0
+"""A ``running`` status from another host whose heartbeat is older than this is taken as dead."""
+
+
+def status_path(run_dir: str) -> str:
+    return storage.join(run_dir, STATUS_FILE)
+
+
+def write_status(run_dir: str, state: str, **fields: object) -> None:
+    """Record ``state`` (running, finished, stopped, failed) with ``fields``; never raises."""
+    record = {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **fields}
+    try:
+        storage.write_bytes(status_path(run_dir), (json.dumps(record, sort_keys=True) + "\n").encode())
+    except (OSError, RuntimeError) as err:  # StorageError is a RuntimeError; a status must not kill a run
+        print(f"[train] warning: cannot write {status_path(run_dir)}: {err}", flush=True)
+
+
+def read_status(run_dir: str) -> dict | None:
+    """The recorded status, or None (no file, or unreadable)."""
+    try:
+        return json.loads(storage.read_bytes(status_path(run_dir)))
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def effective_state(status: dict | None, now: float | None = None) -> str:
+    """``running`` only if the recording process still lives; else the recorded state, or ``killed``
+    for a ``running`` record whose process is gone (a SIGKILL, a lost machine)."""
+    if status is None:
+        return "unknown"
+    state = str(status.get("state", "unknown"))
+    if state != "running":
+        return state
+    if status.get("host") == socket.gethostname():
+        return "running" if _alive(int(status.get("pid", -1))) else "killed"
+    age = (now or time.time()) - float(status.get("time", 0.0))
+    return "running" if age < STALE_AFTER_S else "killed"
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error, with its type when the message is empty."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
