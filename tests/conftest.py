@@ -42,6 +42,18 @@ def highres(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_encoded(small_raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`small_raw_tree` encoded (1536 samples) with its stats.json: data for the tiny experiment runs."""
+    from data_prep.encode import EncodeConfig, encode_shard
+    from data_prep.stats import compute_stats
+
+    dst = tmp_path_factory.mktemp("tiny-encoded") / "enc"
+    encode_shard(EncodeConfig(str(small_raw_tree), str(dst), 0, 1, blocks_per_file=1, progress=False))
+    (dst / "stats.json").write_text(compute_stats(str(dst)).to_json())
+    return dst
+
+
+@pytest.fixture(scope="session")
 def gcs() -> Iterator[GcsEmulator]:
     """fake-gcs-server on a free loopback port, stopped when the session ends."""
     with GcsEmulator() as emulator:
