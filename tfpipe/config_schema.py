@@ -288,8 +288,9 @@ class TrackingConfig:
     uri: str = _f(
         "",
         doc="MLflow tracking URI (`http://host:5000`, `sqlite:///mlflow.db`, `file:/path/mlruns`, "
-        "`databricks`); empty: `$MLFLOW_TRACKING_URI`, else the file store `mlruns/` in the current "
-        "directory (made absolute when the run starts).",
+        "`databricks`); empty: the store of the parent run (a sweep's) if there is one, else "
+        "`$MLFLOW_TRACKING_URI`, else the file store `mlruns/` in the current directory (made absolute "
+        "when the run starts).",
     )
     experiment: str = _f(
         "tfpipe",

@@ -10,6 +10,7 @@ the status: ``finished``, ``running``, ``stopped: REASON``, ``killed``, ``failed
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from typing import Any
 
@@ -23,10 +24,14 @@ DETAIL_WIDTH = 70
 
 
 def relative_name(run: RunInfo, root: str) -> str:
-    """The run dir relative to ``root`` (``.`` when ``root`` is the run dir itself)."""
-    root = root.rstrip("/")
-    path = run.path.rstrip("/")
-    return path[len(root) + 1 :] if path.startswith(root + "/") else ("." if path == root else path)
+    """The run dir relative to ``root`` (its folder's name when ``root`` is the run dir itself)."""
+    root, path = root.rstrip("/"), run.path.rstrip("/")
+    if path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    if path != root:
+        return path
+    name = path.rsplit("/", 1)[-1]
+    return os.path.basename(os.path.abspath(path)) if name in ("", ".", "..") else name
 
 
 def shorten(value: Any, width: int = VALUE_WIDTH) -> str:
@@ -77,7 +82,9 @@ def sort_runs(runs: list[RunInfo], by: str, root: str) -> list[RunInfo]:
 
 
 def _r2(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.3e}"  # a diverged run: -6.951e+09
 
 
 def table_lines(runs: list[RunInfo], root: str) -> list[str]:
