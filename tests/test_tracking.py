@@ -86,7 +86,7 @@ def test_a_run_logs_its_config_metrics_and_files(tracked: dict) -> None:
         f.path for f in client.list_artifacts(run_id, "score")
     }
     assert {"best.keras", "metrics.csv", "config.yaml", "stats.json", "score/r2_per_target.csv"} <= files
-    assert run.info.run_name == "a" and run.data.tags["tfpipe.run_dir"] == str(tracked["run"])
+    assert run.info.run_name == "a" and run.data.tags["tfpipe.run_dir"] == str(tracked["run"].resolve())
 
 
 def test_a_resumed_run_continues_its_mlflow_run_and_ends_as_its_status(tracked: dict) -> None:
@@ -104,10 +104,12 @@ def test_a_resumed_run_continues_its_mlflow_run_and_ends_as_its_status(tracked: 
     assert tracked["summary"]["resumed_from"] == "ckpt-1" and tracked["summary"]["finished"]
 
 
-def test_runs_trained_inside_a_study_run_are_nested_under_it(tiny_encoded: Path, tmp_path: Path) -> None:
-    """study_run (what tfpipe sweep wraps a study in): two in-process trains, one stopped by the
-    caller's hook (a pruner) after MLflow has logged its row, one logging to the study's store by
-    default (an empty tracking.uri)."""
+def test_runs_trained_inside_a_study_run_are_nested_under_it(
+    tiny_encoded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """study_run (what tfpipe sweep wraps a study in) with an in-process train inside (an empty
+    tracking.uri: the study's store), stopped by the caller's hook (a pruner) after MLflow logged its
+    row; then one nested through $TFPIPE_MLFLOW_PARENT_RUN_ID (how a parent in another process is named)."""
     import mlflow
 
     from tfpipe.experiments.tracking import PARENT_ENV, read_record, study_run
@@ -117,11 +119,12 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(tiny_encoded: Path,
     seen: list[dict] = []
     with study_run(TrackingConfig(backend="mlflow", uri=str(store), experiment="sweep"), "study-1") as parent:
         assert mlflow.active_run().info.run_id == parent and os.environ[PARENT_ENV] == parent
-        a = _config(tiny_encoded, tmp_path / "a", "tracking.backend=mlflow", f"tracking.uri={store}")
+        a = _config(tiny_encoded, tmp_path / "a", "tracking.backend=mlflow", "tracking.experiment=sweep")
         train(a, verbose=0, on_checkpoint=lambda row: seen.append(row) or "pruned")
-        b = _config(tiny_encoded, tmp_path / "b", "tracking.backend=mlflow", "tracking.experiment=sweep")
-        train(b, verbose=0, stop_after_sub_epochs=1)
     assert mlflow.active_run() is None and PARENT_ENV not in os.environ
+    monkeypatch.setenv(PARENT_ENV, parent)
+    b = _config(tiny_encoded, tmp_path / "b", "tracking.backend=mlflow", f"tracking.uri={store}")
+    train(b, verbose=0, stop_after_sub_epochs=1)
     client = _client(store)
     study = client.get_run(parent)
     assert (study.info.status, study.info.run_name) == ("FINISHED", "study-1")

@@ -232,6 +232,9 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
     quiet_native_logs()
     try:
         config = load_config(args.config, overrides)
+        from tfpipe.experiments.tracking import preflight
+
+        preflight(config.tracking)  # before TensorFlow loads: a missing mlflow or a dead server at once
         if args.logical_cpus:
             from tfpipe.distribute import configure_logical_cpus
 

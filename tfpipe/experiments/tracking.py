@@ -295,7 +295,8 @@ def _new_run(client, uri: str, run_dir: str, config, parent: str | None) -> str:
                   "nested", file=sys.stderr)  # fmt: skip
             parent = None
     experiment = experiment or _experiment_id(client, config.tracking.experiment or "tfpipe", uri)
-    tags = {"tfpipe.run_dir": run_dir, "tfpipe.name": config.name}
+    where = run_dir if storage.is_remote(run_dir) else os.path.abspath(run_dir)
+    tags = {"tfpipe.run_dir": where, "tfpipe.name": config.name}
     if parent:
         tags["mlflow.parentRunId"] = parent
     run_name = run_dir.rstrip("/").rsplit("/", 1)[-1] or config.name
