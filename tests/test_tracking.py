@@ -115,6 +115,7 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(
     from tfpipe.experiments.tracking import PARENT_ENV, read_record, study_run
     from tfpipe.train import train
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = tmp_path / "mlruns"
     seen: list[dict] = []
     with study_run(TrackingConfig(backend="mlflow", uri=str(store), experiment="sweep"), "study-1") as parent:
@@ -122,6 +123,7 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(
         a = _config(tiny_encoded, tmp_path / "a", "tracking.backend=mlflow", "tracking.experiment=sweep")
         train(a, verbose=0, on_checkpoint=lambda row: seen.append(row) or "pruned")
     assert mlflow.active_run() is None and PARENT_ENV not in os.environ
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the study's store was the default inside only
     monkeypatch.setenv(PARENT_ENV, parent)
     b = _config(tiny_encoded, tmp_path / "b", "tracking.backend=mlflow", f"tracking.uri={store}")
     train(b, verbose=0, stop_after_sub_epochs=1)

@@ -354,18 +354,23 @@ def study_run(tracking, name: str) -> Iterator[str | None]:
     previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     previous_parent = os.environ.get(PARENT_ENV)
     mlflow.set_tracking_uri(uri)  # also $MLFLOW_TRACKING_URI: subprocesses log to the same store
-    run = mlflow.start_run(experiment_id=experiment, run_name=name, nested=mlflow.active_run() is not None,
-                           tags={"tfpipe.study": name})  # fmt: skip
-    os.environ[PARENT_ENV] = run.info.run_id
-    status = "FAILED"
     try:
-        yield run.info.run_id
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+        try:
+            run = mlflow.start_run(experiment_id=experiment, run_name=name, tags={"tfpipe.study": name},
+                                   nested=mlflow.active_run() is not None)  # fmt: skip
+        except Exception as err:  # noqa: BLE001
+            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
+        os.environ[PARENT_ENV] = run.info.run_id
+        status = "FAILED"
+        try:
+            yield run.info.run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            mlflow.end_run(status)
     finally:
-        mlflow.end_run(status)
         if previous_parent is None:
             os.environ.pop(PARENT_ENV, None)
         else:
