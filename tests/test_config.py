@@ -277,7 +277,7 @@ def test_reference_doc_is_up_to_date_and_lists_every_key():
     )
     for cls, prefix in [(TrainConfig, ""), (DataConfig, "data."), (OptimConfig, "optim.")]:
         for f in dataclasses.fields(cls):
-            if f.name not in ("data", "model", "loss", "optim", "finetune"):
+            if f.name not in ("data", "model", "loss", "optim", "finetune", "tracking"):
                 assert f"| `{prefix}{f.name}` |" in text
             assert f.metadata["doc"], f"{prefix}{f.name} has no documentation"
     assert "| `data.sources.<i>.path` |" in text and "| `model.d_model` |" in text

@@ -11,6 +11,8 @@
 * ``tfpipe blend --pred A B .. --truth T --method M --out OUT``: blend predictions
   (:func:`tfpipe.blend.blend_files`).
 * ``tfpipe schema [--name kaggle] [--columns]``: the variables and column order of a schema.
+* ``tfpipe runs ls DIR [--sort best_r2|last_r2|name|state] [--json]``: the runs under a folder
+  (:mod:`tfpipe.experiments.runs_table`).
 
 The command functions are imported only when their command runs: ``--help`` loads no TensorFlow.
 """
@@ -107,6 +109,30 @@ def _add_schema(sub) -> None:
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
 
 
+def _add_runs(sub) -> None:
+    """``tfpipe runs ls``."""
+    p = sub.add_parser(
+        "runs", help="list the training runs under a folder (tfpipe runs ls DIR)",
+        description="Inspect training runs from their run dirs' files (no database needed).",
+    )  # fmt: skip
+    runs_sub = p.add_subparsers(
+        dest="runs_command", metavar="COMMAND", required=True, parser_class=ArgumentParser
+    )
+    ls = runs_sub.add_parser(
+        "ls", help="every run under DIR: differing config keys, best and last R², checkpoints, status",
+        description="Every run dir at or below DIR (local or gs://) as a table: the run's folder, the config "
+        "keys that differ between the runs, the best and the last validation R², checkpoints done of those "
+        "planned, and the status (finished, running, stopped: reason, killed, failed: error; resumable "
+        "where re-running the same tfpipe train command continues it). The last line is a JSON summary.",
+    )  # fmt: skip
+    ls.add_argument("dir", metavar="DIR", help="a folder of run dirs (or one run dir)")
+    ls.add_argument(
+        "--sort", choices=["best_r2", "last_r2", "name", "state"], default="best_r2",
+        help="row order: best_r2 and last_r2 highest first, name (the folder), state",
+    )  # fmt: skip
+    ls.add_argument("--json", action="store_true", help="print one JSON list of objects instead of the table")
+
+
 def build_parser() -> ArgumentParser:
     """The ``tfpipe`` parser; ``train`` and ``predict`` are listed, their own parsers are below."""
     parser = ArgumentParser(prog="tfpipe", description="ClimSim raw data to a scored LEAP submission.")
@@ -121,6 +147,7 @@ def build_parser() -> ArgumentParser:
     _add_score(sub)
     _add_blend(sub)
     _add_schema(sub)
+    _add_runs(sub)
     return parser
 
 
@@ -205,6 +232,9 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
     quiet_native_logs()
     try:
         config = load_config(args.config, overrides)
+        from tfpipe.experiments.tracking import preflight
+
+        preflight(config.tracking)  # before TensorFlow loads: a missing mlflow or a dead server at once
         if args.logical_cpus:
             from tfpipe.distribute import configure_logical_cpus
 
@@ -313,6 +343,18 @@ def _print_schema(name: str, columns: bool) -> None:
         )
 
 
+def _run_runs(args: argparse.Namespace) -> None:
+    """``tfpipe runs ls``: the table and a JSON summary line, or (--json) one JSON list."""
+    from tfpipe.experiments.runs_table import list_runs, runs_json, summary, table_lines
+
+    runs = list_runs(args.dir, args.sort)
+    if args.json:
+        print(json.dumps(runs_json(runs, args.dir)))
+        return
+    print("\n".join(table_lines(runs, args.dir)))
+    print(json.dumps(summary(runs, args.dir)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``tfpipe`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -338,10 +380,13 @@ def main(argv: list[str] | None = None) -> int:
             _run_blend(args)
         elif args.command == "schema":
             _print_schema(args.name, args.columns)
+        elif args.command == "runs":
+            _run_runs(args)
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: storage.StorageError among others
-        print(f"tfpipe {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "runs_command", None)]))
+        print(f"tfpipe {command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -45,8 +45,10 @@ from tfpipe.config_schema import (  # noqa: F401  (re-exported: the public names
     FinetuneConfig,
     OptimConfig,
     SourceConfig,
+    TrackingConfig,
     TrainConfig,
     parse_duration,
+    upgrade_legacy_keys,
 )
 from tfpipe.config_tree import ConfigTree, join_key, plain, resolve, type_name  # noqa: F401  (plain, type_name)
 from tfpipe.model_config import MODEL_CONFIGS, LossConfig, ModelConfig, model_config_class  # noqa: F401
@@ -105,7 +107,8 @@ def config_from_dict(tree: dict, where: str = "a saved config") -> TrainConfig:
     """A TrainConfig from the plain tree of :func:`config_to_dict` (ConfigError if it no longer fits).
 
     A tree of an older tfpipe, whose ``model`` held every model's fields, loads too (the other
-    models' fields are dropped, as from a file).
+    models' fields are dropped, as from a file), and so does one with ``mlflow: true`` (now
+    ``tracking.backend: mlflow``).
     """
     return resolve(ConfigTree(copy.deepcopy(tree), where, drop_other_models=True))
 
@@ -154,7 +157,9 @@ def config_hash(config: TrainConfig, part: str) -> str:
 
 
 def normalized_tree(tree: dict) -> dict:
-    """A saved config tree with only its model's fields (an older tfpipe saved every model's)."""
+    """A saved config tree in today's layout, with only its model's fields (an older tfpipe saved every
+    model's, and ``mlflow: true|false`` instead of the ``tracking`` section)."""
+    tree = upgrade_legacy_keys(tree)
     model = tree.get("model")
     if not isinstance(model, dict) or model.get("name", "squeezeformer") not in MODEL_CONFIGS:
         return tree

@@ -18,6 +18,7 @@ VAL_SPLITS = ("last", "periodic", "random")
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 REPRESENTATIONS = ("column", "variable", "log")
+TRACKING_BACKENDS = ("none", "mlflow")
 
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {
@@ -25,7 +26,6 @@ RESUME_MUTABLE: frozenset[str] = frozenset(
         "time_budget",
         "keep_checkpoints",
         "log_every_steps",
-        "mlflow",
         "run_dir",
         "steps_per_execution",
         "jit_compile",
@@ -57,9 +57,19 @@ what the data holds is checked separately, by the files and statistics hashes). 
 changes the model, the optimizer state or the data and needs a new run.
 """
 
-SESSION_KEYS: frozenset[str] = frozenset({"run_dir", "time_budget", "data.deterministic"})
+SESSION_KEYS: frozenset[str] = frozenset(
+    {
+        "run_dir",
+        "time_budget",
+        "data.deterministic",
+        "tracking.backend",
+        "tracking.uri",
+        "tracking.experiment",
+    }
+)
 """Keys that belong to one session, not to the run: never compared on resume (a run dir may be copied
-elsewhere; every notebook session has its own time budget; ``--deterministic`` is a flag per session)."""
+elsewhere; every notebook session has its own time budget; ``--deterministic`` is a flag per session;
+where a session is tracked does not change what it trains)."""
 
 
 class ConfigError(ValueError):
@@ -270,6 +280,46 @@ class FinetuneConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking: every run's config, per-sub-epoch metrics and files in MLflow
+    (docs/tracking.md). TensorBoard (`RUN/tb`) and `RUN/metrics.csv` are written in any case."""
+
+    backend: str = _f("none", doc=f"One of {', '.join(TRACKING_BACKENDS)}.")
+    uri: str = _f(
+        "",
+        doc="MLflow tracking URI (`http://host:5000`, `sqlite:///mlflow.db`, `file:/path/mlruns`, "
+        "`databricks`); empty: the store of the parent run (a sweep's) if there is one, else "
+        "`$MLFLOW_TRACKING_URI`, else the file store `mlruns/` in the current directory (made absolute "
+        "when the run starts).",
+    )
+    experiment: str = _f(
+        "tfpipe",
+        doc="MLflow experiment (created when missing); a run nested under a parent run goes in "
+        "the parent's experiment.",
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.backend in TRACKING_BACKENDS,
+            f"tracking.backend: {self.backend!r} is not one of {', '.join(TRACKING_BACKENDS)}",
+        )
+
+
+def upgrade_legacy_keys(tree: dict) -> dict:
+    """A config tree of an older tfpipe in today's layout: the bare flag ``mlflow: true|false`` becomes
+    the ``tracking`` section (``backend: mlflow|none``, the other keys at their defaults). Trees without
+    old keys are returned as they are."""
+    if "mlflow" not in tree:
+        return tree
+    tree = dict(tree)
+    legacy = tree.pop("mlflow")
+    on = legacy is True or str(legacy).strip().lower() == "true"
+    defaults = {"backend": "mlflow" if on else "none"}
+    tree["tracking"] = defaults | dict(tree.get("tracking") or {})
+    return tree
+
+
+@dataclass
 class TrainConfig:
     """One experiment: data, model, loss, optimizer and how training runs."""
 
@@ -290,7 +340,7 @@ class TrainConfig:
     time_budget: str = _f("", doc="Stop after the last sub-epoch that fits, e.g. `8h30m`; empty: none.")
     keep_checkpoints: int = _f(3, doc="Checkpoints kept by the CheckpointManager.")
     log_every_steps: int = _f(50, doc="Steps between training log lines.")
-    mlflow: bool = _f(False, doc="Also log to MLflow (when installed).")
+    tracking: TrackingConfig = _f(factory=TrackingConfig, doc="Experiment tracking (MLflow).")
     finetune: FinetuneConfig = _f(factory=FinetuneConfig, doc="Group fine-tuning after the main epochs.")
 
     def __post_init__(self) -> None:

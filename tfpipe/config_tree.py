@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tfpipe.config_schema import ConfigError, TrainConfig
+from tfpipe.config_schema import ConfigError, TrainConfig, upgrade_legacy_keys
 from tfpipe.model_config import MODEL_CONFIGS, ModelConfig, model_config_class
 
 
@@ -265,6 +265,7 @@ def _model(values: Any, tree: ConfigTree) -> ModelConfig:
 
 
 def resolve(tree: ConfigTree) -> TrainConfig:
-    values = dict(tree.tree)
+    """The TrainConfig of ``tree`` (an older tfpipe's keys upgraded: ``mlflow: true``)."""
+    values = upgrade_legacy_keys(dict(tree.tree))
     model = _model(values.pop("model", None), tree)
     return dataclasses.replace(_build(TrainConfig, values, tree), model=model)

@@ -9,7 +9,7 @@ One room per concern, in the spirit of orbit (tensorflow/models):
 - :mod:`~tfpipe.train.session`: strategy, data, statistics and the resume point of a session.
 - :mod:`~tfpipe.train.validation`: scores from the gathered validation predictions.
 - :mod:`~tfpipe.train.loop`: sub-epochs, the time budget, signals, and the commit order of writes.
-- :mod:`~tfpipe.train.logs`: ``metrics.csv``, TensorBoard, MLflow.
+- :mod:`~tfpipe.train.logs`: ``metrics.csv``, TensorBoard (MLflow: :mod:`tfpipe.experiments.tracking`).
 
 The command line (``tfpipe train``, ``python -m tfpipe.train``) is :func:`tfpipe.cli.train_main`.
 """

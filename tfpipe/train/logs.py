@@ -1,10 +1,10 @@
-"""What a run reports after each sub-epoch: ``metrics.csv``, TensorBoard events, MLflow.
+"""What a run reports after each sub-epoch: ``metrics.csv`` and TensorBoard events.
 
 ``metrics.csv`` has one row per checkpoint; a sub-epoch redone after a kill replaces its row (rows
 from that checkpoint on are dropped before the new one is appended). TensorBoard events go to
 ``RUN/tb`` (for a ``gs://`` run dir: a local folder uploaded after each flush, since TF's event writer
-appends and object stores cannot). MLflow gets the same numbers when ``mlflow: true`` and it is
-installed.
+appends and object stores cannot). MLflow gets the same rows through the checkpoint hook when
+``tracking.backend: mlflow`` (:mod:`tfpipe.experiments.tracking`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def append_metrics_row(path: str, row: dict) -> None:
 
 
 class RunLogs:
-    """CSV, TensorBoard and MLflow logging of one training session."""
+    """CSV and TensorBoard logging of one training session."""
 
-    def __init__(self, run_dir: str, mlflow: bool) -> None:
+    def __init__(self, run_dir: str) -> None:
         import tensorflow as tf
 
         self.run_dir = run_dir
@@ -53,7 +53,6 @@ class RunLogs:
         self.remote = storage.is_remote(run_dir)
         self.tb_local = tempfile.mkdtemp(prefix="tfpipe-tb-") if self.remote else self.tb_dir
         self.writer = tf.summary.create_file_writer(self.tb_local)
-        self.mlflow = _mlflow() if mlflow else None
 
     def write(self, row: dict, step: int) -> None:
         import tensorflow as tf
@@ -67,8 +66,6 @@ class RunLogs:
             for name in os.listdir(self.tb_local):
                 storage.upload_file(os.path.join(self.tb_local, name), storage.join(self.tb_dir, name))
         append_metrics_row(self.csv, row)
-        if self.mlflow is not None:
-            self.mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
 
     def close(self) -> None:
         self.writer.close()
@@ -111,12 +108,3 @@ class StageProgress:
             print(f"[train] {self.label}: {done}/{self.steps} steps, loss {loss:.4f}, main {main:.4f}, "
                   f"lr {lr:.4g}, {now - self.start:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
             self.last_done, self.last_time = done, now
-
-
-def _mlflow():
-    try:
-        import mlflow
-    except ImportError:
-        print("[train] mlflow: true but mlflow is not installed; skipping", file=sys.stderr)
-        return None
-    return mlflow

@@ -20,6 +20,7 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.config import TrainConfig, dump_config
+from tfpipe.experiments.tracking import preflight, tracked_session
 from tfpipe.train.checkpoints import (
     BEST,
     BEST_KEEP,
@@ -149,7 +150,7 @@ class Trainer:
         dump_config(self.config, storage.join(s.write_dir, "config.yaml"))
         if s.start is None:
             storage.write_bytes(storage.join(s.write_dir, "stats.json"), s.stats_text.encode())
-        self.logs = RunLogs(s.write_dir, self.config.mlflow)
+        self.logs = RunLogs(s.write_dir)
         index, done_here, longest, last_val, stopped = s.start_index, 0, 0.0, {}, "finished"
         self._status("running", index)
         try:
@@ -350,6 +351,9 @@ def train(
             non-empty string it returns stops the session there, with that reason (e.g. a sweep's
             pruner: ``"pruned"``).
 
+    With ``tracking.backend: mlflow`` the chief logs the session to MLflow
+    (:mod:`tfpipe.experiments.tracking`); TrackingError (a ValueError) at once if it cannot.
+
     Keras' global dtype policy is restored afterwards.
     """
     import dataclasses
@@ -357,6 +361,7 @@ def train(
     import keras
     import tensorflow as tf
 
+    preflight(config.tracking)  # a missing mlflow or an unreachable server: one line, before anything
     previous = keras.mixed_precision.global_policy()
     if deterministic:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, deterministic=True))
@@ -386,7 +391,11 @@ def _session(config, resume, allow, strategy, stop_after, verbose, on_checkpoint
                 print(f"[train] removed {path} (left by a killed session)", file=sys.stderr)
         trainer = Trainer(session, stop_after, verbose, on_checkpoint)
         trainer.restore()
-        return trainer.run()
+        if session.write_dir != session.run_dir:  # a non-chief worker: no status, no tracking
+            return trainer.run()
+        with tracked_session(session.config, session.run_dir, on_checkpoint) as hook:
+            trainer.on_checkpoint = hook  # MLflow logging of each row, then the caller's hook
+            return trainer.run()
     finally:
         session.close()
 

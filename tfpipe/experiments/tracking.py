@@ -1,0 +1,378 @@
+"""MLflow tracking of training runs (``tracking.backend: mlflow``): params, metrics and files.
+
+Every session of a run (the chief process only) logs into one MLflow run, whose id is kept in
+``RUN/mlflow.json``: a resumed run continues it. The resolved config goes in as params (dotted keys),
+each ``metrics.csv`` row as metrics (step = the global step), and at the end of every session the
+files ``best.keras``, ``metrics.csv``, ``config.yaml``, ``stats.json`` and the score tables
+``RUN/score/*`` as artefacts; the MLflow run then ends as ``RUN/status.json`` says (finished:
+FINISHED, stopped: KILLED, failed: FAILED; the tags ``tfpipe.state`` and ``tfpipe.detail`` hold the
+state and the reason or error). With an MLflow run active in the process (:func:`study_run`, a
+sweep's parent run) or ``TFPIPE_MLFLOW_PARENT_RUN_ID`` naming one (a parent in another process), the
+run is nested under it (the ``mlflow.parentRunId`` tag, as ``mlflow.start_run(nested=True)`` sets it).
+
+A run logs through an :class:`mlflow.tracking.MlflowClient` of its own URI: the fluent API's global
+tracking URI and active run are left alone. :func:`preflight` (called by ``train()`` before anything
+else) turns a missing mlflow package or an unreachable server into one :class:`TrackingError` line;
+a logging failure in mid-run is one warning, and training goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tfpipe import storage
+from tfpipe.train.status import first_line, read_status
+
+MLFLOW_FILE = "mlflow.json"
+ARTIFACTS = ("best.keras", "metrics.csv", "config.yaml", "stats.json")
+SCORE_DIR = "score"
+PARENT_ENV = "TFPIPE_MLFLOW_PARENT_RUN_ID"
+MAX_PARAM_LENGTH = 6000
+PARAMS_PER_CALL = 100
+END_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+"""MLflow run status at the end of a session, by ``status.json`` state (any other: FAILED)."""
+
+Hook = Callable[[dict], "str | None"]
+
+
+class TrackingError(ValueError):
+    """Tracking cannot start: MLflow is missing, its server is unreachable or refuses the run."""
+
+
+def resolve_uri(uri: str) -> str:
+    """The tracking URI a run logs to: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlruns``;
+    a local path (or a relative ``file:`` URI) as an absolute ``file://`` URI."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or "mlruns"
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        uri = uri[len("file:") :]
+    if "://" in uri or uri == "databricks" or uri.startswith(("databricks:", "databricks-uc")):
+        return uri
+    return Path(uri).expanduser().absolute().as_uri()
+
+
+def _missing() -> TrackingError:
+    return TrackingError("tracking.backend: mlflow needs the mlflow package (pip install mlflow-skinny)")
+
+
+def preflight(tracking) -> None:
+    """For ``tracking.backend: mlflow``: mlflow must import and an HTTP server answer within 10 s
+    (MLflow itself would retry for minutes); TrackingError naming the URI otherwise."""
+    if tracking.backend != "mlflow":
+        return
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise _missing() from None
+    uri = resolve_uri(tracking.uri)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy or an auth layer may refuse /health)
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"tracking.uri {uri}: the MLflow tracking server is unreachable ({reason})"
+        ) from None
+
+
+def _client(uri: str):
+    """An MlflowClient of ``uri`` (TrackingError if mlflow is not installed)."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise _missing() from None
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses it unless asked
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if it does not exist (also by a parallel run)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except Exception:  # noqa: BLE001 (another run created it meanwhile)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"tracking.uri {uri}: the MLflow experiment {name!r} is deleted; restore it "
+            "(mlflow experiments restore) or set tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+def _target(tracking) -> tuple[str, str | None]:
+    """(the URI this run logs to, the id of the run to nest under or None): the active fluent run
+    (whose store is the default URI), else ``$TFPIPE_MLFLOW_PARENT_RUN_ID``."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None:
+        return resolve_uri(tracking.uri), os.environ.get(PARENT_ENV) or None
+    active_uri = resolve_uri(mlflow.get_tracking_uri())
+    uri = resolve_uri(tracking.uri) if tracking.uri else active_uri
+    if uri != active_uri:
+        print(f"[train] the active MLflow run {active.info.run_id} is at {active_uri}; this run logs to "
+              f"{uri}, not nested", file=sys.stderr)  # fmt: skip
+        return uri, None
+    return uri, active.info.run_id
+
+
+def param_items(config: dict[str, Any]) -> dict[str, str]:
+    """Flattened dotted config keys and their values as MLflow params (values cut to 6000 chars)."""
+    from tfpipe.experiments.runs import flatten
+
+    out = {}
+    for key, value in flatten(config).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        out[key] = text[:MAX_PARAM_LENGTH]
+    return out
+
+
+class Tracker:
+    """One run's MLflow run: started (or continued) by :meth:`start`, ended by :meth:`end`."""
+
+    def __init__(self, client, uri: str, run_id: str, run_dir: str) -> None:
+        self.client, self.uri, self.run_id, self.run_dir = client, uri, run_id, run_dir
+        self.failed = False
+
+    @classmethod
+    def start(cls, config, run_dir: str) -> Tracker:
+        """Start the MLflow run of ``run_dir`` (or continue the one in ``RUN/mlflow.json``) and log
+        the config. TrackingError, naming the URI, if MLflow is missing or refuses."""
+        from tfpipe.config import config_to_dict
+
+        try:
+            uri, parent = _target(config.tracking)
+        except ImportError:
+            raise _missing() from None
+        client = _client(uri)
+        try:
+            run_id = _continued_run(client, uri, run_dir) or _new_run(client, uri, run_dir, config, parent)
+            tracker = cls(client, uri, run_id, run_dir)
+            tracker.log_params(config_to_dict(config))
+        except TrackingError:
+            raise
+        except Exception as err:  # noqa: BLE001 (MlflowException, requests' errors, OSError ...)
+            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
+        print(f"[train] MLflow run {run_id} at {uri}", file=sys.stderr)
+        return tracker
+
+    def log_params(self, config: dict[str, Any]) -> None:
+        """The config as params, 100 per call; on a resume only new keys (MLflow params cannot change:
+        a value changed with --allow-config-change becomes the tag ``config.KEY``)."""
+        from mlflow.entities import Param, RunTag
+
+        logged = self.client.get_run(self.run_id).data.params
+        params = param_items(config)
+        new = [Param(k, v) for k, v in params.items() if k not in logged]
+        changed = [RunTag(f"config.{k}", v) for k, v in params.items() if k in logged and logged[k] != v]
+        for i in range(0, len(new), PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_CALL])
+        if changed:
+            self.client.log_batch(self.run_id, tags=changed)
+
+    def log_row(self, row: dict, step: int) -> None:
+        """The numeric values of a ``metrics.csv`` row, at ``step``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(v), now, step)
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        self._guard(lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def hook(self, inner: Hook | None) -> Hook:
+        """An ``on_checkpoint`` hook that logs the row, then calls ``inner`` (a sweep's pruner)."""
+
+        def on_checkpoint(row: dict) -> str | None:
+            self.log_row(row, int(row.get("step", 0)))
+            return inner(row) if inner is not None else None
+
+        return on_checkpoint
+
+    def end(self) -> None:
+        """Log the files and end this session's MLflow run as ``RUN/status.json`` says."""
+        status = read_status(self.run_dir) or {}
+        state = str(status.get("state", "failed"))
+        detail = str(status.get("reason") or status.get("error") or "")
+        if state == "running":  # the session died before it could record how it ended
+            state, detail = "failed", detail or "the session ended without a final status"
+        self.failed = False  # a failure in mid-run: the files and the end are still worth a try
+        self._guard(lambda: log_run_files(self.client, self.run_id, self.run_dir))
+
+        def finish() -> None:
+            if status.get("best_r2") is not None:
+                self.client.log_metric(self.run_id, "best_r2", float(status["best_r2"]),
+                                       step=int(status.get("step") or 0))  # fmt: skip
+            self.client.set_tag(self.run_id, "tfpipe.state", state)
+            self.client.set_tag(self.run_id, "tfpipe.detail", detail[:MAX_PARAM_LENGTH])
+            self.client.set_terminated(self.run_id, END_STATUS.get(state, "FAILED"))
+
+        self.failed = False  # failed uploads must not leave the run RUNNING
+        self._guard(finish)
+
+    def _guard(self, call: Callable[[], object]) -> None:
+        """Run an MLflow call; a failure mid-run is a warning (training goes on), said once."""
+        if self.failed:
+            return
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001
+            self.failed = True
+            print(f"[train] warning: MLflow logging to {self.uri} failed ({first_line(err)}); the run goes "
+                  "on without it", file=sys.stderr)  # fmt: skip
+
+
+@contextlib.contextmanager
+def tracked_session(config, run_dir: str, on_checkpoint: Hook | None) -> Iterator[Hook | None]:
+    """Around one training session of the chief: yields the ``on_checkpoint`` hook to use (``on_checkpoint``
+    itself for ``tracking.backend: none``); the MLflow run ends as ``status.json`` says."""
+    if config.tracking.backend != "mlflow":
+        yield on_checkpoint
+        return
+    tracker = Tracker.start(config, run_dir)
+    try:
+        yield tracker.hook(on_checkpoint)
+    finally:
+        tracker.end()
+
+
+def read_record(run_dir: str) -> dict | None:
+    """``RUN/mlflow.json`` (uri, run_id, experiment_id, parent_run_id), or None."""
+    path = storage.join(run_dir, MLFLOW_FILE)
+    try:
+        return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _continued_run(client, uri: str, run_dir: str) -> str | None:
+    """The run id of ``RUN/mlflow.json`` if that run is in this store (now running again), else None."""
+    record = read_record(run_dir)
+    if not record or record.get("uri") != uri:
+        if record:
+            print(f"[train] {run_dir}/{MLFLOW_FILE} names a run at {record.get('uri')}; this session logs "
+                  f"to a new run at {uri}", file=sys.stderr)  # fmt: skip
+        return None
+    try:
+        run = client.get_run(record["run_id"])
+    except Exception:  # noqa: BLE001 (deleted for good, or another store at the same URI)
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        return None
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
+def _new_run(client, uri: str, run_dir: str, config, parent: str | None) -> str:
+    """Create the MLflow run of ``run_dir`` (nested under ``parent``, in its experiment) and record it
+    in ``RUN/mlflow.json``."""
+    experiment = None
+    if parent:
+        try:
+            experiment = client.get_run(parent).info.experiment_id
+        except Exception as err:  # noqa: BLE001
+            print(f"[train] the parent MLflow run {parent} is not at {uri} ({first_line(err)}); not "
+                  "nested", file=sys.stderr)  # fmt: skip
+            parent = None
+    experiment = experiment or _experiment_id(client, config.tracking.experiment or "tfpipe", uri)
+    where = run_dir if storage.is_remote(run_dir) else os.path.abspath(run_dir)
+    tags = {"tfpipe.run_dir": where, "tfpipe.name": config.name}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run_name = run_dir.rstrip("/").rsplit("/", 1)[-1] or config.name
+    run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
+    record = {"uri": uri, "run_id": run_id, "experiment_id": experiment, "parent_run_id": parent}
+    storage.write_bytes(storage.join(run_dir, MLFLOW_FILE), (json.dumps(record) + "\n").encode())
+    return run_id
+
+
+def log_run_files(client, run_id: str, run_dir: str) -> list[str]:
+    """Log the run's files that exist (:data:`ARTIFACTS`, then ``RUN/score/*`` under ``score/``);
+    returns their names. A ``gs://`` run's files are copied to a temporary folder first."""
+    wanted = [(name, "") for name in ARTIFACTS]
+    score = storage.join(run_dir, SCORE_DIR)
+    if storage.exists(score):
+        wanted += [(f"{SCORE_DIR}/{name}", SCORE_DIR) for name in storage.listdir(score)]
+    logged = []
+    with tempfile.TemporaryDirectory(prefix="tfpipe-mlflow-") as tmp:
+        for name, folder in wanted:
+            path = storage.join(run_dir, name)
+            if storage.is_remote(path):
+                if not storage.exists(path):
+                    continue
+                local = os.path.join(tmp, folder, os.path.basename(name))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                storage.download_file(path, local)
+                path = local
+            elif not os.path.isfile(path):
+                continue
+            client.log_artifact(run_id, path, folder or None)
+            logged.append(name)
+    return logged
+
+
+@contextlib.contextmanager
+def study_run(tracking, name: str) -> Iterator[str | None]:
+    """A parent MLflow run around a study (a sweep): yields its run id (None for ``tracking.backend:
+    none``, a no-op). Inside it, it is the process's active run and ``$TFPIPE_MLFLOW_PARENT_RUN_ID``
+    names it, so every run trained inside (in-process, in threads or in subprocesses) is nested under
+    it. It ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises. TrackingError (one line)
+    if MLflow is missing or unreachable."""
+    if tracking.backend != "mlflow":
+        yield None
+        return
+    preflight(tracking)
+    import mlflow
+
+    uri = resolve_uri(tracking.uri)
+    try:
+        experiment = _experiment_id(_client(uri), tracking.experiment or "tfpipe", uri)
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
+    previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    previous_parent = os.environ.get(PARENT_ENV)
+    mlflow.set_tracking_uri(uri)  # also $MLFLOW_TRACKING_URI: subprocesses log to the same store
+    try:
+        try:
+            run = mlflow.start_run(experiment_id=experiment, run_name=name, tags={"tfpipe.study": name},
+                                   nested=mlflow.active_run() is not None)  # fmt: skip
+        except Exception as err:  # noqa: BLE001
+            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
+        os.environ[PARENT_ENV] = run.info.run_id
+        status = "FAILED"
+        try:
+            yield run.info.run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            mlflow.end_run(status)
+    finally:
+        if previous_parent is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous_parent
+        mlflow.set_tracking_uri(previous_uri)
