@@ -5,10 +5,12 @@ statistics), ``MODELS/<name>.config.yaml`` (the run's resolved config), ``MODELS
 (its statistics) and ``MODELS/models.json``, the index, written last: it commits the set. The index::
 
     {"version": 1, "kind": "tfpipe-model-set", "schema": "kaggle", "metric": "best_r2",
-     "select": "best:13", "models": [{"name", "run_dir", "run_name", "state", "finished",
-     "best_checkpoint", "best_r2", "files": {"model"|"config"|"stats": {"file", "sha256", "bytes"}}}]}
+     "select": "best:13", "runs": "gs://b/runs",
+     "models": [{"name", "run_dir", "run_name", "state", "best_checkpoint", "best_r2", "params",
+                 "files": {"model"|"config"|"stats": {"file", "sha256", "bytes"}}}]}
 
-``models`` is in selection order (best first for ``best:K``); a reader verifies each file's sha256.
+``models`` is in selection order (best first for ``best:K``); ``params`` holds the config keys that
+differ between the set's runs; a reader verifies each model file's sha256 before it loads it.
 """
 
 from __future__ import annotations
@@ -42,11 +44,6 @@ def file_sha256(path: str) -> str:
 def file_names(name: str) -> dict[str, str]:
     """The file name of each kind of file of model ``name``."""
     return {kind: name + suffix for kind, suffix in SUFFIXES.items()}
-
-
-def is_set_file(name: str) -> bool:
-    """True for ``models.json`` and any ``*.keras``, ``*.config.yaml``, ``*.stats.json``."""
-    return name == INDEX or name.endswith(tuple(SUFFIXES.values()))
 
 
 def read_index(folder: str) -> dict[str, Any]:
