@@ -13,6 +13,9 @@
 * ``tfpipe schema [--name kaggle] [--columns]``: the variables and column order of a schema.
 * ``tfpipe runs ls DIR [--sort best_r2|last_r2|name|state] [--json]``: the runs under a folder
   (:mod:`tfpipe.experiments.runs_table`).
+* ``tfpipe export-models --runs DIR --select best:K --out MODELS``: a model set of the best runs
+  (:func:`tfpipe.experiments.export_models.export_models`); ``tfpipe predict --models MODELS
+  --out-dir PRED`` predicts with all of them in one pass over the data.
 
 The command functions are imported only when their command runs: ``--help`` loads no TensorFlow.
 """
@@ -82,8 +85,17 @@ def _add_blend(sub) -> None:
         "predictions from tfpipe predict --oof) and write it with its spec, or --apply a saved spec to "
         "the same models' test predictions.",
     )  # fmt: skip
-    p.add_argument("--pred", nargs="+", required=True, help="prediction parquet files, one per model")
-    p.add_argument("--truth", help="truth parquet (needed to fit hill-climb and stack)")
+    inputs = p.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--pred", nargs="+", help="prediction parquet files, one per model")
+    inputs.add_argument(
+        "--pred-dir", metavar="PRED",
+        help="a folder of prediction files, one NAME.parquet per model (tfpipe predict --models --out-dir "
+        "PRED); truth.parquet and *.truth.parquet there are not models",
+    )  # fmt: skip
+    p.add_argument(
+        "--truth", help="truth parquet (needed to fit hill-climb and stack; default with --pred-dir: "
+        "PRED/truth.parquet when there is one)",
+    )  # fmt: skip
     p.add_argument(
         "--method", choices=["equal", "hill-climb", "stack"],
         help="equal weights; hill-climbing on R² (greedy, with replacement); or a stacking model",
@@ -93,9 +105,32 @@ def _add_blend(sub) -> None:
         "--stack-method", choices=["ridge", "mlp"], default="ridge", help="model of --method stack"
     )
     p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
-    p.add_argument("--apply", metavar="SPEC", help="apply a saved OUT.blend.json to --pred (same order)")
+    p.add_argument(
+        "--apply", metavar="SPEC",
+        help="apply a saved OUT.blend.json to --pred (matched by file name = model name, else by order)",
+    )  # fmt: skip
     p.add_argument("--spec", help="where to write the blend spec (default: OUT.blend.json)")
     p.add_argument("--out", required=True, help="blended predictions parquet to write")
+
+
+def _add_export_models(sub) -> None:
+    """``tfpipe export-models``."""
+    p = sub.add_parser(
+        "export-models", help="copy the best runs' models into a model set folder",
+        description="Copy the chosen runs' best.keras (with config.yaml and stats.json) into MODELS/ as "
+        "NAME.keras, NAME.config.yaml, NAME.stats.json (NAME: the run folder below --runs), then write "
+        "the index MODELS/models.json last. tfpipe predict --models MODELS predicts with the whole set.",
+    )  # fmt: skip
+    p.add_argument("--runs", required=True, help="folder of run dirs (local or gs://), searched recursively")
+    p.add_argument(
+        "--select", required=True, metavar="best:K|NAME[,NAME...]",
+        help="best:K: the K runs with the highest --metric; or run names (folder names) in set order",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="the model set folder to write (local or gs://)")
+    p.add_argument(
+        "--metric", default="best_r2", choices=["best_r2", "last_r2"],
+        help="what best:K ranks by: the best or the latest validation R²",
+    )  # fmt: skip
 
 
 def _add_schema(sub) -> None:
@@ -148,6 +183,7 @@ def build_parser() -> ArgumentParser:
     _add_blend(sub)
     _add_schema(sub)
     _add_runs(sub)
+    _add_export_models(sub)
     return parser
 
 
@@ -199,12 +235,22 @@ def train_parser(prog: str = "tfpipe train") -> ArgumentParser:
 def predict_parser(prog: str = "tfpipe predict") -> ArgumentParser:
     """``tfpipe predict`` / ``python -m tfpipe.predict``."""
     p = ArgumentParser(prog=prog, description="Predict targets with a trained model; write parquet.")
-    p.add_argument(
-        "--checkpoint", required=True,
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--checkpoint",
         help="RUN/best.keras, RUN/checkpoints/ckpt-N (or RUN/ckpt-N), or RUN alone (= its best.keras)",
     )  # fmt: skip
+    model.add_argument(
+        "--models", metavar="MODELS",
+        help="a model set (tfpipe export-models): every model in one pass over the data, into --out-dir",
+    )  # fmt: skip
     p.add_argument("--data", default=None, help="encoded shards folder or a Kaggle test.csv")
-    p.add_argument("--out", required=True, help="parquet file to write (local or gs://)")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="parquet file to write (local or gs://)")
+    out.add_argument(
+        "--out-dir",
+        help="with --models: folder for one NAME.parquet per model (and truth.parquet with --oof)",
+    )
     p.add_argument("--weights", default=None, help="sample_submission.csv with the per-target weights")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
     p.add_argument("--oof", action="store_true", help="predict the run's validation data; also write truth")
@@ -262,16 +308,30 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
 def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
     """Run ``tfpipe predict``: the JSON summary on stdout; exit 2 on a bad input."""
     stop_on_signals(prog)
-    args = predict_parser(prog).parse_args(argv)
+    parser = predict_parser(prog)
+    args = parser.parse_args(argv)
+    if args.models and not args.out_dir:
+        parser.error("--models writes one file per model: give --out-dir DIR, not --out")
+    if args.checkpoint and not args.out:
+        parser.error("--out-dir goes with --models; give --out FILE with --checkpoint")
     quiet_native_logs()
     from tfpipe import storage
-    from tfpipe.predict import predict
 
     try:
-        summary = predict(
-            args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof, args.allow_partial,
-            progress=not args.quiet,
-        )  # fmt: skip
+        if args.models:
+            from tfpipe.experiments.predict_set import predict_models
+
+            summary = predict_models(
+                args.models, args.data, args.out_dir, args.weights, args.batch_size, args.oof,
+                args.allow_partial, progress=not args.quiet,
+            )  # fmt: skip
+        else:
+            from tfpipe.predict import predict
+
+            summary = predict(
+                args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof,
+                args.allow_partial, progress=not args.quiet,
+            )  # fmt: skip
     except (ValueError, OSError, storage.StorageError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -300,14 +360,17 @@ def _run_score(args: argparse.Namespace) -> None:
 
 def _run_blend(args: argparse.Namespace) -> None:
     """``tfpipe blend``: the R² of the inputs and of the blend on stderr (with a truth), the JSON line."""
-    from tfpipe.blend import BlendError, blend_files
+    from tfpipe.blend import BlendError, blend_files, prediction_dir
 
     if (args.apply is None) == (args.method is None):
         raise BlendError("give either --method (to fit a blend) or --apply SPEC.json (to reuse one)")
+    preds, truth = args.pred, args.truth
+    if args.pred_dir is not None:
+        preds, truth = prediction_dir(args.pred_dir, args.out, truth)
     report = blend_files(
-        args.pred,
+        preds,
         args.out,
-        args.truth,
+        truth,
         args.method or "equal",
         args.per_group,
         args.weights,
@@ -320,6 +383,16 @@ def _run_blend(args: argparse.Namespace) -> None:
             print(f"{name}: R² {r2:.6f}", file=sys.stderr)
         print(f"blend ({report['method']}): R² {report['r2_blend']:.6f}", file=sys.stderr)
     print(json.dumps(report))
+
+
+def _run_export_models(args: argparse.Namespace) -> None:
+    """``tfpipe export-models``: one line per model on stderr, the JSON line."""
+    from tfpipe.experiments.export_models import export_models
+
+    summary = export_models(args.runs, args.select, args.out, args.metric)
+    for name, value in zip(summary["models"], summary[args.metric], strict=True):
+        print(f"{name}: {args.metric} {value}", file=sys.stderr)
+    print(json.dumps(summary))
 
 
 def _print_schema(name: str, columns: bool) -> None:
@@ -382,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_schema(args.name, args.columns)
         elif args.command == "runs":
             _run_runs(args)
+        elif args.command == "export-models":
+            _run_export_models(args)
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: storage.StorageError among others

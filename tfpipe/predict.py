@@ -17,14 +17,14 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfpipe import storage
 from tfpipe.postprocess import physical_predictions
-from tfpipe.schema import get_schema
+from tfpipe.schema import Schema, get_schema
 
 if TYPE_CHECKING:  # Keras and TensorFlow load only when a command runs, not for --help
     from tfpipe.normalize import Normalization
@@ -56,17 +56,22 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
     return path, storage.join(path, "best.keras")
 
 
-def _run_config(run_dir: str):
-    """The run's config (None without ``RUN/config.yaml``)."""
+def _run_config(run_dir: str, model_path: str = ""):
+    """The run's config: ``NAME.config.yaml`` beside ``NAME.keras`` (a model set of ``tfpipe
+    export-models``), else ``RUN/config.yaml``; None without either."""
     from tfpipe.config import load_saved_config
 
-    path = storage.join(run_dir, "config.yaml")
-    if not storage.exists(path):
-        return None
-    return load_saved_config(path)
+    beside = model_path[: -len(".keras")] + ".config.yaml" if model_path.endswith(".keras") else ""
+    for path in (beside, storage.join(run_dir, "config.yaml")):
+        if path and storage.exists(path):
+            return load_saved_config(path)
+    return None
 
 
-def _load_keras(path: str):
+def load_keras(path: str, sha256: str | None = None):
+    """A ``.keras`` model file (local or gs://); with ``sha256``, the file must have that digest."""
+    import hashlib
+
     import keras
 
     import tfpipe.models  # noqa: F401  (registers the custom layers the file names)
@@ -77,6 +82,16 @@ def _load_keras(path: str):
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model.keras")
         storage.download_file(path, local)
+        if sha256 is not None:
+            digest = hashlib.sha256()
+            with open(local, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                raise PredictError(
+                    f"{path}: its sha256 is not the one its index records (changed or being replaced "
+                    "since it was written?)"
+                )
         return keras.models.load_model(local)
 
 
@@ -122,77 +137,103 @@ def load_for_inference(checkpoint: str):
     """(model, run config or None, its Normalization layer) for ``RUN/best.keras``, a checkpoint or ``RUN``.
 
     A ``.keras`` file is enough on its own: the model carries its statistics and post-processing
-    levels; ``RUN/config.yaml``, when present, gives the default batch size and the data for ``--oof``.
+    levels; ``RUN/config.yaml`` (or ``NAME.config.yaml`` beside ``NAME.keras``), when present, gives
+    the default batch size and the data for ``--oof``.
     """
-    from tfpipe.normalize import Normalization
-
     run_dir, model_path = resolve_checkpoint(checkpoint)
-    config = _run_config(run_dir)
+    config = _run_config(run_dir, model_path)
     if model_path.endswith(".keras"):
-        model = _load_keras(model_path)
+        model = load_keras(model_path)
     else:
         model = _restore_checkpoint(run_dir, model_path, config)
+    return model, config, normalization_of(model, checkpoint)
+
+
+def normalization_of(model, where: str) -> Normalization:
+    """The model's first layer, :class:`~tfpipe.normalize.Normalization` (PredictError without it)."""
+    from tfpipe.normalize import Normalization
+
     try:
         norm = model.get_layer("normalization")
     except ValueError:
         raise PredictError(
-            f"{checkpoint}: the model has no normalization layer (trained by an older tfpipe?)"
+            f"{where}: the model has no normalization layer (trained by an older tfpipe?)"
         ) from None
     if not isinstance(norm, Normalization):
-        raise PredictError(f"{checkpoint}: its 'normalization' layer is not a tfpipe Normalization")
-    return model, config, norm
+        raise PredictError(f"{where}: its 'normalization' layer is not a tfpipe Normalization")
+    return norm
 
 
 def _encoded_batches(
-    path: str, norm: Normalization, batch: int, files: list[str] | None = None, allow_partial: bool = False
+    path: str, schema: Schema, batch: int, files: list[str] | None = None, allow_partial: bool = False
 ):
     from tfpipe.data import make_predict_dataset
     from tfpipe.export import exact_targets
     from tfpipe.manifest import data_files, read_manifests
 
     if files is None:
-        manifests = read_manifests(path, schema=norm.schema.name, allow_partial=allow_partial)
+        manifests = read_manifests(path, schema=schema.name, allow_partial=allow_partial)
         files = data_files(path, manifests)
         with_targets = all(m.has_targets for m in manifests)
     else:
         with_targets = True
-    for b in make_predict_dataset(files, norm.schema, batch, with_targets=with_targets):
+    for b in make_predict_dataset(files, schema, batch, with_targets=with_targets):
         ids = [s.decode() for s in b["sample_id"].numpy()]
-        truth = exact_targets(b["targets"].numpy(), b["y64"].numpy(), norm.schema) if with_targets else None
+        truth = exact_targets(b["targets"].numpy(), b["y64"].numpy(), schema) if with_targets else None
         yield ids, b["inputs"], b["x64"].numpy(), truth
 
 
-def _csv_batches(path: str, norm: Normalization, batch: int):
+def _csv_batches(path: str, schema: Schema, batch: int):
     from tfpipe.export import exact_targets
     from tfpipe.kaggle_csv import csv_blocks
 
     hint = "every row of a test set needs all its inputs: fill or remove such rows"
-    for block in csv_blocks(path, norm.schema, batch, bad_values_hint=hint):
-        truth = None if block.targets is None else exact_targets(block.targets, block.y64, norm.schema)
+    for block in csv_blocks(path, schema, batch, bad_values_hint=hint):
+        truth = None if block.targets is None else exact_targets(block.targets, block.y64, schema)
         yield block.sample_id, block.inputs, block.x64, truth
 
 
-def iter_predictions(
-    model, norm: Normalization, data: str, batch: int, files=None, allow_partial: bool = False
+def iter_batches(
+    data: str, schema: Schema, batch: int, files: list[str] | None = None, allow_partial: bool = False
 ) -> Iterator:
-    """(ids, physical predictions float64, truth or None) per batch, in input order."""
+    """(ids, float32 inputs, float64 ``state_q0002`` levels, exact truth or None) per batch, in input
+    order, from encoded shards (or their ``files``) or a Kaggle CSV: read and parsed once for any number
+    of models."""
+    if files is None and data.endswith(".csv"):
+        return _csv_batches(data, schema, batch)
+    return _encoded_batches(data, schema, batch, files, allow_partial)
+
+
+def make_forward(model) -> Callable:
+    """The model's XLA-compiled inference pass: float32 inputs → normalised predictions."""
     import tensorflow as tf
 
     @tf.function(jit_compile=True, reduce_retracing=True)
     def forward(x):
         return model(x, training=False)["pred"]
 
-    is_csv = files is None and data.endswith(".csv")
-    if is_csv:
-        batches = _csv_batches(data, norm, batch)
-    else:
-        batches = _encoded_batches(data, norm, batch, files, allow_partial)
-    for ids, inputs, x64, truth in batches:
-        pred = physical_predictions(forward(inputs).numpy(), x64, norm)
-        if not np.isfinite(pred).all():
-            bad = [norm.schema.target_columns[i] for i in np.nonzero(~np.isfinite(pred).all(axis=0))[0]]
-            raise PredictError(f"{data}: the model predicts NaN/Inf in {', '.join(bad[:5])}")
-        yield ids, pred, truth
+    return forward
+
+
+def model_predictions(
+    forward: Callable, inputs, x64: np.ndarray, norm: Normalization, where: str
+) -> np.ndarray:
+    """One batch's physical predictions (float64, :func:`~tfpipe.postprocess.physical_predictions`);
+    PredictError naming ``where`` on NaN/Inf."""
+    pred = physical_predictions(forward(inputs).numpy(), x64, norm)
+    if not np.isfinite(pred).all():
+        bad = [norm.schema.target_columns[i] for i in np.nonzero(~np.isfinite(pred).all(axis=0))[0]]
+        raise PredictError(f"{where}: the model predicts NaN/Inf in {', '.join(bad[:5])}")
+    return pred
+
+
+def iter_predictions(
+    model, norm: Normalization, data: str, batch: int, files=None, allow_partial: bool = False
+) -> Iterator:
+    """(ids, physical predictions float64, truth or None) per batch, in input order."""
+    forward = make_forward(model)
+    for ids, inputs, x64, truth in iter_batches(data, norm.schema, batch, files, allow_partial):
+        yield ids, model_predictions(forward, inputs, x64, norm, data), truth
 
 
 class ParquetSink:
@@ -245,38 +286,43 @@ class ParquetSink:
             os.unlink(self.tmp)
 
 
-def predict(
-    checkpoint: str, data: str | None, out: str, weights: str | None = None, batch_size: int | None = None,
-    oof: bool = False, allow_partial: bool = False, progress: bool = False,
-) -> dict:  # fmt: skip
-    """Write predictions for ``data`` (or, with ``oof``, the run's validation data plus its truth).
+def submission_weights(weights: str | None, schema: Schema) -> np.ndarray | None:
+    """The per-target weights of ``sample_submission.csv`` (float64), or None."""
+    if not weights:
+        return None
+    from tfpipe.prediction_files import load_weights
 
-    With ``progress``, a bar over the rows goes to stderr.
-    """
+    return np.asarray(load_weights(weights, schema), dtype=np.float64)
+
+
+def validation_files(config, where: str) -> tuple[list[str], str]:
+    """(validation files, their folder) of a run's config: the data of ``--oof``."""
+    from tfpipe.data import resolve_sources
+
+    if config is None:
+        raise PredictError(f"{where}: --oof needs the run's config.yaml beside the model")
+    source = resolve_sources(config.data)[0]
+    return source.val_paths, source.path
+
+
+def predict_into(
+    models: Sequence[tuple[object, Normalization]], outs: Sequence[str], data: str, batch: int,
+    weights: np.ndarray | None = None, files: list[str] | None = None, allow_partial: bool = False,
+    truth_out: str | None = None, progress: bool = False,
+) -> int:  # fmt: skip
+    """Predict ``data`` with every ``(model, norm)`` in one pass: each batch is read and parsed once and
+    run through each model; model ``i``'s predictions (times ``weights``) go to the parquet file
+    ``outs[i]`` and, with ``truth_out``, the exact truth to that file. The files are published at the
+    end (none on an error). Returns the number of rows."""
     from tqdm import tqdm
 
-    t0 = time.time()
-    model, config, norm = load_for_inference(checkpoint)
-    schema = norm.schema
-    batch = batch_size or (config.data.batch_size if config is not None else 1024)
-    files = None
-    if oof:
-        from tfpipe.data import resolve_sources
-
-        if config is None:
-            raise PredictError(f"{checkpoint}: --oof needs the run's config.yaml beside the model")
-        source = resolve_sources(config.data)[0]
-        files, data = source.val_paths, data or source.path
-    if data is None:
-        raise PredictError("--data is required (or --oof for the run's validation data)")
-    w = None
-    if weights:
-        from tfpipe.prediction_files import load_weights
-
-        w = np.asarray(load_weights(weights, schema), dtype=np.float64)
-    sink = ParquetSink(out, schema.target_columns)
-    truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
-    truth_sink = ParquetSink(truth_path, schema.target_columns) if oof else None
+    schema = models[0][1].schema
+    forwards = [make_forward(model) for model, _ in models]
+    labels = [data] if len(models) == 1 else [f"{data} (model of {out})" for out in outs]
+    zipped = list(zip(forwards, models, labels, strict=True))
+    sinks = [ParquetSink(out, schema.target_columns) for out in outs]
+    if truth_out is not None:
+        sinks.append(ParquetSink(truth_out, schema.target_columns))
     bar = tqdm(
         unit="row",
         unit_scale=True,
@@ -287,27 +333,52 @@ def predict(
         delay=2.0,
     )  # fmt: skip  (short runs and early errors print no bar)
     try:
-        for ids, pred, truth in iter_predictions(model, norm, data, batch, files, allow_partial):
+        for ids, inputs, x64, truth in iter_batches(data, schema, batch, files, allow_partial):
+            rows = [model_predictions(f, inputs, x64, norm, where) for f, (_, norm), where in zipped]
+            if truth_out is not None:
+                rows.append(truth.astype(np.float64))
+            for sink, values in zip(sinks, rows, strict=True):
+                sink.write(ids, values * weights if weights is not None else values)
             bar.update(len(ids))
-            sink.write(ids, pred * w if w is not None else pred)
-            if truth_sink is not None:
-                t = truth.astype(np.float64)
-                truth_sink.write(ids, t * w if w is not None else t)
-        sink.close()
-        if truth_sink is not None:
-            truth_sink.close()
+        for sink in sinks:
+            sink.close()
     except BaseException:
-        sink.abort()
-        if truth_sink is not None:
-            truth_sink.abort()
+        for sink in sinks:
+            sink.abort()
         raise
     finally:
         bar.close()
+    return sinks[0].rows
+
+
+def predict(
+    checkpoint: str, data: str | None, out: str, weights: str | None = None, batch_size: int | None = None,
+    oof: bool = False, allow_partial: bool = False, progress: bool = False,
+) -> dict:  # fmt: skip
+    """Write predictions for ``data`` (or, with ``oof``, the run's validation data plus its truth).
+
+    With ``progress``, a bar over the rows goes to stderr.
+    """
+    t0 = time.time()
+    model, config, norm = load_for_inference(checkpoint)
+    schema = norm.schema
+    batch = batch_size or (config.data.batch_size if config is not None else 1024)
+    files = None
+    if oof:
+        files, path = validation_files(config, checkpoint)
+        data = data or path
+    if data is None:
+        raise PredictError("--data is required (or --oof for the run's validation data)")
+    w = submission_weights(weights, schema)
+    truth_path = out[: -len(".parquet")] + ".truth.parquet" if out.endswith(".parquet") else out + ".truth"
+    rows = predict_into(
+        [(model, norm)], [out], data, batch, w, files, allow_partial, truth_path if oof else None, progress
+    )
     seconds = time.time() - t0
-    summary = {"out": out, "rows": sink.rows, "columns": 1 + schema.n_targets, "seconds": round(seconds, 2)}
+    summary = {"out": out, "rows": rows, "columns": 1 + schema.n_targets, "seconds": round(seconds, 2)}
     if oof:
         summary["truth"] = truth_path
-    summary["samples_per_s"] = round(sink.rows / max(seconds, 1e-9), 1)
+    summary["samples_per_s"] = round(rows / max(seconds, 1e-9), 1)
     return summary
 
 

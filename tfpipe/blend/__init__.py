@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from tfpipe.blend.core import ALL, BlendError, blend_equal, combine
-from tfpipe.blend.files import blend_files, model_names
+from tfpipe.blend.files import blend_files, model_names, prediction_dir
 from tfpipe.blend.hill_climbing import DEFAULT_GRID, HillClimbResult, hill_climb
 from tfpipe.blend.spec import apply_blend, load_spec, save_spec, spec_path_for
 from tfpipe.blend.stacking import ALPHAS, StackModel, stack_apply, stack_fit
@@ -30,6 +30,7 @@ __all__ = [
     "hill_climb",
     "load_spec",
     "model_names",
+    "prediction_dir",
     "save_spec",
     "spec_path_for",
     "stack_apply",

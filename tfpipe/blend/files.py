@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tfpipe import storage
 from tfpipe.blend.core import BlendError, blend_equal, combine
 from tfpipe.blend.hill_climbing import hill_climb
 from tfpipe.blend.spec import apply_blend, load_spec, save_spec, spec_path_for
@@ -27,6 +28,40 @@ def model_names(paths: Sequence[str]) -> list[str]:
     """File names without ``.parquet``; the full paths where two would be the same."""
     stems = [strip_parquet(os.path.basename(p.rstrip("/"))) for p in paths]
     return stems if len(set(stems)) == len(stems) else list(paths)
+
+
+TRUTH_FILE = "truth.parquet"
+"""The truth that ``tfpipe predict --models --oof`` writes beside the models' predictions."""
+
+
+def _same_folder(a: str, b: str) -> bool:
+    if storage.is_remote(a) or storage.is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def prediction_dir(
+    folder: str, out: str | None = None, truth: str | None = None
+) -> tuple[list[str], str | None]:
+    """``(prediction files, truth)`` of a folder of ``NAME.parquet`` files (``tfpipe predict --models``).
+
+    Every ``*.parquet`` is a model's predictions except ``truth.parquet``, ``*.truth.parquet`` and
+    ``out``; sorted by name. ``truth`` defaults to ``folder/truth.parquet`` when it exists.
+    """
+    folder = folder.rstrip("/") or "/"
+    out_name = os.path.basename(out) if out and _same_folder(os.path.dirname(out) or ".", folder) else None
+    names = [
+        n for n in storage.listdir(folder)
+        if n.endswith(".parquet") and not n.startswith(".") and n != TRUTH_FILE
+        and not n.endswith(".truth.parquet") and n != out_name
+    ]  # fmt: skip
+    if not names:
+        if not storage.exists(folder):
+            raise BlendError(f"--pred-dir {folder}: no such folder")
+        raise BlendError(f"--pred-dir {folder}: no prediction files (NAME.parquet) in it")
+    if truth is None and storage.exists(storage.join(folder, TRUTH_FILE)):
+        truth = storage.join(folder, TRUTH_FILE)
+    return [storage.join(folder, n) for n in sorted(names)], truth
 
 
 def _load_all(paths: Sequence[str], schema: Schema) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -60,9 +95,13 @@ def blend_files(
     w = None if weights is None else load_weights(weights, schema)
     report: dict = {"out": out, "n": int(len(ids)), "models": names}
     if apply is not None:
-        blended = apply_blend(apply, values)
         saved = load_spec(apply)
-        matched = dict(zip(saved["models"], preds, strict=True))
+        if sorted(names) == sorted(saved["models"]):  # the files are named after the models: match by name
+            blended = apply_blend(apply, dict(zip(names, values, strict=True)))
+            matched = {name: preds[names.index(name)] for name in saved["models"]}
+        else:
+            blended = apply_blend(apply, values)
+            matched = dict(zip(saved["models"], preds, strict=True))
         report |= {"method": saved["method"], "spec": apply, "matched": matched}
     else:
         if method != "equal" and truth_values is None:
