@@ -19,20 +19,19 @@ from tfpipe.experiments.space import SpaceError, load_space, override
 from tfpipe.experiments.sweep import SweepSpec, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACE = """\
-optim.learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
-data.sub_epochs: {type: categorical, choices: [2, 4]}
-"""
+LR = "optim.learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}\n"
+SPACE = LR + "epochs: {type: int, low: 1, high: 2}\n"
+"""The learning rate, and 1 or 2 epochs of 2 sub-epochs (the tiny data has 3 training files)."""
 
 
 def _overrides(encoded: Path) -> list[str]:
-    """The tiny run's overrides without ``data.sub_epochs`` (the space samples it)."""
-    return [o for o in tiny_overrides(encoded) if not o.startswith("data.sub_epochs=")]
+    """The tiny run's overrides without ``epochs`` (the space samples it)."""
+    return [o for o in tiny_overrides(encoded) if not o.startswith("epochs=")]
 
 
-def _sweep_cmd(encoded: Path, tmp: Path, study: str, trials: int, *extra: str) -> list[str]:
+def _sweep_cmd(overrides: list[str], tmp: Path, study: str, trials: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, *_overrides(encoded),
+        sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, *overrides,
         "--space", str(tmp / "space.yaml"), "--trials", str(trials), "--study", study,
         "--storage", f"sqlite:///{tmp}/sweeps.db", "--runs-dir", str(tmp / "runs"), "--seed", "0", *extra,
     ]  # fmt: skip
@@ -40,6 +39,11 @@ def _sweep_cmd(encoded: Path, tmp: Path, study: str, trials: int, *extra: str) -
 
 def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _study(tmp: Path, name: str):
@@ -57,9 +61,9 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
     study = optuna.create_study(
         study_name="k", storage=f"sqlite:///{tmp_path}/sweeps.db", direction="maximize"
     )
-    for sub_epochs in (4, 2, 2):  # the first trial is long enough to be killed mid-run
-        study.enqueue_trial({"data.sub_epochs": sub_epochs})
-    cmd = _sweep_cmd(tiny_encoded, tmp_path, "k", 3)
+    for epochs in (2, 1, 1):  # the first trial (4 sub-epochs) is long enough to be killed mid-run
+        study.enqueue_trial({"epochs": epochs})
+    cmd = _sweep_cmd([*_overrides(tiny_encoded), "keep_checkpoints=4"], tmp_path, "k", 3)
     run0 = tmp_path / "runs" / "k" / "trial-0000"
     first = run0 / "checkpoints" / "ckpt-1.state.json"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -71,6 +75,7 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
     assert first.exists(), err[-3000:]
     assert proc.returncode == -signal.SIGKILL, "the sweep ended before the kill"
     kept = first.stat().st_mtime_ns
+    first_row = _metrics(run0)[0]
     assert _study(tmp_path, "k").trials[0].state.name == "RUNNING"
 
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -87,8 +92,8 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
     assert retry.user_attrs["resumed_from"].startswith("ckpt-"), retry.user_attrs
     assert 4 in retry.intermediate_values and set(retry.intermediate_values) <= {1, 2, 3, 4}
     assert first.stat().st_mtime_ns == kept  # ckpt-1 was not trained again
-    with open(run0 / "metrics.csv", newline="") as f:
-        assert [int(row["checkpoint"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
+    rows = _metrics(run0)
+    assert [int(row["checkpoint"]) for row in rows] == [1, 2, 3, 4] and rows[0] == first_row
     finished = [t for t in trials if t.state.name == "COMPLETE"]
     assert len({t.user_attrs["run_dir"] for t in finished}) == 3
     # The attributes `tfpipe launch` reads give back each trial's run.
@@ -96,9 +101,9 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
         run = read_run(trial.user_attrs["run_dir"])
         assert run.state == "finished" and trial.user_attrs["config"] == TINY_CONFIG
         assert trial.value == pytest.approx(run.best_r2)
-        assert run.config["data.sub_epochs"] == trial.params["data.sub_epochs"]
+        assert run.config["epochs"] == trial.params["epochs"]
         assert run.config["optim.learning_rate"] == pytest.approx(trial.params["optim.learning_rate"])
-        assert f"data.sub_epochs={trial.params['data.sub_epochs']}" in trial.user_attrs["overrides"]
+        assert f"epochs={trial.params['epochs']}" in trial.user_attrs["overrides"]
     assert summary["best_run_dir"] in {t.user_attrs["run_dir"] for t in finished}
     assert summary["best_value"] == max(t.value for t in finished)
 
@@ -108,10 +113,12 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
 
 def test_two_processes_share_one_study(tiny_encoded: Path, tmp_path: Path) -> None:
     """Two sweep processes on one SQLite study finish exactly 3 trials together, in distinct run dirs."""
-    (tmp_path / "space.yaml").write_text(SPACE.replace("[2, 4]", "[2]"))
+    (tmp_path / "space.yaml").write_text(LR)
     procs = [
         subprocess.Popen(
-            _sweep_cmd(tiny_encoded, tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none"),
+            _sweep_cmd(
+                tiny_overrides(tiny_encoded), tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none"
+            ),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
