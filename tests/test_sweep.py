@@ -196,3 +196,17 @@ def test_space_values_round_trip_through_overrides(tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match="unknown field"):
         space.write_text("optim.learning_rate: {type: float, low: 1, high: 2, choices: [1]}\n")
         load_space(space)
+
+
+def test_sweep_help_loads_no_engine() -> None:
+    probe = (
+        "import sys; from tfpipe.cli import main\n"
+        "try:\n    main(['sweep', '--help'])\nexcept SystemExit as exit:\n    code = exit.code\n"
+        "print([m for m in ('tensorflow', 'keras', 'optuna', 'ray', 'mlflow', 'sqlalchemy') if m in sys.modules],"
+        " code, file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stderr.strip().splitlines()[-1] == "[] 0", result.stderr
+    assert "--heartbeat-interval" in result.stdout and "--pruner" in result.stdout
