@@ -125,7 +125,7 @@ def open_study(
     """
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own progress lines say it
     make_sampler(sampler, None)  # the package check, before the storage is touched
     store = open_storage(url, heartbeat_interval)
     study = optuna.create_study(

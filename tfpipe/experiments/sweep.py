@@ -18,6 +18,7 @@ the command line's, then the sampled ones), ``config``, ``run_dir``, ``worker`` 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from tfpipe.experiments.study import (
     summarize,
     worker_id,
 )
+from tfpipe.storage.paths import is_remote
 from tfpipe.train.status import first_line
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -73,9 +75,15 @@ class _Surplus(Exception):
     """Another process started the study's last trial first (this one ends FAIL, marked surplus)."""
 
 
+def study_dir(spec: SweepSpec) -> str:
+    """``{runs_dir}/{study}``, absolute when local (other commands read the trials' run dirs elsewhere)."""
+    runs_dir = spec.runs_dir if is_remote(spec.runs_dir) else os.path.abspath(spec.runs_dir)
+    return storage.join(runs_dir, spec.study)
+
+
 def trial_dir(spec: SweepSpec, number: int) -> str:
     """``{runs_dir}/{study}/trial-NNNN``."""
-    return storage.join(spec.runs_dir, spec.study, f"trial-{number:04d}")
+    return storage.join(study_dir(spec), f"trial-{number:04d}")
 
 
 def original_number(trial: Any) -> int:
@@ -246,4 +254,4 @@ def run_sweep(spec: SweepSpec) -> dict:
         else:
             Objective(spec, space).optimize(study)
     summary = summarize(study, spec.storage, spec.trials)
-    return {**summary, "runs_dir": spec.runs_dir, "seconds": round(time.time() - t0, 2)}
+    return {**summary, "study_dir": study_dir(spec), "seconds": round(time.time() - t0, 2)}
