@@ -210,3 +210,22 @@ def test_sweep_help_loads_no_engine() -> None:
     )
     assert result.stderr.strip().splitlines()[-1] == "[] 0", result.stderr
     assert "--heartbeat-interval" in result.stdout and "--pruner" in result.stdout
+
+
+def test_bad_storage_sampler_or_runs_of_another_study_are_refused(tmp_path: Path) -> None:
+    import importlib.util
+
+    space = tmp_path / "space.yaml"
+    space.write_text(LR)
+
+    def spec(**kw) -> SweepSpec:
+        return SweepSpec(TINY_CONFIG, str(space), 2, "s", ["epochs=1"], **kw)
+
+    with pytest.raises(ValueError, match="expected a database URL"):
+        run_sweep(spec(storage=str(tmp_path / "sweeps.db")))
+    if importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(ValueError, match="--sampler cmaes needs the cmaes package"):
+            run_sweep(spec(storage=f"sqlite:///{tmp_path}/a.db", sampler="cmaes"))
+    (tmp_path / "runs" / "s" / "trial-0000").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"study 's' is new in .* already holds runs"):
+        run_sweep(spec(storage=f"sqlite:///{tmp_path}/b.db", runs_dir=str(tmp_path / "runs")))

@@ -33,6 +33,7 @@ from tfpipe.experiments.study import (
     frozen_trial,
     log,
     open_study,
+    redact,
     retry_callback,
     retry_dead_trials,
     states,
@@ -140,7 +141,12 @@ class Objective:
             trial.set_user_attr("surplus", True)
             raise _Surplus(f"the study already holds {spec.trials} trials")
         values = {key: param.suggest(trial) for key, param in self.space.items()}
-        run_dir = trial_dir(spec, original_number(trial))
+        number = original_number(trial)
+        run_dir = trial_dir(spec, number)
+        if number == trial.number and storage.exists(storage.join(run_dir, "config.yaml")):
+            error = f"{run_dir} already holds a run (of an earlier study of this name?)"
+            trial.set_user_attr("error", error)
+            raise SweepError(error)
         overrides = [*spec.overrides, *(override(key, value) for key, value in values.items())]
         for key, value in (("config", spec.config), ("overrides", overrides), ("run_dir", run_dir)):
             trial.set_user_attr(key, value)
@@ -223,6 +229,16 @@ def _clear_keras() -> None:
     keras.backend.clear_session()
 
 
+def _check_new_study(study: Any, spec: SweepSpec) -> None:
+    """A study without trials must not find run dirs of an earlier study of its name (they would be
+    resumed as its own trials)."""
+    folder = study_dir(spec)
+    if not study.get_trials(deepcopy=False) and storage.exists(folder) and storage.listdir(folder):
+        raise SweepError(f"study {spec.study!r} is new in {redact(spec.storage)} but {folder} already "
+                         "holds runs: use another --study or --runs-dir, or the storage that holds the "
+                         "study")  # fmt: skip
+
+
 def run_sweep(spec: SweepSpec) -> dict:
     """Run (or join, or resume) the study until it holds ``spec.trials`` trials; the JSON summary.
 
@@ -248,6 +264,7 @@ def run_sweep(spec: SweepSpec) -> dict:
         study = open_study(
             spec.study, spec.storage, spec.sampler, spec.pruner, spec.seed, spec.heartbeat_interval
         )
+        _check_new_study(study, spec)
         retry_dead_trials(study, spec.verbose)
         if counted(study) >= spec.trials:
             log(f"study {spec.study!r} already holds {spec.trials} finished or running trials", spec.verbose)
