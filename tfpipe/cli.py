@@ -16,6 +16,8 @@
 * ``tfpipe export-models --runs DIR --select best:K --out MODELS``: a model set of the best runs
   (:func:`tfpipe.experiments.export_models.export_models`); ``tfpipe predict --models MODELS
   --out-dir PRED`` predicts with all of them in one pass over the data.
+* ``tfpipe sweep --config FILE [key=value ...] --space SPACE.yaml --trials N --study NAME``: an Optuna
+  study of training runs (:func:`tfpipe.experiments.sweep.run_sweep`).
 
 The command functions are imported only when their command runs: ``--help`` loads no TensorFlow.
 """
@@ -168,6 +170,84 @@ def _add_runs(sub) -> None:
     ls.add_argument("--json", action="store_true", help="print one JSON list of objects instead of the table")
 
 
+def _add_sweep(sub) -> None:
+    """``tfpipe sweep``."""
+    from tfpipe.experiments.study import PRUNERS, SAMPLERS
+
+    p = sub.add_parser(
+        "sweep", help="an Optuna hyper-parameter study whose trials are tfpipe train runs",
+        description="Sample the search space, train each trial in RUNS_DIR/STUDY/trial-NNNN, report every "
+        "sub-epoch's validation R² to the pruner and maximise the best R². Several processes (or machines "
+        "with one --storage) share a study; re-running the command resumes it, and a trial left by a "
+        "killed process continues from its checkpoint. The last stdout line is a JSON summary.",
+    )  # fmt: skip
+    p.add_argument("--config", required=True, help="YAML config (a path, gs://, or tiny / reference)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every trial")
+    p.add_argument(
+        "--space", required=True, metavar="SPACE.yaml",
+        help="search space: dotted config key -> {type: float|int|categorical, ...} (docs/sweeps.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        metavar="N",
+        help="the study ends with N COMPLETE + PRUNED trials",
+    )
+    p.add_argument(
+        "--study", required=True, metavar="NAME", help="the same name and storage join or resume it"
+    )
+    p.add_argument(
+        "--storage", default="sqlite:///sweeps.db", metavar="URL",
+        help="Optuna RDB URL: sqlite:///FILE for one machine, postgresql://user:pass@host/db for several",
+    )  # fmt: skip
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="cmaes needs cmaes, gp needs torch")
+    p.add_argument("--pruner", choices=PRUNERS, default="median", help="its steps are the sub-epochs")
+    p.add_argument(
+        "--runs-dir",
+        default="runs/sweeps",
+        metavar="DIR",
+        help="trials train in DIR/NAME/trial-NNNN (or gs://)",
+    )
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="sampler seed (+ the trials so far)")
+    p.add_argument(
+        "--heartbeat-interval", type=int, default=60, metavar="S",
+        help="seconds between a trial's heartbeats; a trial silent for 2 S is retried by the next process",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    """``tfpipe sweep``: progress lines on stderr, the JSON summary on stdout."""
+    from tfpipe.experiments.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(
+        args.config, args.space, args.trials, args.study, list(args.overrides), args.storage, args.sampler,
+        args.pruner, args.runs_dir, args.seed, args.heartbeat_interval, not args.quiet,
+    )  # fmt: skip
+    try:
+        print(json.dumps(run_sweep(spec)))
+    except KeyboardInterrupt:
+        print(
+            "tfpipe sweep: aborted (Ctrl-C twice); the trial continues with the next tfpipe sweep",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+
+def _overrides_anywhere(parser: ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """``key=value`` overrides after options (``--config F a=1 --trials 3 b=2``): argparse leaves the
+    later ones in ``extra``; they join ``args.overrides`` in order. Anything else is an error."""
+    if (
+        extra
+        and isinstance(getattr(args, "overrides", None), list)
+        and not any(e.startswith("-") for e in extra)
+    ):
+        args.overrides.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 def build_parser() -> ArgumentParser:
     """The ``tfpipe`` parser; ``train`` and ``predict`` are listed, their own parsers are below."""
     parser = ArgumentParser(prog="tfpipe", description="ClimSim raw data to a scored LEAP submission.")
@@ -184,6 +264,7 @@ def build_parser() -> ArgumentParser:
     _add_schema(sub)
     _add_runs(sub)
     _add_export_models(sub)
+    _add_sweep(sub)
     return parser
 
 
@@ -436,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "predict":
         return predict_main(argv[1:], prog="tfpipe predict")
     stop_on_signals("tfpipe")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _overrides_anywhere(parser, args, extra)
     quiet_native_logs()  # the demo predicts in this process: no XLA start-up lines in its output
     try:
         if args.command == "demo":
@@ -457,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_runs(args)
         elif args.command == "export-models":
             _run_export_models(args)
+        elif args.command == "sweep":
+            _run_sweep(args)
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: storage.StorageError among others

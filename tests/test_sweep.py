@@ -1,0 +1,231 @@
+"""``tfpipe sweep`` with real Optuna on SQLite: a killed sweep resumes its trial in the same run dir, two
+processes share one study, a bad search space is one line and exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_runs import TINY_CONFIG, tiny_overrides
+
+from tfpipe.experiments.runs import read_run
+from tfpipe.experiments.space import SpaceError, load_space, override
+from tfpipe.experiments.sweep import SweepSpec, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = "optim.learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}\n"
+SPACE = LR + "epochs: {type: int, low: 1, high: 2}\n"
+"""The learning rate, and 1 or 2 epochs of 2 sub-epochs (the tiny data has 3 training files)."""
+
+
+def _overrides(encoded: Path) -> list[str]:
+    """The tiny run's overrides without ``epochs`` (the space samples it)."""
+    return [o for o in tiny_overrides(encoded) if not o.startswith("epochs=")]
+
+
+def _sweep_cmd(overrides: list[str], tmp: Path, study: str, trials: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, *overrides,
+        "--space", str(tmp / "space.yaml"), "--trials", str(trials), "--study", study,
+        "--storage", f"sqlite:///{tmp}/sweeps.db", "--runs-dir", str(tmp / "runs"), "--seed", "0", *extra,
+    ]  # fmt: skip
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _study(tmp: Path, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/sweeps.db")
+
+
+def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-trial; the next sweep fails the dead trial and retries it in trial-0000, which continues
+    from its checkpoint; the study ends with exactly 3 finished trials."""
+    import optuna
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    study = optuna.create_study(
+        study_name="k", storage=f"sqlite:///{tmp_path}/sweeps.db", direction="maximize"
+    )
+    for epochs in (2, 1, 1):  # the first trial (4 sub-epochs) is long enough to be killed mid-run
+        study.enqueue_trial({"epochs": epochs})
+    cmd = _sweep_cmd([*_overrides(tiny_encoded), "keep_checkpoints=4"], tmp_path, "k", 3)
+    run0 = tmp_path / "runs" / "k" / "trial-0000"
+    first = run0 / "checkpoints" / "ckpt-1.state.json"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert first.exists(), err[-3000:]
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before the kill"
+    kept = first.stat().st_mtime_ns
+    first_row = _metrics(run0)[0]
+    assert _study(tmp_path, "k").trials[0].state.name == "RUNNING"
+
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _last_json(done.stdout)
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 3, summary
+    assert summary["trials"]["fail"] == 1 and summary["trials"]["running"] == 0, summary
+    assert "left running by a dead process" in done.stderr
+    trials = _study(tmp_path, "k").trials
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE", [t.state for t in trials]
+    retry = retry[0]
+    assert retry.user_attrs["run_dir"] == str(run0)
+    assert retry.user_attrs["resumed_from"].startswith("ckpt-"), retry.user_attrs
+    assert 4 in retry.intermediate_values and set(retry.intermediate_values) <= {1, 2, 3, 4}
+    assert first.stat().st_mtime_ns == kept  # ckpt-1 was not trained again
+    rows = _metrics(run0)
+    assert [int(row["checkpoint"]) for row in rows] == [1, 2, 3, 4] and rows[0] == first_row
+    finished = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len({t.user_attrs["run_dir"] for t in finished}) == 3
+    # The attributes `tfpipe launch` reads give back each trial's run.
+    for trial in finished:
+        run = read_run(trial.user_attrs["run_dir"])
+        assert run.state == "finished" and trial.user_attrs["config"] == TINY_CONFIG
+        assert trial.value == pytest.approx(run.best_r2)
+        assert run.config["epochs"] == trial.params["epochs"]
+        assert run.config["optim.learning_rate"] == pytest.approx(trial.params["optim.learning_rate"])
+        assert f"epochs={trial.params['epochs']}" in trial.user_attrs["overrides"]
+    assert summary["best_run_dir"] in {t.user_attrs["run_dir"] for t in finished}
+    assert summary["best_value"] == max(t.value for t in finished)
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and _last_json(again.stdout)["trials"] == summary["trials"]
+
+
+def test_two_processes_share_one_study(tiny_encoded: Path, tmp_path: Path) -> None:
+    """Two sweep processes on one SQLite study finish exactly 3 trials together, in distinct run dirs."""
+    (tmp_path / "space.yaml").write_text(LR)
+    procs = [
+        subprocess.Popen(
+            _sweep_cmd(
+                tiny_overrides(tiny_encoded), tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none"
+            ),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for seed in (1, 2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+        assert _last_json(out)["study"] == "shared"
+    trials = _study(tmp_path, "shared").trials
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 3, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert all(t.user_attrs.get("surplus") for t in trials if t.number not in {d.number for d in done})
+    assert len({t.user_attrs["run_dir"] for t in done}) == 3
+    workers = {t.user_attrs["worker"].rsplit(":", 2)[1] for t in done}
+    assert workers == {str(p.pid) for p in procs}, "both processes trained trials"
+
+
+def _bad(tmp: Path, text: str, *overrides: str) -> str:
+    space = tmp / "bad.yaml"
+    space.write_text(text)
+    spec = SweepSpec(TINY_CONFIG, str(space), 2, "bad", list(overrides), f"sqlite:///{tmp}/bad.db")
+    with pytest.raises(ValueError) as err:
+        run_sweep(spec)
+    assert not (tmp / "bad.db").exists()  # refused before the storage is opened
+    return str(err.value)
+
+
+def test_bad_space_is_one_line_naming_the_file_and_key(tmp_path: Path) -> None:
+    space = tmp_path / "bad.yaml"
+    assert "optim.learnin_rate" in _bad(tmp_path, "optim.learnin_rate: {type: float, low: 0.1, high: 1}")
+    assert "low 0.1 is greater than high 0.01" in _bad(
+        tmp_path, "optim.lr: {type: float, low: 0.1, high: 0.01}"
+    )
+    assert "unknown type 'uniform'" in _bad(tmp_path, "optim.clipnorm: {type: uniform, low: 0, high: 1}")
+    assert "log: true needs low > 0" in _bad(
+        tmp_path, "optim.clipnorm: {type: float, low: 0, high: 1, log: true}"
+    )
+    assert "low must be an integer" in _bad(tmp_path, "model.d_model: {type: int, low: 1.5, high: 8}")
+    assert "choices must be a non-empty list" in _bad(
+        tmp_path, "model.name: {type: categorical, choices: []}"
+    )
+    assert "also set by a command-line override" in _bad(
+        tmp_path, "epochs: {type: int, low: 1, high: 2}", "epochs=3"
+    )
+    message = _bad(tmp_path, "model.d_model: {type: categorical, choices: [32, wide]}")
+    assert message.startswith(f"{space}: model.d_model: 'wide' does not fit the config"), message
+    assert f"{space}: expected a mapping" in _bad(tmp_path, "- just a list")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, "epochs=1", "--space", str(space),
+         "--trials", "2", "--study", "bad", "--storage", f"sqlite:///{tmp_path}/bad.db", "model.d_model=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tfpipe sweep: error: {space}: expected a mapping"), lines
+    assert result.stdout == ""
+
+
+def test_space_values_round_trip_through_overrides(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "data.representations: {type: categorical, choices: [[column, log], [column, variable, log]]}\n"
+        "model.name: {type: categorical, choices: [mlp, 'yes']}\n"
+        "optim.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"
+    )
+    params = load_space(space)
+    assert params["data.representations"].choices == (["column", "log"], ["column", "variable", "log"])
+    assert override("data.representations", ["column", "log"]) == "data.representations=[column, log]"
+    assert override("model.name", "yes") == "model.name='yes'"
+    assert override("optim.learning_rate", 1e-05) == "optim.learning_rate=1.0e-05"
+    with pytest.raises(SpaceError, match="unknown field"):
+        space.write_text("optim.learning_rate: {type: float, low: 1, high: 2, choices: [1]}\n")
+        load_space(space)
+
+
+def test_sweep_help_loads_no_engine() -> None:
+    probe = (
+        "import sys; from tfpipe.cli import main\n"
+        "try:\n    main(['sweep', '--help'])\nexcept SystemExit as exit:\n    code = exit.code\n"
+        "print([m for m in ('tensorflow', 'keras', 'optuna', 'ray', 'mlflow', 'sqlalchemy') if m in sys.modules],"
+        " code, file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stderr.strip().splitlines()[-1] == "[] 0", result.stderr
+    assert "--heartbeat-interval" in result.stdout and "--pruner" in result.stdout
+
+
+def test_bad_storage_sampler_or_runs_of_another_study_are_refused(tmp_path: Path) -> None:
+    import importlib.util
+
+    space = tmp_path / "space.yaml"
+    space.write_text(LR)
+
+    def spec(**kw) -> SweepSpec:
+        return SweepSpec(TINY_CONFIG, str(space), 2, "s", ["epochs=1"], **kw)
+
+    with pytest.raises(ValueError, match="expected a database URL"):
+        run_sweep(spec(storage=str(tmp_path / "sweeps.db")))
+    if importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(ValueError, match="--sampler cmaes needs the cmaes package"):
+            run_sweep(spec(storage=f"sqlite:///{tmp_path}/a.db", sampler="cmaes"))
+    (tmp_path / "runs" / "s" / "trial-0000").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"study 's' is new in .* already holds runs"):
+        run_sweep(spec(storage=f"sqlite:///{tmp_path}/b.db", runs_dir=str(tmp_path / "runs")))
