@@ -55,3 +55,15 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads(again.stdout.strip().splitlines()[-1])
     assert rerun["r2"] == summary["r2"] and rerun["resumed_from"] == "ckpt-2"  # idempotent
+
+
+def test_the_demo_cache_of_another_record_layout_is_not_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cache written by an older tfpipe (record layout 1) sits beside the new one, never read."""
+    from tfpipe.demo_data import demo_cache_dir
+    from tfpipe.records import LAYOUT_VERSION
+
+    monkeypatch.setenv("TFPIPE_CACHE", str(tmp_path))
+    assert demo_cache_dir(2.0, 0) == tmp_path / f"demo-v1-l{LAYOUT_VERSION}-d2-s0"
+    assert demo_cache_dir(2.0, 0) != tmp_path / "demo-v1-d2-s0"  # the name before layouts were named

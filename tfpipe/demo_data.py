@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 from tfpipe import storage
+from tfpipe.records import LAYOUT_VERSION
 
 DEMO_VERSION = 1
+"""Bumped when the synthetic data change; the cache folder also names the record layout, so a cache
+written by an older tfpipe (another layout) is never read, only a new one made beside it."""
 
 
 def cache_root() -> Path:
@@ -21,6 +24,11 @@ def cache_root() -> Path:
         return Path(os.environ["TFPIPE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "tfpipe"
+
+
+def demo_cache_dir(days: float, seed: int) -> Path:
+    """The cache folder of the demo data: named by the demo version, the record layout, days and seed."""
+    return cache_root() / f"demo-v{DEMO_VERSION}-l{LAYOUT_VERSION}-d{days:g}-s{seed}"
 
 
 def prepare_demo_data(
@@ -36,7 +44,11 @@ def prepare_demo_data(
     from data_prep.stats import compute_stats
     from data_prep.synth import synthesize
 
-    root = Path(root) if root is not None else cache_root() / f"demo-v{DEMO_VERSION}-d{days:g}-s{seed}"
+    root = (
+        Path(root)
+        if root is not None
+        else cache_root() / f"demo-v{DEMO_VERSION}-l{LAYOUT_VERSION}-d{days:g}-s{seed}"
+    )
     raw, encoded = root / "raw", root / "encoded"
     root.mkdir(parents=True, exist_ok=True)
     if not (raw / "grid-info.nc").is_file():

@@ -259,6 +259,9 @@ def run_sweep(spec: SweepSpec) -> dict:
     check_space(space, spec.space, spec.config, spec.overrides)
     from optuna.exceptions import ExperimentalWarning
 
+    from tfpipe.config import load_config
+    from tfpipe.experiments.tracking import study_run
+
     with warnings.catch_warnings():  # heartbeats and retries are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", ExperimentalWarning)
         study = open_study(
@@ -269,6 +272,7 @@ def run_sweep(spec: SweepSpec) -> dict:
         if counted(study) >= spec.trials:
             log(f"study {spec.study!r} already holds {spec.trials} finished or running trials", spec.verbose)
         else:
-            Objective(spec, space).optimize(study)
+            with study_run(load_config(spec.config, spec.overrides).tracking, spec.study):
+                Objective(spec, space).optimize(study)
     summary = summarize(study, spec.storage, spec.trials)
     return {**summary, "study_dir": study_dir(spec), "seconds": round(time.time() - t0, 2)}
