@@ -11,6 +11,8 @@
 * ``tfpipe blend --pred A B .. --truth T --method M --out OUT``: blend predictions
   (:func:`tfpipe.blend.blend_files`).
 * ``tfpipe schema [--name kaggle] [--columns]``: the variables and column order of a schema.
+* ``tfpipe launch --runs RUNS.yaml``: train a zoo of runs in parallel, on local slots or a Ray
+  cluster (:func:`tfpipe.experiments.launch.launch`).
 
 The command functions are imported only when their command runs: ``--help`` loads no TensorFlow.
 """
@@ -107,6 +109,44 @@ def _add_schema(sub) -> None:
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
 
 
+def _add_launch(sub) -> None:
+    """``tfpipe launch``."""
+    p = sub.add_parser(
+        "launch", help="train a zoo of runs in parallel (local slots or a Ray cluster), with retries",
+        description="Train every run of a RUNS file, each as python -m tfpipe.train in RUNS_DIR/NAME: "
+        "named configs with overrides, and the best trials of Optuna studies. Finished runs are skipped; "
+        "a trainer that dies is retried and resumes from its run dir. Progress on stderr, a JSON summary "
+        "last on stdout; exit 0 when every run finished, 1 otherwise.",
+    )  # fmt: skip
+    p.add_argument(
+        "--runs", required=True, metavar="RUNS.yaml",
+        help="runs: a list of {name, config, overrides} and {sweep: {study, storage, best}, overrides}",
+    )  # fmt: skip
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="where the runs train")
+    p.add_argument(
+        "--address", default=None,
+        help="ray: auto or HOST:PORT of a running cluster (default: RAY_ADDRESS, else a new local Ray)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gpus-per-run", type=int, default=None, metavar="N",
+        help="GPUs of each run (default: 1 where GPUs are visible or the Ray cluster has some, else 0)",
+    )  # fmt: skip
+    p.add_argument("--cpus-per-run", type=int, default=2, metavar="N", help="CPUs of each run")
+    p.add_argument(
+        "--slots", type=int, default=None, metavar="N",
+        help="local: runs at once (default: one per GPU group, else CPUs // --cpus-per-run, at least 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-retries", type=int, default=2, metavar="N",
+        help="attempts after the first when a trainer dies (exit code 2, a bad input, is not retried)",
+    )  # fmt: skip
+    p.add_argument("--runs-dir", default="runs/zoo", help="each run trains in RUNS_DIR/NAME (local or gs://)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the RUNS file, print the runs, train nothing"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def build_parser() -> ArgumentParser:
     """The ``tfpipe`` parser; ``train`` and ``predict`` are listed, their own parsers are below."""
     parser = ArgumentParser(prog="tfpipe", description="ClimSim raw data to a scored LEAP submission.")
@@ -121,6 +161,7 @@ def build_parser() -> ArgumentParser:
     _add_score(sub)
     _add_blend(sub)
     _add_schema(sub)
+    _add_launch(sub)
     return parser
 
 
@@ -292,6 +333,28 @@ def _run_blend(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def _run_launch(args: argparse.Namespace) -> int:
+    """``tfpipe launch``: progress on stderr, the JSON summary; 0 if every run finished, else 1."""
+    from tfpipe.cliutil import terminal_stderr
+    from tfpipe.experiments.launch import LaunchOptions, launch
+    from tfpipe.experiments.zoo import load_runs
+
+    specs = load_runs(args.runs, args.runs_dir)
+    if args.dry_run:
+        print(json.dumps({"runs_dir": args.runs_dir, "runs": [spec.to_dict() for spec in specs]}))
+        return 0
+    options = LaunchOptions(
+        args.engine, args.address, args.gpus_per_run, args.cpus_per_run, args.slots, args.max_retries
+    )
+    report = launch(specs, options, args.runs_dir, None if args.quiet else terminal_stderr())
+    print(json.dumps(report))
+    if "stopped_by" in report:
+        import signal
+
+        return 128 + signal.Signals[report["stopped_by"]].value
+    return 0 if report["finished"] == report["total"] else 1
+
+
 def _print_schema(name: str, columns: bool) -> None:
     """``tfpipe schema``: the flattened columns one per line, or the variables as JSON."""
     schema = get_schema(name)
@@ -338,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_blend(args)
         elif args.command == "schema":
             _print_schema(args.name, args.columns)
+        elif args.command == "launch":
+            return _run_launch(args)
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: storage.StorageError among others
