@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -98,8 +99,11 @@ def test_local_slots_run_in_parallel_and_a_killed_trainer_resumes(tiny_encoded: 
         board = Board(load_runs(str(runs), str(zoo)), tty)
         board.refresh(board.specs, force=True)
         board.refresh(board.specs, force=True)
-    drawn = os.read(master, 65536).decode()
+        drawn = b""
+        while select.select([master], [], [], 0.2)[0]:  # read while the terminal is open (then: EIO)
+            drawn += os.read(master, 65536)
     os.close(master)
+    drawn = drawn.decode()
     assert drawn.count("\x1b[2K") == 4 and "\x1b[2F" in drawn and "victim" in drawn
 
 
@@ -210,3 +214,19 @@ def test_launch_help_loads_no_engine():
     result = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=60)
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
     assert "--max-retries" in result.stdout and "(default: 2)" in result.stdout
+
+
+def test_local_slots_share_out_the_visible_gpus():
+    from tfpipe.experiments.launch import local_slots
+
+    gpus = ["0", "1", "2", "3"]
+    assert local_slots(LaunchOptions(), gpus) == [{"CUDA_VISIBLE_DEVICES": g} for g in gpus]
+    assert local_slots(LaunchOptions(gpus_per_run=2), gpus) == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}
+    ]  # fmt: skip
+    shared = local_slots(LaunchOptions(slots=2), ["0"])  # two runs on one GPU: each grows its memory
+    assert shared == [{"CUDA_VISIBLE_DEVICES": "0", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}] * 2
+    assert local_slots(LaunchOptions(gpus_per_run=0, slots=3), gpus) == [{"CUDA_VISIBLE_DEVICES": "-1"}] * 3
+    assert local_slots(LaunchOptions(cpus_per_run=1, slots=None), []) != []
+    with pytest.raises(ValueError, match="--gpus-per-run 2: only 1 GPU"):
+        local_slots(LaunchOptions(gpus_per_run=2), ["0"])

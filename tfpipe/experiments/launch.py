@@ -68,12 +68,17 @@ class Stopper:
     _previous: dict[int, Any] = field(default_factory=dict)
 
     def __enter__(self) -> Stopper:
+        self.install()
+        return self
+
+    def install(self) -> None:
+        """(Re)install the handlers: ``ray.init`` sets its own SIGTERM handler."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
+                continue
+            self._previous.setdefault(sig, previous)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -171,8 +176,9 @@ def run_local(
             queue.clear()
             if len(stop.received) > forwarded:
                 forwarded = len(stop.received)
-                for _, attempt in active.values():
+                for spec, attempt in active.values():
                     attempt.signal(stop.forward_signal() or signal.SIGTERM)
+                    board.set(spec.name, "stopping")
         board.refresh(spec.name for spec, _ in active.values())
         time.sleep(options.poll_s)
     return outcomes
@@ -216,7 +222,10 @@ def summary(specs: list[RunSpec], outcomes: dict[str, Outcome], board: Board, op
     for spec in specs:
         outcome, info = outcomes[spec.name], board.read(spec.name)
         state = final_state(outcome, info)
-        detail = outcome.detail or (info.detail if info is not None and state != "finished" else "")
+        if state == "finished":
+            detail = outcome.detail if outcome.state == "skipped" else ""
+        else:
+            detail = outcome.detail or (info.detail if info is not None else "")
         runs.append({
             "name": spec.name, "run_dir": spec.run_dir, "state": state, "detail": detail,
             "best_r2": info.best_r2 if info else None, "checkpoints": info.checkpoints if info else 0,
@@ -241,6 +250,12 @@ def launch(specs: list[RunSpec], options: LaunchOptions, runs_dir: str, stream: 
         or (options.slots is not None and options.slots < 1)
     ):
         raise ValueError("--max-retries must be >= 0, --cpus-per-run and --slots >= 1")
+    if options.engine == "local" and options.address is not None:
+        raise ValueError("--address is for --engine ray")
+    if options.engine == "ray" and options.slots is not None:
+        raise ValueError(
+            "--slots is for --engine local (Ray places runs by --cpus-per-run and --gpus-per-run)"
+        )
     board = Board(specs, stream, interval_s=1.0 if options.engine == "local" else 2.0)
     with Stopper() as stop:
         if options.engine == "ray":

@@ -84,7 +84,7 @@ def _outcome_of_error(err: BaseException) -> tuple[str, str]:
     if isinstance(cause, TrainBadInput):
         return "bad-input", str(cause)
     if isinstance(err, rex.TaskCancelledError):
-        return "done", "cancelled"  # the trainer was stopped cleanly; the run dir says where it stands
+        return "done", ""  # the trainer was stopped cleanly; its run dir says where it stands
     if isinstance(cause, TrainProcessDied):
         return "failed", str(cause)
     return "failed", " ".join(str(err).split())[:300]
@@ -101,6 +101,7 @@ def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check
     started = not ray.is_initialized()
     if started:
         ray.init(address=options.address, logging_level=logging.WARNING)
+        stop.install()
     try:
         counter = ray.remote(num_cpus=0)(AttemptCounter).remote()
         gpus = _gpus_per_run(ray, options.gpus_per_run)
@@ -146,8 +147,8 @@ def _follow(ray: Any, pending: dict, outcomes: dict, counter: Any, board: Any, s
             board.set(spec.name, final_state(outcome, board.info[spec.name]), outcome.attempts)
         for spec in pending.values():
             outcomes[spec.name].attempts = attempts.get(spec.name, 0)
-            board.set(spec.name, "running" if outcomes[spec.name].attempts else "queued",
-                      outcomes[spec.name].attempts)  # fmt: skip
+            state = "stopping" if stop.received else "running" if outcomes[spec.name].attempts else "queued"
+            board.set(spec.name, state, outcomes[spec.name].attempts)
         if len(stop.received) > cancelled:  # first signal: interrupt (trainers stop cleanly); then force
             for ref in pending:
                 ray.cancel(ref, force=cancelled > 0)

@@ -124,11 +124,13 @@ def run_to_end(args: list[str], run_dir: str, attempt: int, env: dict[str, str] 
     """One attempt, waited for; TrainBadInput on exit code 2, TrainProcessDied on any other failure."""
     running = Attempt(args, run_dir, attempt, env, cwd)
     try:
-        result = running.finish()
-    except KeyboardInterrupt:  # ray.cancel(): stop the trainer cleanly, then end the task
+        while running.poll() is None:  # not wait(): ray.cancel()'s KeyboardInterrupt must get through
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # stop the trainer cleanly, then end the task
         running.signal(signal.SIGTERM)
         running.finish()
         raise
+    result = running.finish()
     if result.returncode == BAD_INPUT:
         raise TrainBadInput(result.detail())
     if result.returncode != 0:
