@@ -216,7 +216,7 @@ def test_launch_help_loads_no_engine():
     assert "--max-retries" in result.stdout and "(default: 2)" in result.stdout
 
 
-def test_local_slots_share_out_the_visible_gpus():
+def test_local_slots_share_out_the_visible_gpus_and_a_dead_ray_address_is_refused():
     from tfpipe.experiments.launch import local_slots
 
     gpus = ["0", "1", "2", "3"]
@@ -230,3 +230,7 @@ def test_local_slots_share_out_the_visible_gpus():
     assert local_slots(LaunchOptions(cpus_per_run=1, slots=None), []) != []
     with pytest.raises(ValueError, match="--gpus-per-run 2: only 1 GPU"):
         local_slots(LaunchOptions(gpus_per_run=2), ["0"])
+    from tfpipe.experiments.launch_ray import check_reachable
+
+    with pytest.raises(ConnectionError, match="no Ray cluster reachable at 127.0.0.1:1: "):
+        check_reachable("127.0.0.1:1")  # Ray itself would retry it for minutes

@@ -27,6 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from tfpipe import storage
 from tfpipe.experiments.progress import Board
 from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result
 from tfpipe.experiments.zoo import RunSpec
@@ -256,7 +257,8 @@ def launch(specs: list[RunSpec], options: LaunchOptions, runs_dir: str, stream: 
         raise ValueError(
             "--slots is for --engine local (Ray places runs by --cpus-per-run and --gpus-per-run)"
         )
-    board = Board(specs, stream, interval_s=1.0 if options.engine == "local" else 2.0)
+    remote = any(storage.is_remote(spec.run_dir) for spec in specs)  # fewer requests to gs://
+    board = Board(specs, stream, interval_s=5.0 if remote else 1.0 if options.engine == "local" else 2.0)
     with Stopper() as stop:
         if options.engine == "ray":
             from tfpipe.experiments.launch_ray import run_ray

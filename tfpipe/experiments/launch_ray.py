@@ -66,6 +66,22 @@ def _portable(spec: RunSpec) -> tuple[dict[str, Any], str]:
     return data, storage.read_bytes(spec.config).decode()
 
 
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) address must accept a connection: Ray itself retries an
+    unreachable one for minutes. ConnectionError (an OSError: one line, exit code 2) if not."""
+    import socket
+
+    if not address or address == "auto" or address == "local":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"no Ray cluster reachable at {address}: {err.strerror or err}") from None
+
+
 def _gpus_per_run(ray: Any, requested: int | None) -> int:
     available = ray.cluster_resources().get("GPU", 0)
     if requested is None:
@@ -100,6 +116,7 @@ def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check
 
     started = not ray.is_initialized()
     if started:
+        check_reachable(options.address)
         ray.init(address=options.address, logging_level=logging.WARNING)
         stop.install()
     try:
