@@ -14,6 +14,7 @@ started it dies, so a killed launcher or Ray worker leaves no trainer behind to 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,12 +65,13 @@ class Result:
     log: str
 
     def detail(self) -> str:
-        """The line that says why it failed: an ``error:`` line of the output, else the exit status."""
-        for line in reversed(self.tail):
-            if "error:" in line.lower() or "Error" in line:
-                return line.strip()[:300]
+        """Why it failed: the signal that killed it, else the output's last error line (``PROG: error:
+        ...`` or a traceback's ``SomeError: ...``), else the exit code."""
         if self.returncode < 0:
             return f"killed by {signal.Signals(-self.returncode).name}"
+        for line in reversed(self.tail):
+            if "error:" in line.lower() or re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line):
+                return line.strip()[:300]
         return f"exit code {self.returncode}"
 
 
