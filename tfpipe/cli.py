@@ -11,13 +11,8 @@
 * ``tfpipe blend --pred A B .. --truth T --method M --out OUT``: blend predictions
   (:func:`tfpipe.blend.blend_files`).
 * ``tfpipe schema [--name kaggle] [--columns]``: the variables and column order of a schema.
-* ``tfpipe runs ls DIR [--sort best_r2|last_r2|name|state] [--json]``: the runs under a folder
-  (:mod:`tfpipe.experiments.runs_table`).
-* ``tfpipe export-models --runs DIR --select best:K --out MODELS``: a model set of the best runs
-  (:func:`tfpipe.experiments.export_models.export_models`); ``tfpipe predict --models MODELS
-  --out-dir PRED`` predicts with all of them in one pass over the data.
-* ``tfpipe sweep --config FILE [key=value ...] --space SPACE.yaml --trials N --study NAME``: an Optuna
-  study of training runs (:func:`tfpipe.experiments.sweep.run_sweep`).
+* ``tfpipe sweep``, ``launch``, ``runs ls``, ``export-models``: the experiment commands
+  (:mod:`tfpipe.cli_experiments`).
 
 The command functions are imported only when their command runs: ``--help`` loads no TensorFlow.
 """
@@ -29,6 +24,9 @@ import json
 import os
 import sys
 
+from tfpipe.cli_experiments import COMMANDS as EXPERIMENT_COMMANDS
+from tfpipe.cli_experiments import add_commands as add_experiment_commands
+from tfpipe.cli_experiments import run_command as run_experiment_command
 from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
 from tfpipe.schema import SCHEMAS, get_schema
 
@@ -115,26 +113,6 @@ def _add_blend(sub) -> None:
     p.add_argument("--out", required=True, help="blended predictions parquet to write")
 
 
-def _add_export_models(sub) -> None:
-    """``tfpipe export-models``."""
-    p = sub.add_parser(
-        "export-models", help="copy the best runs' models into a model set folder",
-        description="Copy the chosen runs' best.keras (with config.yaml and stats.json) into MODELS/ as "
-        "NAME.keras, NAME.config.yaml, NAME.stats.json (NAME: the run folder below --runs), then write "
-        "the index MODELS/models.json last. tfpipe predict --models MODELS predicts with the whole set.",
-    )  # fmt: skip
-    p.add_argument("--runs", required=True, help="folder of run dirs (local or gs://), searched recursively")
-    p.add_argument(
-        "--select", required=True, metavar="best:K|NAME[,NAME...]",
-        help="best:K: the K runs with the highest --metric; or run names (folder names) in set order",
-    )  # fmt: skip
-    p.add_argument("--out", required=True, help="the model set folder to write (local or gs://)")
-    p.add_argument(
-        "--metric", default="best_r2", choices=["best_r2", "last_r2"],
-        help="what best:K ranks by: the best or the latest validation R²",
-    )  # fmt: skip
-
-
 def _add_schema(sub) -> None:
     """``tfpipe schema``."""
     p = sub.add_parser(
@@ -144,95 +122,6 @@ def _add_schema(sub) -> None:
     )  # fmt: skip
     p.add_argument("--name", default="kaggle", choices=sorted(SCHEMAS), help="the layout")
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
-
-
-def _add_runs(sub) -> None:
-    """``tfpipe runs ls``."""
-    p = sub.add_parser(
-        "runs", help="list the training runs under a folder (tfpipe runs ls DIR)",
-        description="Inspect training runs from their run dirs' files (no database needed).",
-    )  # fmt: skip
-    runs_sub = p.add_subparsers(
-        dest="runs_command", metavar="COMMAND", required=True, parser_class=ArgumentParser
-    )
-    ls = runs_sub.add_parser(
-        "ls", help="every run under DIR: differing config keys, best and last R², checkpoints, status",
-        description="Every run dir at or below DIR (local or gs://) as a table: the run's folder, the config "
-        "keys that differ between the runs, the best and the last validation R², checkpoints done of those "
-        "planned, and the status (finished, running, stopped: reason, killed, failed: error; resumable "
-        "where re-running the same tfpipe train command continues it). The last line is a JSON summary.",
-    )  # fmt: skip
-    ls.add_argument("dir", metavar="DIR", help="a folder of run dirs (or one run dir)")
-    ls.add_argument(
-        "--sort", choices=["best_r2", "last_r2", "name", "state"], default="best_r2",
-        help="row order: best_r2 and last_r2 highest first, name (the folder), state",
-    )  # fmt: skip
-    ls.add_argument("--json", action="store_true", help="print one JSON list of objects instead of the table")
-
-
-def _add_sweep(sub) -> None:
-    """``tfpipe sweep``."""
-    from tfpipe.experiments.study import PRUNERS, SAMPLERS
-
-    p = sub.add_parser(
-        "sweep", help="an Optuna hyper-parameter study whose trials are tfpipe train runs",
-        description="Sample the search space, train each trial in RUNS_DIR/STUDY/trial-NNNN, report every "
-        "sub-epoch's validation R² to the pruner and maximise the best R². Several processes (or machines "
-        "with one --storage) share a study; re-running the command resumes it, and a trial left by a "
-        "killed process continues from its checkpoint. The last stdout line is a JSON summary.",
-    )  # fmt: skip
-    p.add_argument("--config", required=True, help="YAML config (a path, gs://, or tiny / reference)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every trial")
-    p.add_argument(
-        "--space", required=True, metavar="SPACE.yaml",
-        help="search space: dotted config key -> {type: float|int|categorical, ...} (docs/sweeps.md)",
-    )  # fmt: skip
-    p.add_argument(
-        "--trials",
-        type=int,
-        required=True,
-        metavar="N",
-        help="the study ends with N COMPLETE + PRUNED trials",
-    )
-    p.add_argument(
-        "--study", required=True, metavar="NAME", help="the same name and storage join or resume it"
-    )
-    p.add_argument(
-        "--storage", default="sqlite:///sweeps.db", metavar="URL",
-        help="Optuna RDB URL: sqlite:///FILE for one machine, postgresql://user:pass@host/db for several",
-    )  # fmt: skip
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="cmaes needs cmaes, gp needs torch")
-    p.add_argument("--pruner", choices=PRUNERS, default="median", help="its steps are the sub-epochs")
-    p.add_argument(
-        "--runs-dir",
-        default="runs/sweeps",
-        metavar="DIR",
-        help="trials train in DIR/NAME/trial-NNNN (or gs://)",
-    )
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="sampler seed (+ the trials so far)")
-    p.add_argument(
-        "--heartbeat-interval", type=int, default=60, metavar="S",
-        help="seconds between a trial's heartbeats; a trial silent for 2 S is retried by the next process",
-    )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-
-
-def _run_sweep(args: argparse.Namespace) -> None:
-    """``tfpipe sweep``: progress lines on stderr, the JSON summary on stdout."""
-    from tfpipe.experiments.sweep import SweepSpec, run_sweep
-
-    spec = SweepSpec(
-        args.config, args.space, args.trials, args.study, list(args.overrides), args.storage, args.sampler,
-        args.pruner, args.runs_dir, args.seed, args.heartbeat_interval, not args.quiet,
-    )  # fmt: skip
-    try:
-        print(json.dumps(run_sweep(spec)))
-    except KeyboardInterrupt:
-        print(
-            "tfpipe sweep: aborted (Ctrl-C twice); the trial continues with the next tfpipe sweep",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
 
 
 def _overrides_anywhere(parser: ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
@@ -262,9 +151,7 @@ def build_parser() -> ArgumentParser:
     _add_score(sub)
     _add_blend(sub)
     _add_schema(sub)
-    _add_runs(sub)
-    _add_export_models(sub)
-    _add_sweep(sub)
+    add_experiment_commands(sub)
     return parser
 
 
@@ -466,16 +353,6 @@ def _run_blend(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
-def _run_export_models(args: argparse.Namespace) -> None:
-    """``tfpipe export-models``: one line per model on stderr, the JSON line."""
-    from tfpipe.experiments.export_models import export_models
-
-    summary = export_models(args.runs, args.select, args.out, args.metric)
-    for name, value in zip(summary["models"], summary[args.metric], strict=True):
-        print(f"{name}: {args.metric} {value}", file=sys.stderr)
-    print(json.dumps(summary))
-
-
 def _print_schema(name: str, columns: bool) -> None:
     """``tfpipe schema``: the flattened columns one per line, or the variables as JSON."""
     schema = get_schema(name)
@@ -495,18 +372,6 @@ def _print_schema(name: str, columns: bool) -> None:
                 indent=1,
             )
         )
-
-
-def _run_runs(args: argparse.Namespace) -> None:
-    """``tfpipe runs ls``: the table and a JSON summary line, or (--json) one JSON list."""
-    from tfpipe.experiments.runs_table import list_runs, runs_json, summary, table_lines
-
-    runs = list_runs(args.dir, args.sort)
-    if args.json:
-        print(json.dumps(runs_json(runs, args.dir)))
-        return
-    print("\n".join(table_lines(runs, args.dir)))
-    print(json.dumps(summary(runs, args.dir)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,12 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_blend(args)
         elif args.command == "schema":
             _print_schema(args.name, args.columns)
-        elif args.command == "runs":
-            _run_runs(args)
-        elif args.command == "export-models":
-            _run_export_models(args)
-        elif args.command == "sweep":
-            _run_sweep(args)
+        elif args.command in EXPERIMENT_COMMANDS:
+            return run_experiment_command(args)
     except BrokenPipeError:  # e.g. `tfpipe schema --columns | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
     except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: storage.StorageError among others
