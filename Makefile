@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 REQUIREMENTS ?= requirements.txt
 WORKDIR ?= tfpipe-demo
+ZOO_WORKDIR ?= zoo-demo
 DIST ?= dist
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-latest wheel lint bench clean
+.PHONY: install demo zoo-demo test test-latest wheel lint bench clean
 
 $(VENV)/.installed: $(REQUIREMENTS) setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ install: $(VENV)/.installed  ## create .venv with the pinned CPU stack and tfpip
 
 demo: install  ## run the main job on built-in synthetic data
 	$(BIN)/tfpipe demo --workdir $(WORKDIR)
+
+zoo-demo: install  ## the experiment loop in miniature: sweep, zoo, runs ls, export, predict, blend, score
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/zoo-demo.sh $(ZOO_WORKDIR)
 
 test: install  ## the whole test suite (what CI runs); -v names each test as it starts
 	$(BIN)/python -m pytest -v
@@ -36,4 +40,4 @@ lint: install
 	$(BIN)/ruff check tfpipe data_prep tests bench
 
 clean:
-	rm -rf $(VENV) .venv-latest $(WORKDIR) $(DIST) .pytest_cache
+	rm -rf $(VENV) .venv-latest $(WORKDIR) $(ZOO_WORKDIR) $(DIST) .pytest_cache

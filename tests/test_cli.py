@@ -41,7 +41,9 @@ HELP = [
     ["tfpipe.cli", "blend", "--help"], ["tfpipe.cli", "export", "--help"], ["tfpipe.cli", "schema", "--help"],
     ["tfpipe.cli", "demo", "--help"], ["tfpipe.train", "--help"], ["tfpipe.predict", "--help"],
     ["tfpipe.config", "--help"], ["data_prep.encode", "--help"], ["data_prep.stats", "--help"],
-    ["data_prep.synth", "--help"], ["data_prep.download", "--help"],
+    ["data_prep.synth", "--help"], ["data_prep.download", "--help"], ["tfpipe.cli", "sweep", "--help"],
+    ["tfpipe.cli", "launch", "--help"], ["tfpipe.cli", "runs", "ls", "--help"],
+    ["tfpipe.cli", "export-models", "--help"],
 ]  # fmt: skip
 HELP_PROBE = """
 import json, runpy, sys
@@ -50,7 +52,7 @@ try:
     runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 except SystemExit as exit:
     code = exit.code
-heavy = [m for m in ("tensorflow", "keras", "jax") if m in sys.modules]
+heavy = [m for m in ("tensorflow", "keras", "jax", "optuna", "ray", "mlflow") if m in sys.modules]
 print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 """
 

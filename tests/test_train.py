@@ -682,3 +682,33 @@ def test_status_and_the_checkpoint_hook_tell_runs_ls_what_happened(encoded: Path
     with pytest.raises(TrainError):
         train(config(encoded, run, "model.mlp_units=[8]"), verbose=0)
     assert read_run(str(run)).state == "finished"
+
+
+def test_select_metric_picks_the_best_checkpoint_and_the_runs_best_r2(
+    tiny_encoded: Path, tmp_path: Path
+) -> None:
+    """select_metric=val_r2_near_constant_as_1: best.keras, best.json, the summary and runs ls agree on it."""
+    from tiny_runs import TINY_CONFIG, tiny_overrides
+
+    from tfpipe.experiments.runs import read_run
+
+    run = tmp_path / "run"
+    metric = "val_r2_near_constant_as_1"
+    cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_encoded, run, f"select_metric={metric}", "epochs=2"))
+    summary = train(cfg, verbose=0)
+    rows = pd.read_csv(run / "metrics.csv")
+    best = int(rows["checkpoint"][rows[metric].idxmax()])
+    record = json.loads((run / "best.json").read_text())
+    assert record == {
+        "checkpoint": f"ckpt-{best}",
+        "metric": metric,
+        metric: pytest.approx(rows[metric].max()),
+    }
+    assert summary["best_checkpoint"] == f"ckpt-{best}" and summary["best_r2"] == pytest.approx(
+        rows[metric].max()
+    )
+    info = read_run(str(run))
+    assert info.best_r2 == pytest.approx(rows[metric].max())
+    assert info.last_r2 == pytest.approx(rows[metric].iloc[-1])
+    with pytest.raises(ValueError, match="select_metric"):
+        load_config(TINY_CONFIG, tiny_overrides(tiny_encoded, run, "select_metric=loss"))

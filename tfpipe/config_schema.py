@@ -17,6 +17,7 @@ from tfpipe.schema import NLEV, Q0002_REPLACEMENT_LEVELS, SCHEMAS
 VAL_SPLITS = ("last", "periodic", "random")
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+SELECT_METRICS = ("val_r2", "val_r2_near_constant_as_1")
 REPRESENTATIONS = ("column", "variable", "log")
 TRACKING_BACKENDS = ("none", "mlflow")
 
@@ -339,6 +340,13 @@ class TrainConfig:
     run_dir: str = _f("runs/{name}", doc="Checkpoints and logs; `{name}` is replaced by the run name.")
     time_budget: str = _f("", doc="Stop after the last sub-epoch that fits, e.g. `8h30m`; empty: none.")
     keep_checkpoints: int = _f(3, doc="Checkpoints kept by the CheckpointManager.")
+    select_metric: str = _f(
+        "val_r2",
+        doc="Validation metric that picks the best checkpoint (`best.keras`), a sweep trial's value and "
+        "`export-models --select best:K`: `val_r2` (the Kaggle R²) or `val_r2_near_constant_as_1` (targets "
+        "whose validation truth is nearly constant count as 1: on a short validation period their R² is "
+        "hugely negative for any error and would decide alone).",
+    )
     log_every_steps: int = _f(50, doc="Steps between training log lines.")
     tracking: TrackingConfig = _f(factory=TrackingConfig, doc="Experiment tracking (MLflow).")
     finetune: FinetuneConfig = _f(factory=FinetuneConfig, doc="Group fine-tuning after the main epochs.")
@@ -347,6 +355,10 @@ class TrainConfig:
         _check(bool(self.name), "name must not be empty")
         _check(self.precision in PRECISIONS, f"precision: {self.precision!r} is not one of {PRECISIONS}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(
+            self.select_metric in SELECT_METRICS,
+            f"select_metric: {self.select_metric!r} is not one of {SELECT_METRICS}",
+        )
         _check(self.steps_per_execution >= 1, "steps_per_execution must be >= 1")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         _check(self.log_every_steps >= 1, "log_every_steps must be >= 1")

@@ -152,7 +152,7 @@ def _export_one(name: str, run: RunInfo, out: str, metric: str, params: dict) ->
             break
     else:
         raise ModelSetError(f"{run.path}: its best.keras kept changing while it was copied; try again")
-    best_r2 = before.get("val_r2", run.best_r2)
+    best_r2 = before.get(before.get("metric", "val_r2"), run.best_r2)
     return {
         "name": name, "run_dir": run.path, "run_name": run.name, "state": run.state,
         "best_checkpoint": before.get("checkpoint", run.best_checkpoint), "best_r2": best_r2,

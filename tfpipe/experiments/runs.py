@@ -106,7 +106,8 @@ def read_run(run_dir: str) -> RunInfo:
     return RunInfo(
         path=run_dir, name=str(config.get("name", run_dir.rstrip("/").rsplit("/", 1)[-1])),
         config=flatten(config), state=kind, detail=detail, best_r2=best,
-        last_r2=(state or {}).get("val", {}).get("val_r2"), checkpoints=checkpoints, total=total,
+        last_r2=(state or {}).get("val", {}).get(config.get("select_metric", "val_r2")),
+        checkpoints=checkpoints, total=total,
         best_checkpoint=None if not state or state.get("best_checkpoint") is None
         else f"ckpt-{state['best_checkpoint']}",
         resumable=not finished and kind != "running" and checkpoints > 0,

@@ -153,7 +153,7 @@ class Objective:
         log(f"trial {trial.number} in {run_dir}: {' '.join(overrides[len(spec.overrides) :])}", spec.verbose)
         try:
             config = load_config(spec.config, [*overrides, f"run_dir={run_dir}"])
-            summary = train(config, verbose=0, on_checkpoint=self._hook(trial))
+            summary = train(config, verbose=0, on_checkpoint=self._hook(trial, config.select_metric))
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {first_line(err)}")
             raise
@@ -168,11 +168,12 @@ class Objective:
             raise SweepError(f"{run_dir}: the run finished without a validation score")
         return float(summary["best_r2"])
 
-    def _hook(self, trial: Any):
-        """``train``'s on_checkpoint: report the sub-epoch's val R² at step = checkpoint; prune."""
+    def _hook(self, trial: Any, metric: str):
+        """``train``'s on_checkpoint: report the sub-epoch's ``metric`` (the config's ``select_metric``,
+        what ``train`` picks its best checkpoint by) at step = checkpoint; prune."""
 
         def report(row: dict) -> str | None:
-            value = row.get("val_r2")
+            value = row.get(metric)
             if value is None or not math.isfinite(float(value)):
                 return None
             trial.report(float(value), int(row["checkpoint"]))

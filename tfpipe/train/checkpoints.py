@@ -266,8 +266,10 @@ def read_best_record(run_dir: str) -> dict | None:
         return None
 
 
-def write_best_record(run_dir: str, checkpoint: int, metric: float) -> None:
-    record = {"checkpoint": f"ckpt-{checkpoint}", "val_r2": metric}
+def write_best_record(run_dir: str, checkpoint: int, metric: str, value: float) -> None:
+    """``best.json``: ``{"checkpoint": "ckpt-N", "metric": METRIC, METRIC: value}`` (METRIC: the config's
+    ``select_metric``)."""
+    record = {"checkpoint": f"ckpt-{checkpoint}", "metric": metric, metric: value}
     storage.write_bytes(storage.join(run_dir, "best.json"), json.dumps(record).encode())
 
 

@@ -139,9 +139,8 @@ class Trainer:
         self.best_manager.save(checkpoint_number=n)
         self.mirror.push(BEST, numbers(self.best_manager))
         export_keras(self.step, storage.join(self.s.write_dir, "best.keras"))
-        write_best_record(
-            self.s.write_dir, n, float(self.best_metric) if self.best_metric is not None else 0.0
-        )
+        value = float(self.best_metric) if self.best_metric is not None else 0.0
+        write_best_record(self.s.write_dir, n, self.config.select_metric, value)
 
     def run(self) -> dict:
         """Run stages until the end or a stop; returns the summary."""
@@ -260,9 +259,10 @@ class Trainer:
         )
         val = validate(self.step, s.strategy.experimental_distribute_dataset(val_ds))
         n_ckpt, step = index + 1, self.step.step
-        improved = self.best_metric is None or val["val_r2"] > self.best_metric
+        metric = val[self.config.select_metric]
+        improved = self.best_metric is None or metric > self.best_metric
         if improved:
-            self.best_metric, self.best_ckpt = val["val_r2"], n_ckpt
+            self.best_metric, self.best_ckpt = metric, n_ckpt
         row = {
             "checkpoint": n_ckpt, "epoch": stage.epoch, "sub_epoch": stage.sub_epoch, "step": step,
             "finetune_group": "" if stage.group is None else self.config.finetune.groups[stage.group],
