@@ -112,13 +112,14 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
 
 
 def test_two_processes_share_one_study(tiny_encoded: Path, tmp_path: Path) -> None:
-    """Two sweep processes on one SQLite study finish exactly 3 trials together, in distinct run dirs."""
+    """Two sweep processes on one SQLite study finish exactly 3 trials together, in distinct run dirs;
+    with tracking.backend=mlflow each trial is an MLflow run nested under its process's study run."""
     (tmp_path / "space.yaml").write_text(LR)
+    mlruns = tmp_path / "mlruns"
+    tracked = [*tiny_overrides(tiny_encoded), "tracking.backend=mlflow", f"tracking.uri={mlruns}"]
     procs = [
         subprocess.Popen(
-            _sweep_cmd(
-                tiny_overrides(tiny_encoded), tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none"
-            ),
+            _sweep_cmd(tracked, tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none"),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -137,6 +138,24 @@ def test_two_processes_share_one_study(tiny_encoded: Path, tmp_path: Path) -> No
     assert len({t.user_attrs["run_dir"] for t in done}) == 3
     workers = {t.user_attrs["worker"].rsplit(":", 2)[1] for t in done}
     assert workers == {str(p.pid) for p in procs}, "both processes trained trials"
+    _assert_trials_nested_under_study_runs(mlruns, {t.user_attrs["run_dir"] for t in done})
+
+
+def _assert_trials_nested_under_study_runs(mlruns: Path, run_dirs: set[str]) -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlruns.as_uri())
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    studies = {r.info.run_id for r in runs if r.data.tags.get("tfpipe.study") == "shared"}
+    trials = [r for r in runs if r.data.tags.get("tfpipe.run_dir") in run_dirs]
+    assert len(studies) == 2 and len(trials) == 3, [(r.info.run_name, r.data.tags) for r in runs]
+    assert all(r.data.tags.get("mlflow.parentRunId") in studies for r in trials)
+    assert all(r.info.status == "FINISHED" for r in trials) and all(
+        "val_r2" in r.data.metrics for r in trials
+    )
 
 
 def _bad(tmp: Path, text: str, *overrides: str) -> str:
