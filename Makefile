@@ -25,7 +25,7 @@ zoo-demo: install  ## the experiment loop in miniature: sweep, zoo, runs ls, exp
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/zoo-demo.sh $(ZOO_WORKDIR)
 
 test: install  ## the whole test suite (what CI runs); -v names each test as it starts
-	$(BIN)/python -m pytest -v
+	$(BIN)/python -m pytest -v --durations=20
 
 test-latest:  ## the suite in a current notebook image's stack (requirements-latest.txt, .venv-latest)
 	$(MAKE) test VENV=.venv-latest REQUIREMENTS=requirements-latest.txt

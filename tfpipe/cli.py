@@ -27,7 +27,7 @@ import sys
 from tfpipe.cli_experiments import COMMANDS as EXPERIMENT_COMMANDS
 from tfpipe.cli_experiments import add_commands as add_experiment_commands
 from tfpipe.cli_experiments import run_command as run_experiment_command
-from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals
+from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals, stopped_by_signal
 from tfpipe.schema import SCHEMAS, get_schema
 
 
@@ -269,8 +269,19 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
         # ValueError: TrainError, data, stats, manifest, plan and normalisation errors
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        return _stopped_or_raise()
     print(json.dumps(summary))
     return 0
+
+
+def _stopped_or_raise() -> int:
+    """In an ``except`` block: the stop signal's exit code if one interrupted start-up (TensorFlow's
+    import fails with ImportError then, see :func:`tfpipe.cliutil.stopped_by_signal`), else re-raise."""
+    code = stopped_by_signal()
+    if code is None:
+        raise  # noqa: PLE0704 (called from an except block)
+    return code
 
 
 def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
@@ -303,6 +314,8 @@ def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") ->
     except (ValueError, OSError, storage.StorageError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        return _stopped_or_raise()
     print(json.dumps(summary))
     return 0
 
@@ -409,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(filter(None, [args.command, getattr(args, "runs_command", None)]))
         print(f"tfpipe {command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        return _stopped_or_raise()
     return 0
 
 

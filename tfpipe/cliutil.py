@@ -37,6 +37,19 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+_stop_signals: list[int] = []
+
+
+def stopped_by_signal() -> int | None:
+    """128 + the number of the signal :func:`stop_on_signals` stopped on, or None.
+
+    A signal that arrives while a native extension module initialises (TensorFlow's, during its
+    import) surfaces as that module's ``ImportError`` instead of the handler's SystemExit: the
+    commands check this to exit as the handler meant (one line, code 128 + N) instead of a traceback.
+    """
+    return 128 + _stop_signals[-1] if _stop_signals else None
+
+
 def stop_on_signals(prog: str) -> None:
     """Until a command installs its own handlers: SIGTERM (and SIGINT) end it with one line, no traceback.
 
@@ -47,6 +60,7 @@ def stop_on_signals(prog: str) -> None:
 
     def stop(signum, frame):
         name = signal.Signals(signum).name
+        _stop_signals.append(signum)
         print(f"{prog}: stopped by {name} (nothing half-written was published)", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
