@@ -111,14 +111,22 @@ def with_derived(values: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[
     }
 
 
-def _flatten(values: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
-    """(ncol, columns) matrix: each profile's 60 levels, then each scalar, in ``names`` order."""
-    blocks = [values[n].T if values[n].ndim == 2 else values[n][:, None] for n in names]
-    return np.concatenate(blocks, axis=1)
+def _flatten(values: dict[str, np.ndarray], names: tuple[str, ...], dtype: type = np.float64) -> np.ndarray:
+    """(ncol, columns) matrix of ``dtype``: each profile's 60 levels, then each scalar, in ``names``
+    order. Each variable is transposed and converted in one pass into the matrix (no float64 copy of
+    the whole matrix when ``dtype`` is float32: the values are those of ``astype`` on it)."""
+    widths = [values[n].shape[0] if values[n].ndim == 2 else 1 for n in names]
+    out = np.empty((NCOL, sum(widths)), dtype=dtype)
+    start = 0
+    for name, width in zip(names, widths, strict=True):
+        value = values[name]
+        out[:, start : start + width] = value.T if value.ndim == 2 else value[:, None]
+        start += width
+    return out
 
 
-def build_targets(mli: dict[str, np.ndarray], mlo: dict[str, np.ndarray], schema: Schema) -> np.ndarray:
-    """(ncol, n_targets) float64 targets from mli and mlo values."""
+def target_values(mli: dict[str, np.ndarray], mlo: dict[str, np.ndarray], schema: Schema) -> dict:
+    """Each target variable of ``schema`` from mli and mlo values, float64 (levels x ncol, or ncol)."""
     values = {}
     for name in schema.targets:
         source = target_source(name)
@@ -126,7 +134,12 @@ def build_targets(mli: dict[str, np.ndarray], mlo: dict[str, np.ndarray], schema
             values[name] = (mlo[source.state] - mli[source.state]) / TIMESTEP_S
         else:
             values[name] = mlo[name]
-    return _flatten(values, schema.targets)
+    return values
+
+
+def build_targets(mli: dict[str, np.ndarray], mlo: dict[str, np.ndarray], schema: Schema) -> np.ndarray:
+    """(ncol, n_targets) float64 targets from mli and mlo values."""
+    return _flatten(target_values(mli, mlo, schema), schema.targets)
 
 
 def read_pair(
@@ -165,6 +178,26 @@ def read_pair_variables(
     mli = read_variables(mli_path, schema.mli_variables, mli_data, allow_nonfinite)
     mlo = read_variables(mlo_path, schema.mlo_variables, mlo_data, allow_nonfinite)
     return PairVariables(mli, mlo, time)
+
+
+def float32_samples_of(
+    pair: PairVariables, schema: Schema, float64_input: str, float64_target: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What an encoded block holds of one pair, built directly (no float64 matrices): float32 inputs
+    and targets (equal to :func:`samples_of`'s cast to float32), and the ``float64_input`` and
+    ``float64_target`` profiles in float64, (ncol, levels) each (ncol, 0) where the schema lacks them."""
+    inputs = with_derived(pair.mli, schema.inputs)
+    targets = target_values(pair.mli, pair.mlo, schema)
+
+    def exact(values: dict[str, np.ndarray], name: str, names: tuple[str, ...]) -> np.ndarray:
+        return np.ascontiguousarray(values[name].T) if name in names else np.empty((NCOL, 0))
+
+    return (
+        _flatten(inputs, schema.inputs, np.float32),
+        _flatten(targets, schema.targets, np.float32),
+        exact(inputs, float64_input, schema.inputs),
+        exact(targets, float64_target, schema.targets),
+    )
 
 
 def samples_of(pair: PairVariables, schema: Schema) -> RawSamples:

@@ -9,11 +9,11 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from data_prep.raw import PairVariables, RawDataError, read_pair_variables, samples_of
+from data_prep.raw import PairVariables, RawDataError, float32_samples_of, read_pair_variables
 from tfpipe import storage
 from tfpipe.rawtree import parse_raw_file_name, partner_path
-from tfpipe.records import Block, make_block
-from tfpipe.schema import Schema, get_schema
+from tfpipe.records import FLOAT64_TARGET, FLOAT64_VARIABLE, Block
+from tfpipe.schema import NCOL, Schema, get_schema
 
 
 def list_raw_pairs(src: str, stride: int) -> list[tuple[str, str]]:
@@ -47,25 +47,28 @@ def _read_step(mli: str, mlo: str, schema: Schema, drop_bad: bool) -> PairVariab
 
 def _step_block(pair: PairVariables, schema: Schema, drop_bad: bool) -> tuple[Block | None, int, str]:
     """(block, dropped samples, bad-value note) of one pair's variables."""
-    raw = samples_of(pair, schema)
-    good: np.ndarray | slice = slice(None)
+    inputs, targets, x64, y64 = float32_samples_of(pair, schema, FLOAT64_VARIABLE, FLOAT64_TARGET)
+    ncol = np.arange(NCOL, dtype=np.int32)
     dropped = 0
     if drop_bad:  # without it, read_variables has already refused any NaN/Inf
-        finite = np.isfinite(raw.inputs).all(axis=1) & np.isfinite(raw.targets).all(axis=1)
+        finite = np.isfinite(inputs).all(axis=1) & np.isfinite(targets).all(axis=1)
         dropped = int((~finite).sum())
         if not finite.any():
             return None, dropped, "every sample has NaN/Inf values"
         if dropped:
-            good = finite
-    ncol = raw.ncol[good]
-    block = make_block(
-        schema,
-        raw.inputs[good],
-        raw.targets[good],
-        ncol,
-        np.full(len(ncol), raw.time.absolute_seconds, dtype=np.int64),
-        [f"{raw.time.stamp}_{c}" for c in ncol.tolist()],
-    )
+            inputs, targets, x64, y64, ncol = (
+                inputs[finite],
+                targets[finite],
+                x64[finite],
+                y64[finite],
+                ncol[finite],
+            )
+    stamp = pair.time.stamp  # a property: computed once, not per sample
+    block = Block(
+        inputs=inputs, targets=targets, x64=x64, y64=y64, ncol=ncol,
+        time=np.full(len(ncol), pair.time.absolute_seconds, dtype=np.int64),
+        sample_id=[f"{stamp}_{c}" for c in ncol.tolist()],
+    )  # fmt: skip
     return block, dropped, f"{dropped} samples with NaN/Inf dropped" if dropped else ""
 
 

@@ -102,3 +102,24 @@ def test_the_exported_truth_keeps_float64_below_float32s_range(name: str, raw_tr
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     tiny = (np.abs(want) < 1e-40) & (want != 0)
     assert tiny.any() and (got[tiny] != 0).all()  # float32 would have flushed these to 0
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_blocks_built_in_float32_equal_the_float64_samples_cast(name: str, small_raw_tree: Path) -> None:
+    """Encode builds each block's float32 matrices directly (no float64 matrix): the same bytes as
+    casting read_pair's float64 samples, and the same float64 state_q0002/ptend_q0002 columns."""
+    from data_prep.raw_blocks import _read_step, _step_block
+    from tfpipe.records import make_block
+
+    schema = get_schema(name)
+    for mli, mlo in list_raw_pairs(str(small_raw_tree), 1)[:2]:
+        pair = _read_step(mli, mlo, schema, False)
+        block, dropped, _ = _step_block(pair, schema, False)
+        raw = read_pair(mli, mlo, schema)
+        ids = [f"{raw.time.stamp}_{c}" for c in raw.ncol.tolist()]
+        times = np.full(len(raw.ncol), raw.time.absolute_seconds)
+        expected = make_block(schema, raw.inputs, raw.targets, raw.ncol, times, ids)
+        assert dropped == 0 and block.sample_id == expected.sample_id
+        for field in ("inputs", "targets", "x64", "y64", "ncol", "time"):
+            got, want = getattr(block, field), getattr(expected, field)
+            assert (got.dtype, got.shape, got.tobytes()) == (want.dtype, want.shape, want.tobytes()), field
