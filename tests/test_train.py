@@ -712,3 +712,36 @@ def test_select_metric_picks_the_best_checkpoint_and_the_runs_best_r2(
     assert info.last_r2 == pytest.approx(rows[metric].iloc[-1])
     with pytest.raises(ValueError, match="select_metric"):
         load_config(TINY_CONFIG, tiny_overrides(tiny_encoded, run, "select_metric=loss"))
+
+
+def test_a_run_dir_that_a_live_session_trains_is_refused(tiny_encoded: Path, tmp_path: Path) -> None:
+    """A second trainer of a run dir that a live process trains: one-line refusal, nothing touched; the
+    heartbeat thread rewrites a running status between checkpoints."""
+    import socket
+
+    from tiny_runs import TINY_CONFIG, tiny_overrides
+
+    from tfpipe.train.status import Heartbeat, busy_message, write_status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "status.json").write_text(json.dumps(
+            {"state": "running", "host": socket.gethostname(), "pid": sleeper.pid, "time": time.time()}
+        ))  # fmt: skip
+        before = sorted(p.name for p in run.iterdir())
+        with pytest.raises(TrainError, match=f"being trained by .* pid {sleeper.pid}"):
+            train(load_config(TINY_CONFIG, tiny_overrides(tiny_encoded, run)), verbose=0)
+        assert sorted(p.name for p in run.iterdir()) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert busy_message(str(run)) is None  # its process is gone: the run is free (killed)
+    beats: list[float] = []
+    with Heartbeat(
+        lambda: beats.append(time.time()) or write_status(str(run), "running", checkpoint=1), 0.05
+    ):
+        time.sleep(0.3)
+    assert len(beats) >= 3 and json.loads((run / "status.json").read_text())["checkpoint"] == 1
+    assert busy_message(str(run)) is None  # this process's own status never blocks it

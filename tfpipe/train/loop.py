@@ -43,7 +43,7 @@ from tfpipe.train.logs import RunLogs, StageProgress
 from tfpipe.train.plan import group_mask
 from tfpipe.train.session import Session, open_session
 from tfpipe.train.signals import Signals
-from tfpipe.train.status import first_line, write_status
+from tfpipe.train.status import Heartbeat, busy_message, first_line, write_status
 from tfpipe.train.step import TrainStep
 
 CheckpointHook = Callable[[dict], "str | None"]
@@ -74,6 +74,7 @@ class Trainer:
         self.step, self.manager, self.best_manager = self._build(self._precision_for(first.epoch))
         self.t_start = time.time()
         self.logs: RunLogs | None = None
+        self._running: dict | None = None  # the last `running` status, which the heartbeat rewrites
         self._tf = tf
 
     @property
@@ -153,7 +154,7 @@ class Trainer:
         index, done_here, longest, last_val, stopped = s.start_index, 0, 0.0, {}, "finished"
         self._status("running", index)
         try:
-            with Signals() as signals:
+            with Signals() as signals, Heartbeat(self._heartbeat):
                 while index < len(s.plan.stages):
                     stopped = self._stop_reason(done_here, longest)
                     if stopped:
@@ -191,11 +192,18 @@ class Trainer:
         s = self.s
         if s.write_dir != s.run_dir:
             return
-        stages = s.plan.stages
-        write_status(
-            s.run_dir, state, checkpoint=index, checkpoints=len(stages), best_r2=self.best_metric,
+        record = dict(
+            checkpoint=index, checkpoints=len(s.plan.stages), best_r2=self.best_metric,
             best_checkpoint=self.best_ckpt, step=self.step.step, **fields,
         )  # fmt: skip
+        self._running = record if state == "running" else None
+        write_status(s.run_dir, state, **record)
+
+    def _heartbeat(self) -> None:
+        """The heartbeat thread: the last ``running`` record again, with the time of now."""
+        record = self._running
+        if record is not None:
+            write_status(self.s.run_dir, "running", **record)
 
     def _stop_reason(self, done_here: int, longest: float) -> str:
         budget = self.config.time_budget_s
@@ -387,6 +395,8 @@ def _session(config, resume, allow, strategy, stop_after, verbose, on_checkpoint
     session = open_session(config, resume, allow, strategy)
     try:
         if session.write_dir == session.run_dir:
+            if busy := busy_message(session.run_dir):  # before anything of the live session is touched
+                raise TrainError(busy)
             for path in remove_leftovers(session.run_dir):
                 print(f"[train] removed {path} (left by a killed session)", file=sys.stderr)
         trainer = Trainer(session, stop_after, verbose, on_checkpoint)

@@ -1,11 +1,12 @@
 """``RUN/status.json``: what a run is doing or how its last session ended, for ``tfpipe runs ls`` and
 ``tfpipe launch``.
 
-Written atomically by the chief: ``running`` when a session starts and after every checkpoint (a
-heartbeat with the host, pid, checkpoint and best R²), then ``finished``, ``stopped`` (with the
-reason: time budget, stop-after-sub-epochs, a signal, pruned by a sweep) or ``failed`` (with the first
-line of the error). A session killed by SIGKILL leaves ``running`` behind: :func:`effective_state`
-tells it from a live one by its pid (same host) or its heartbeat's age.
+Written atomically by the chief: ``running`` when a session starts, after every checkpoint and every
+``HEARTBEAT_S`` seconds in between (:class:`Heartbeat`: the host, pid, checkpoint and best R²), then
+``finished``, ``stopped`` (with the reason: time budget, stop-after-sub-epochs, a signal, pruned by a
+sweep) or ``failed`` (with the first line of the error). A session killed by SIGKILL leaves
+``running`` behind: :func:`effective_state` tells it from a live one by its pid (same host) or its
+heartbeat's age; :func:`busy_message` is how a second trainer of the same run dir is refused.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 
 from tfpipe import storage
 
 STATUS_FILE = "status.json"
-STALE_AFTER_S = 3600.0
+HEARTBEAT_S = 60.0
+"""Seconds between the rewrites of a ``running`` status while a sub-epoch trains."""
+STALE_AFTER_S = 5 * HEARTBEAT_S
 """A ``running`` status from another host whose heartbeat is older than this is taken as dead."""
 
 
@@ -65,6 +70,47 @@ def effective_state(status: dict | None, now: float | None = None) -> str:
         return "running" if _alive(int(status.get("pid", -1))) else "killed"
     age = (now or time.time()) - float(status.get("time", 0.0))
     return "running" if age < STALE_AFTER_S else "killed"
+
+
+def busy_message(run_dir: str) -> str | None:
+    """Why ``run_dir`` must not be trained now (another live session trains it), or None."""
+    status = read_status(run_dir)
+    if status is None or effective_state(status) != "running":
+        return None
+    host, pid = status.get("host"), int(status.get("pid", -1))
+    if host == socket.gethostname() and pid == os.getpid():
+        return None  # this process's own earlier session (an in-process sweep, say)
+    age = time.time() - float(status.get("time", 0.0))
+    return (
+        f"{run_dir} is being trained by {host} pid {pid} (heartbeat {age:.0f} s ago): wait for it, stop "
+        f"it, or use another run dir (a session on another host counts as dead {STALE_AFTER_S:.0f} s after "
+        "its last heartbeat)"
+    )
+
+
+class Heartbeat:
+    """Calls ``beat`` every ``interval`` seconds on a daemon thread until :meth:`stop` (a ``with`` block)."""
+
+    def __init__(self, beat: Callable[[], None], interval: float = HEARTBEAT_S) -> None:
+        self._beat, self._interval = beat, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tfpipe-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._beat()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 def first_line(err: BaseException) -> str:
