@@ -109,3 +109,17 @@ def test_help_loads_none_of_the_engines() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert result.stderr.strip().splitlines()[-1] == "0 []" and "--sort" in result.stdout
+
+
+def test_a_config_yaml_that_is_not_a_run_is_skipped_with_a_line(tmp_path: Path, capsys) -> None:
+    from tfpipe.experiments.runs import find_runs, read_run
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.yaml").write_text("- a list\n- not a run config\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text("key: [unclosed\n")
+    assert find_runs(str(tmp_path)) == []
+    err = capsys.readouterr().err
+    assert "skipped" in err and "not a mapping" in err and "not YAML" in err
+    with pytest.raises(ValueError, match="not YAML"):
+        read_run(str(tmp_path / "broken"))

@@ -248,3 +248,17 @@ def test_bad_storage_sampler_or_runs_of_another_study_are_refused(tmp_path: Path
     (tmp_path / "runs" / "s" / "trial-0000").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"study 's' is new in .* already holds runs"):
         run_sweep(spec(storage=f"sqlite:///{tmp_path}/b.db", runs_dir=str(tmp_path / "runs")))
+
+
+def test_a_missing_engine_is_one_line_with_the_install_command(tiny_encoded: Path, tmp_path: Path) -> None:
+    """tfpipe sweep without Optuna installed (hidden here): exit 2, one line naming the extra."""
+    (tmp_path / "space.yaml").write_text(LR)
+    argv = _sweep_cmd(tiny_overrides(tiny_encoded), tmp_path, "nope", 1)[3:]  # after `-m tfpipe.cli`
+    code = f"import sys; sys.modules['optuna'] = None; from tfpipe.cli import main; sys.exit(main({argv!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "tfpipe sweep: error: tfpipe sweep needs optuna, which is not installed: pip install 'tfpipe[experiments]'"
+    ]

@@ -132,6 +132,16 @@ def _copy(src: str, dst: str) -> dict:
     return record
 
 
+def _best_model_stamp(run_dir: str) -> tuple:
+    """What tells one ``best.keras`` from the next (each export replaces the file): its size and
+    modification time locally, its size and checksum on GCS."""
+    path = storage.join(run_dir, "best.keras")
+    if not storage.is_remote(path):
+        info = os.stat(path)
+        return info.st_size, info.st_mtime_ns
+    return tuple((i.size, i.checksum) for i in storage.list_file_infos(path))
+
+
 def _best_record(run_dir: str) -> dict:
     try:
         return json.loads(storage.read_bytes(storage.join(run_dir, "best.json")))
@@ -142,13 +152,14 @@ def _best_record(run_dir: str) -> dict:
 def _export_one(name: str, run: RunInfo, out: str, metric: str, params: dict) -> dict:
     """Copy one run's files into ``out``; its index entry."""
     names = file_names(name)
-    for _attempt in range(3):  # a running run may replace best.keras while it is copied
-        before = _best_record(run.path)
+    for _attempt in range(3):  # a running run may replace best.keras (then best.json) while it is copied
+        before = _best_record(run.path), _best_model_stamp(run.path)
         files = {
             kind: _copy(storage.join(run.path, SOURCES[kind]), storage.join(out, names[kind]))
             for kind in SOURCES
         }
-        if _best_record(run.path) == before:
+        if (_best_record(run.path), _best_model_stamp(run.path)) == before:
+            before = before[0]
             break
     else:
         raise ModelSetError(f"{run.path}: its best.keras kept changing while it was copied; try again")

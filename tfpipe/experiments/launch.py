@@ -191,6 +191,9 @@ def _reap(spec: RunSpec, result: Result, outcome: Outcome, options: LaunchOption
     outcome.result = result
     if result.returncode == 0:
         outcome.state, outcome.detail = "done", ""
+    elif stop.received and result.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        # the forwarded signal reached the trainer before its loop did (during imports or set-up)
+        outcome.state, outcome.detail = "done", f"stopped by {signal.Signals(result.returncode - 128).name}"
     elif result.returncode == BAD_INPUT:
         outcome.state, outcome.detail = "bad-input", result.detail()
     else:

@@ -110,6 +110,9 @@ def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check
     """Submit every run as a task, follow them to the end; Outcomes by run name."""
     import logging
 
+    from tfpipe.experiments import require
+
+    require("ray", "tfpipe launch --engine ray")
     import ray
 
     from tfpipe.experiments.launch import Outcome

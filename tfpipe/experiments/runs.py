@@ -9,6 +9,7 @@ needs no database: ``metrics.csv``, ``best.json``, ``checkpoints/ckpt-N.state.js
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,12 @@ def read_run(run_dir: str) -> RunInfo:
     config_file = storage.join(run_dir, "config.yaml")
     if not storage.exists(config_file):
         raise ValueError(f"{run_dir}: not a tfpipe run dir (no config.yaml)")
-    config = yaml.safe_load(storage.read_bytes(config_file)) or {}
+    try:
+        config = yaml.safe_load(storage.read_bytes(config_file)) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config_file}: not YAML ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: not a tfpipe run config (a {type(config).__name__}, not a mapping)")
     state = _last_state(run_dir)
     status = read_status(run_dir)
     checkpoints = int(state["checkpoint"]) if state else 0
@@ -124,7 +130,13 @@ def find_runs(root: str) -> list[RunInfo]:
     for path in dirs:
         if not any(path.startswith(parent + "/") for parent in runs):
             runs.append(path)
-    return [read_run(path) for path in runs]
+    found = []
+    for path in runs:
+        try:
+            found.append(read_run(path))
+        except ValueError as err:  # another tool's config.yaml under root: not a run, said once
+            print(f"[runs] skipped {path}: {err}", file=sys.stderr)
+    return found
 
 
 def differing_keys(runs: list[RunInfo], ignore: tuple[str, ...] = ("name", "run_dir")) -> list[str]:

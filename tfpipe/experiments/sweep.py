@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfpipe import storage
+from tfpipe.experiments import require
 from tfpipe.experiments.space import Param, check_space, load_space, override
 from tfpipe.experiments.study import (
     COUNTED,
@@ -258,7 +259,8 @@ def run_sweep(spec: SweepSpec) -> dict:
         raise SweepError(f"--heartbeat-interval must be at least 1 (seconds), got {spec.heartbeat_interval}")
     space = load_space(spec.space)
     check_space(space, spec.space, spec.config, spec.overrides)
-    from optuna.exceptions import ExperimentalWarning
+    require("optuna", "tfpipe sweep")
+    from optuna.exceptions import ExperimentalWarning, OptunaError
 
     from tfpipe.config import load_config
     from tfpipe.experiments.tracking import study_run
@@ -274,6 +276,11 @@ def run_sweep(spec: SweepSpec) -> dict:
             log(f"study {spec.study!r} already holds {spec.trials} finished or running trials", spec.verbose)
         else:
             with study_run(load_config(spec.config, spec.overrides).tracking, spec.study):
-                Objective(spec, space).optimize(study)
+                try:
+                    Objective(spec, space).optimize(study)
+                except OptunaError as err:  # e.g. StorageInternalError: a locked or lost database
+                    raise SweepError(
+                        f"{redact(spec.storage)}: {type(err).__name__}: {first_line(err)}"
+                    ) from None
     summary = summarize(study, spec.storage, spec.trials)
     return {**summary, "study_dir": study_dir(spec), "seconds": round(time.time() - t0, 2)}

@@ -369,7 +369,13 @@ def study_run(tracking, name: str) -> Iterator[str | None]:
             status = "KILLED"
             raise
         finally:
-            mlflow.end_run(status)
+            try:
+                mlflow.end_run(status)
+            except Exception as err:  # noqa: BLE001 - a lost server must not hide the study's result
+                print(
+                    f"[tracking] warning: cannot end the study's MLflow run: {first_line(err)}",
+                    file=sys.stderr,
+                )
     finally:
         if previous_parent is None:
             os.environ.pop(PARENT_ENV, None)

@@ -141,8 +141,13 @@ def _check_config(spec: RunSpec, path: str) -> None:
 
 def open_study(study: str, storage_url: str) -> Any:
     """The Optuna study ``study`` in ``storage_url`` (a URL, or a journal file's path); KeyError if absent."""
+    from tfpipe.experiments import require
+
+    require("optuna", "a sweep entry of a RUNS file")
     import optuna
 
+    if storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///") :]):
+        raise KeyError(f"no database file {storage_url[len('sqlite:///') :]}")  # Optuna would create one
     if "://" in storage_url:
         store: Any = storage_url
     else:
@@ -161,20 +166,23 @@ def sweep_trials(sweep: Any, where: str) -> list[tuple[str, str, list[str], str]
 
     if not isinstance(sweep, dict) or set(sweep) != SWEEP_KEYS:
         raise ZooError(f"{where}: sweep must be a mapping with exactly study, storage, best; got {sweep!r}")
+    from tfpipe.experiments.study import redact
+
     name, url, best = sweep["study"], sweep["storage"], sweep["best"]
+    shown = redact(str(url))  # no password in messages or logs
     if not isinstance(best, int) or isinstance(best, bool) or best < 1:
         raise ZooError(f"{where}: sweep.best must be an integer >= 1, got {best!r}")
     try:
         study = open_study(str(name), str(url))
     except KeyError:
-        raise ZooError(f"{where}: no study {name!r} in {url}") from None
+        raise ZooError(f"{where}: no study {name!r} in {shown}") from None
     except Exception as err:  # noqa: BLE001 - SQLAlchemy, journal and URL errors of every kind
         raise ZooError(
-            f"{where}: cannot open study {name!r} in {url}: {' '.join(str(err).split())}"
+            f"{where}: cannot open study {name!r} in {shown}: {' '.join(str(err).split())}"
         ) from None
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     if not complete:
-        raise ZooError(f"{where}: study {name!r} in {url} has no COMPLETE trial")
+        raise ZooError(f"{where}: study {name!r} in {shown} has no COMPLETE trial")
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     trials = []
