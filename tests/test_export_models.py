@@ -251,6 +251,15 @@ def test_predict_models_equals_each_model_alone_and_blends(
     )
     np.testing.assert_allclose(blended.iloc[:, 1:].to_numpy(), expected, rtol=1e-12, atol=0)
 
+    other = tmp_path / "other-set"  # the predictions of another model set: an error, not a positional match
+    other.mkdir()
+    for old, new in (("a", "c"), ("b", "b")):
+        (other / f"{new}.parquet").write_bytes((pred / f"{old}.parquet").read_bytes())
+    line = one_line_error(
+        tfpipe("blend", "--apply", spec, "--pred-dir", other, "--out", tmp_path / "x.parquet"), "blend"
+    )
+    assert "missing: ['a'], not in the spec: ['c']" in line
+
     empty = tmp_path / "empty"
     empty.mkdir()
     line = one_line_error(

@@ -358,6 +358,7 @@ def _run_blend(args: argparse.Namespace) -> None:
         args.stack_method,
         args.apply,
         args.spec,
+        by_name=args.pred_dir is not None,
     )
     if "r2_blend" in report:
         for name, r2 in report["r2_inputs"].items():

@@ -83,8 +83,13 @@ def blend_files(
     stack_method: str = "ridge",
     apply: str | None = None,
     spec: str | None = None,
+    by_name: bool = False,
 ) -> dict:
-    """``tfpipe blend``: fit (or with ``apply``, reuse) a blend of prediction files and write OUT + spec."""
+    """``tfpipe blend``: fit (or with ``apply``, reuse) a blend of prediction files and write OUT + spec.
+
+    With ``apply``, files named after the spec's models are matched by name, others by position;
+    ``by_name`` (``--pred-dir``: a model set's predictions) makes a name mismatch an error instead.
+    """
     schema = get_schema("kaggle")
     ids, values = _load_all(preds, schema)
     names = model_names(preds)
@@ -99,6 +104,14 @@ def blend_files(
         if sorted(names) == sorted(saved["models"]):  # the files are named after the models: match by name
             blended = apply_blend(apply, dict(zip(names, values, strict=True)))
             matched = {name: preds[names.index(name)] for name in saved["models"]}
+        elif by_name:
+            missing = sorted(set(saved["models"]) - set(names))
+            extra = sorted(set(names) - set(saved["models"]))
+            raise BlendError(
+                f"{apply} was fitted on models {saved['models']}; the predictions are of {names} "
+                f"(missing: {missing or 'none'}, not in the spec: {extra or 'none'}): predict with the "
+                "same model set, into an empty --out-dir"
+            )
         else:
             blended = apply_blend(apply, values)
             matched = dict(zip(saved["models"], preds, strict=True))
