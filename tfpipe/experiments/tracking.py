@@ -35,6 +35,8 @@ MLFLOW_FILE = "mlflow.json"
 ARTIFACTS = ("best.keras", "metrics.csv", "config.yaml", "stats.json")
 SCORE_DIR = "score"
 PARENT_ENV = "TFPIPE_MLFLOW_PARENT_RUN_ID"
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+"""MLflow's HTTP retries and time-out (its defaults: 7 retries with back-off, 120 s), unless set."""
 MAX_PARAM_LENGTH = 6000
 PARAMS_PER_CALL = 100
 END_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
@@ -96,6 +98,8 @@ def _client(uri: str):
         raise _missing() from None
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses it unless asked
+    for name, value in HTTP_LIMITS.items():  # a lost server costs seconds of a run, not minutes per call
+        os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -163,13 +167,17 @@ class Tracker:
         except ImportError:
             raise _missing() from None
         client = _client(uri)
+        run_id = None
         try:
             run_id = _continued_run(client, uri, run_dir) or _new_run(client, uri, run_dir, config, parent)
             tracker = cls(client, uri, run_id, run_dir)
             tracker.log_params(config_to_dict(config))
-        except TrackingError:
-            raise
         except Exception as err:  # noqa: BLE001 (MlflowException, requests' errors, OSError ...)
+            if run_id is not None:  # started (RUNNING) but not usable: do not leave it running
+                with contextlib.suppress(Exception):
+                    client.set_terminated(run_id, "FAILED")
+            if isinstance(err, TrackingError):
+                raise
             raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
         print(f"[train] MLflow run {run_id} at {uri}", file=sys.stderr)
         return tracker
