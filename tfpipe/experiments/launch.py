@@ -161,6 +161,20 @@ def run_local(
     outcomes = {spec.name: pre_check(spec, board) or Outcome() for spec in specs}
     queue = deque(spec for spec in specs if outcomes[spec.name].state == "queued")
     active: dict[int, tuple[RunSpec, Attempt]] = {}
+    try:
+        _local_loop(queue, active, slots, outcomes, options, board, stop)
+    except BaseException:  # an attempt that cannot start, a bug: the running trainers stop with us
+        for _spec, attempt in active.values():
+            attempt.signal(signal.SIGTERM)
+        for _spec, attempt in active.values():
+            attempt.finish()
+        raise
+    return outcomes
+
+
+def _local_loop(queue: deque, active: dict, slots: list, outcomes: dict[str, Outcome], options: LaunchOptions,
+                board: Board, stop: Stopper) -> None:  # fmt: skip
+    """Start queued runs on free slots, reap ended attempts, forward stop signals, until all ended."""
     forwarded = 0
     while queue or active:
         for slot, (spec, attempt) in list(active.items()):
@@ -182,7 +196,6 @@ def run_local(
                     board.set(spec.name, "stopping")
         board.refresh(spec.name for spec, _ in active.values())
         time.sleep(options.poll_s)
-    return outcomes
 
 
 def _reap(spec: RunSpec, result: Result, outcome: Outcome, options: LaunchOptions, board: Board,
@@ -254,6 +267,8 @@ def launch(specs: list[RunSpec], options: LaunchOptions, runs_dir: str, stream: 
         or (options.slots is not None and options.slots < 1)
     ):
         raise ValueError("--max-retries must be >= 0, --cpus-per-run and --slots >= 1")
+    if options.gpus_per_run is not None and options.gpus_per_run < 0:
+        raise ValueError(f"--gpus-per-run must be >= 0, got {options.gpus_per_run}")
     if options.engine == "local" and options.address is not None:
         raise ValueError("--address is for --engine ray")
     if options.engine == "ray" and options.slots is not None:
