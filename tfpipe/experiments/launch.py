@@ -31,7 +31,7 @@ from tfpipe import storage
 from tfpipe.experiments.progress import Board
 from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result
 from tfpipe.experiments.zoo import RunSpec
-from tfpipe.train.status import effective_state, read_status
+from tfpipe.train.status import live_session
 
 
 @dataclass
@@ -145,8 +145,8 @@ def pre_check(spec: RunSpec, board: Board) -> Outcome | None:
     if info is not None and info.state == "finished":
         board.set(spec.name, "finished")
         return Outcome(state="skipped", detail="finished before")
-    status = read_status(spec.run_dir)
-    if status is not None and effective_state(status) == "running":
+    status = live_session(spec.run_dir)
+    if status is not None:
         board.set(spec.name, "busy")
         host, pid = status.get("host"), status.get("pid")
         return Outcome(state="busy", detail=f"another session trains it (host {host}, pid {pid})")

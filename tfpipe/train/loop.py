@@ -8,6 +8,9 @@ when the score improved, ``checkpoints/ckpt-N``, and last ``ckpt-N.state.json``.
 Stops: ``--stop-after-sub-epochs``, ``--time-budget`` (before a sub-epoch that would not fit),
 SIGTERM or Ctrl-C (at the next chunk of ``steps_per_execution`` steps; the unfinished sub-epoch is
 redone by the next run; a second Ctrl-C aborts at once).
+
+(Just over 400 lines: the Trainer's methods share the commit order of the writes above, which is
+easier to check in one room; the step, checkpoints, session, status and logs are their own modules.)
 """
 
 from __future__ import annotations

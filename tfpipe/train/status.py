@@ -72,10 +72,16 @@ def effective_state(status: dict | None, now: float | None = None) -> str:
     return "running" if age < STALE_AFTER_S else "killed"
 
 
+def live_session(run_dir: str) -> dict | None:
+    """The ``running`` status of a session of ``run_dir`` that still lives, or None."""
+    status = read_status(run_dir)
+    return status if status is not None and effective_state(status) == "running" else None
+
+
 def busy_message(run_dir: str) -> str | None:
     """Why ``run_dir`` must not be trained now (another live session trains it), or None."""
-    status = read_status(run_dir)
-    if status is None or effective_state(status) != "running":
+    status = live_session(run_dir)
+    if status is None:
         return None
     host, pid = status.get("host"), int(status.get("pid", -1))
     if host == socket.gethostname() and pid == os.getpid():
