@@ -282,13 +282,16 @@ def test_sigkill_mid_sub_epoch_and_sigterm_then_resume_match_the_straight_run(
            f"data.sources.0.path={encoded}", "--run-dir", str(run), "--deterministic", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run / "checkpoints" / "ckpt-1.state.json", proc)
-    time.sleep(1.0)  # into sub-epoch 2
+    time.sleep(0.25)  # into sub-epoch 2 (a sub-epoch takes 0.4-0.8 s here)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    assert available_checkpoints(str(run)) in ([1], [1, 2])
+    done = available_checkpoints(str(run))
+    assert done[0] == 1 and done[-1] < 4, done  # killed before the end (a fast machine may be further on)
 
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "checkpoints" / "ckpt-2.state.json", proc)
+    # the checkpoint this session writes, not one that was there at its start (a SIGTERM in the first
+    # milliseconds of the interpreter, before any Python code runs, is the default one: killed, -15)
+    _wait_for(run / "checkpoints" / f"ckpt-{done[-1] + 1}.state.json", proc)
     proc.send_signal(signal.SIGTERM)  # what Kaggle/Colab and pre-emptible VMs send
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
