@@ -329,7 +329,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="raw", help="a raw netCDF tree or a Kaggle CSV file")
     p.add_argument("--schema", choices=sorted(SCHEMAS), default="kaggle", help="variable layout to encode")
     p.add_argument("--stride", type=int, default=1, help="keep every K-th time step (Kaggle train: 7)")
-    p.add_argument("--workers", type=int, default=1, help="parallel file readers (processes)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel file readers (processes); one per core on shards over a day",
+    )
     p.add_argument("--blocks-per-file", type=int, default=16, help="blocks per TFRecord file")
     p.add_argument("--block-size", type=int, default=NCOL, help="CSV rows per block")
     p.add_argument(

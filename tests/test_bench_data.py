@@ -43,6 +43,7 @@ def positive_numbers(report: dict) -> list[float]:
                 "encode_mb_per_s",
                 "read_only_mb_per_s",
                 "ratio_vs_read_only",
+                "ratio_vs_read_only_by_workers",
                 "bytes_per_sample_ratio",
                 "samples",
             },
@@ -65,5 +66,8 @@ def test_data_benchmark_quick_mode_prints_its_json_line(script: str, keys: set[s
     assert set(report) == keys
     if "samples_per_s_by_threads" in report:
         assert set(report["samples_per_s_by_threads"]) == {"1", "2"}
+    if "ratio_vs_read_only_by_workers" in report:
+        assert set(report["ratio_vs_read_only_by_workers"]) == {"1", "2"}
+        assert report["ratio_vs_read_only"] == max(report["ratio_vs_read_only_by_workers"].values())
     for value in positive_numbers(report):
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, report

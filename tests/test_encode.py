@@ -162,6 +162,10 @@ def test_cli_contract_and_shard_from_environment(small_raw_tree: Path, tmp_path:
     assert (dst / "grid-info.nc").is_file()
     again = run_encode("--src", str(small_raw_tree), "--dst", str(dst), "--num-shards", "2", "--shard", "1")
     assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] is True
+    one = tmp_path / "one-reader"  # reader processes change the speed, never the bytes
+    single = run_encode("--src", str(small_raw_tree), "--dst", str(one), "--num-shards", "2", "--shard", "1")
+    assert single.returncode == 0, single.stderr
+    assert tree_files(one) == tree_files(dst)
 
 
 # ------------------------------------------------------------------ bad input
