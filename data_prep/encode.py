@@ -176,10 +176,8 @@ def _copy_grid(config: EncodeConfig) -> None:
         storage.write_bytes(target, storage.read_bytes(src))
 
 
-def encode_shard(config: EncodeConfig) -> EncodeSummary:
-    """Encode one shard (see the module docstring). EncodeError on bad input or options."""
-    t0 = time.perf_counter()
-    c = config
+def _check_options(c: EncodeConfig) -> None:
+    """EncodeError for options that cannot work, before anything is read or written."""
     if c.num_shards < 1:
         raise EncodeError(f"--num-shards must be >= 1, got {c.num_shards}")
     if not 0 <= c.shard < c.num_shards:
@@ -192,6 +190,34 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
         raise EncodeError("--format kaggle-csv needs --schema kaggle")
     if c.stride < 1 or c.blocks_per_file < 1 or c.block_size < 1 or c.workers < 1:
         raise EncodeError("--stride, --blocks-per-file, --block-size and --workers must be >= 1")
+
+
+def _write_blocks(c: EncodeConfig, blocks: Iterator[Block], total: int | None) -> BackgroundWriter:
+    """Every block into the shard's files (published, not yet committed), with progress; the writer
+    (its ``entries``) when all are written. On any error the file in progress is dropped."""
+    writer = BackgroundWriter(ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file))
+    samples = 0
+    with _progress(c, total) as bar:
+        try:
+            for block in blocks:
+                writer.write(block)
+                samples += len(block)
+                bar.update(1)
+                bar.set_postfix(samples=samples, refresh=False)
+            writer.close()
+        except BaseException as err:
+            writer.abort()
+            if isinstance(err, (RawDataError, CsvError)):  # encode_shard's errors are EncodeErrors
+                raise EncodeError(str(err)) from None
+            raise
+    return writer
+
+
+def encode_shard(config: EncodeConfig) -> EncodeSummary:
+    """Encode one shard (see the module docstring). EncodeError on bad input or options."""
+    t0 = time.perf_counter()
+    c = config
+    _check_options(c)
     schema = get_schema(c.schema)
     manifest_path = storage.join(c.dst, manifest_name(c.shard, c.num_shards))
     old, problem = _committed(c, manifest_path)
@@ -223,23 +249,9 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
     # A committed shard stays committed (manifest and files) until the new manifest replaces it.
 
     bad_values: list[dict] = []
-    samples = 0
-    writer = BackgroundWriter(ShardWriter(c.shard, c.num_shards, c.dst, c.blocks_per_file))
-    blocks = _shard_blocks(c, schema, mine, bad_values)
-    total = len(mine) if mine is not None else None
-    with _progress(c, total) as bar:
-        try:
-            for block in blocks:
-                writer.write(block)
-                samples += len(block)
-                bar.update(1)
-                bar.set_postfix(samples=samples, refresh=False)
-            writer.close()
-        except BaseException as err:
-            writer.abort()
-            if isinstance(err, (RawDataError, CsvError)):  # encode_shard's errors are EncodeErrors
-                raise EncodeError(str(err)) from None
-            raise
+    writer = _write_blocks(
+        c, _shard_blocks(c, schema, mine, bad_values), len(mine) if mine is not None else None
+    )
     dropped_samples = sum(entry["dropped_samples"] for entry in bad_values)
 
     _copy_grid(c)  # beside the data before the shard is committed; nothing at all if encoding failed
