@@ -9,6 +9,9 @@ The shard's files are published first (temporary name, then rename or upload) an
 ``DST/manifest-IIIII-of-NNNNN.json`` last: the manifest is the commit marker. A shard whose manifest
 exists and verifies is skipped; ``--overwrite`` redoes it. Output bytes depend only on the input
 and the options, so a killed and re-run shard equals an uninterrupted one byte for byte.
+
+(Just over 400 lines: like every ``data_prep`` job, the job and its command line share one module, so
+``python -m data_prep.encode`` stays the entry point; reading and writing blocks are their own modules.)
 """
 
 from __future__ import annotations
