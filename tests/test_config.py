@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,20 @@ def test_dump_and_load_round_trip_atomically(tmp_path):
     d = config_to_dict(cfg)
     assert d["data"]["representations"] == ["column", "variable", "log"]
     assert d["data"]["sources"][0] == dataclasses.asdict(cfg.data.sources[0])
+
+
+def test_values_are_assigned_as_their_declared_type_so_omegaconf_24_does_not_warn(tmp_path):
+    """OmegaConf 2.4 warns (FutureWarning) on every implicit int->float or list->tuple assignment."""
+    from tfpipe.config_tree import as_declared
+
+    assert type(as_declared(1000, float)) is float and type(as_declared(1, float | None)) is float
+    assert as_declared(True, float) is True  # no widening of bools: OmegaConf refuses them
+    assert as_declared([1, 2], tuple[float, ...]) == (1.0, 2.0) and as_declared(3, int | float) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = load_config(REFERENCE, ["optim.learning_rate=1", "data.sources.0.weight=2"])
+        dump_config(cfg, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml") == cfg  # what predict and resumes load
 
 
 def test_config_hash_covers_model_and_data_fields():

@@ -3,7 +3,8 @@
 :class:`ConfigTree` holds the tree and where each value came from (the file or an override), so
 that every error names its source; :func:`resolve` builds the :class:`TrainConfig` (the model's own
 config class chosen by ``model.name``). Types are checked and converted by OmegaConf structured
-configs; nothing here coerces a value.
+configs. The one conversion done here is the lossless widening OmegaConf 2.4 asks callers to do
+themselves (an int where a float is declared, a list where a tuple is): :func:`as_declared`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,26 @@ def _known(parts: list[str], root: type = TrainConfig) -> str:
 # -- validation: OmegaConf ---------------------------------------------------------------------------
 
 
+def as_declared(value: Any, tp: Any) -> Any:
+    """``value`` widened to annotation ``tp`` where that loses nothing: int to float, list to tuple.
+
+    OmegaConf 2.3 did these conversions on assignment; 2.4 still does them but warns (FutureWarning,
+    "pass the declared type"). Anything else is left for OmegaConf to check and refuse.
+    """
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        declared = [a for a in args if a is not type(None)]
+        if type(value) is int and float in declared and int not in declared:
+            return float(value)
+        return as_declared(value, declared[0]) if len(declared) == 1 else value
+    if tp is float and type(value) is int:  # not bool: True is no float
+        return float(value)
+    if typing.get_origin(tp) is tuple and isinstance(value, (list, tuple)):
+        element = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        return tuple(as_declared(v, element) for v in value) if element is not None else tuple(value)
+    return value
+
+
 def _omegaconf_error(
     err: Exception, dotted: str, value: Any, tree: ConfigTree, root: type, prefix: str
 ) -> ConfigError:
@@ -203,7 +224,7 @@ def _merge(node: Any, values: dict, tree: ConfigTree, root: type, prefix: str, p
                 for i, item in enumerate(value)
             ]
         try:
-            node[key] = value
+            node[key] = as_declared(value, _type_at(root, dotted.split(".")))
         except OmegaConfBaseException as err:
             raise _omegaconf_error(err, full, value, tree, root, prefix) from None
 
