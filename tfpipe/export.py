@@ -5,6 +5,11 @@ unknown), then the schema's input columns and, when the data has them, its targe
 float64. ``state_q0002_*`` come from the float64 copy in the records (exact); other columns are the
 stored float32 values widened to float64. Written one row group per block, to a temporary name
 first, so memory stays bounded and a killed export leaves no parquet file behind.
+
+With targets the file is marked as truth (:func:`tfpipe.prediction_files.truth_metadata`) and carries
+its grid: ``--grid FILE``, else the ``grid-info.nc`` that encoding copied beside the shards, so that
+``tfpipe score --metric climsim`` weights with the data's own grid. Without targets it is marked
+``inputs``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from tfpipe import storage
+from tfpipe.grid import GRID_FILE, grid_to_dict, load_grid
 from tfpipe.manifest import data_files, read_manifests
+from tfpipe.prediction_files import arrow_metadata, truth_metadata
 from tfpipe.records import Block, float64_columns, float64_target_columns, read_blocks
 from tfpipe.schema import Schema, get_schema
 
@@ -32,17 +39,37 @@ def exact_targets(targets: np.ndarray, y64: np.ndarray, schema: Schema) -> np.nd
     return out
 
 
-def export_parquet(data: str, out: str, allow_partial: bool = False) -> dict:
-    """Write every complete shard under ``data`` to the parquet file ``out``; returns a summary."""
+def data_grid(data: str, grid: str | None = None) -> dict | None:
+    """The grid a truth of ``data`` carries: ``grid``, else ``data/grid-info.nc``, else None."""
+    path = grid or storage.join(data, GRID_FILE)
+    if grid is None and not storage.exists(path):
+        return None
+    return grid_to_dict(load_grid(path), path)
+
+
+def export_parquet(
+    data: str, out: str, allow_partial: bool = False, grid: str | None = None, extra: dict | None = None
+) -> dict:
+    """Write every complete shard under ``data`` to the parquet file ``out``; returns a summary.
+
+    ``grid``: the grid-info file the truth carries (default ``data/grid-info.nc`` when there is one);
+    ``extra``: more keys for the truth's ``tfpipe`` metadata.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifests = read_manifests(data, allow_partial=allow_partial)
     schema = get_schema(manifests[0].schema)
     has_targets = all(m.has_targets for m in manifests)
+    embedded = data_grid(data, grid) if has_targets else None
+    if has_targets:
+        meta = truth_metadata(schema, embedded, **(extra or {}))
+    else:
+        meta = {"kind": "inputs", "schema": schema.name}
     names = list(schema.input_columns) + (list(schema.target_columns) if has_targets else [])
     fields = [pa.field("sample_id", pa.string()), pa.field("ncol", pa.int32()), pa.field("time", pa.int64())]
-    arrow_schema = pa.schema(fields + [pa.field(n, pa.float64()) for n in names])
+    fields += [pa.field(n, pa.float64()) for n in names]
+    arrow_schema = pa.schema(fields, metadata=arrow_metadata(meta))
 
     rows = 0
     with storage.staged_output(out) as tmp_path, pq.ParquetWriter(tmp_path, arrow_schema) as writer:
@@ -59,4 +86,6 @@ def export_parquet(data: str, out: str, allow_partial: bool = False) -> dict:
         "columns": 3 + len(names),
         "schema": schema.name,
         "shards": len(manifests),
+        "kind": meta["kind"],
+        "grid": None if embedded is None else embedded["source"],
     }

@@ -3,16 +3,20 @@
 Computed here rather than copied: 6 cube faces x (4 x 4 spectral elements) x (2 x 2 physics
 cells) = 384 columns on an equiangular gnomonic cube, and a smooth 60-level hybrid
 coordinate from ~0.05 hPa to the surface. ``read_grid`` loads the same quantities from a
-grid-info file (ours or the real ``ClimSim_low-res_grid-info.nc``).
+grid-info file (ours or the real ``ClimSim_low-res_grid-info.nc``); ``grid_to_dict`` and
+``grid_from_dict`` carry a grid inside a truth file's metadata (exactly: JSON floats round-trip).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from tfpipe.schema import NCOL, NLEV
+
+GRID_FILE = "grid-info.nc"
+"""The grid file's name in a raw tree and, copied there by encoding, in an encoded folder."""
 
 P0 = 100_000.0
 """Reference pressure (Pa) of the hybrid coordinate."""
@@ -133,12 +137,12 @@ def make_grid() -> Grid:
     )
 
 
-def read_grid(path: str) -> Grid:
-    """Load a grid-info netCDF file (ours or the real ClimSim one)."""
+def read_grid(path: str, memory: bytes | None = None) -> Grid:
+    """Load a grid-info netCDF file (ours or the real ClimSim one), or its bytes ``memory``."""
     import netCDF4
 
     try:
-        with netCDF4.Dataset(path) as ds:
+        with netCDF4.Dataset(path, memory=memory) as ds:
             get = {
                 name: np.asarray(ds.variables[name][:], dtype=np.float64)
                 for name in ("lat", "lon", "area", "hyai", "hybi", "hyam", "hybm", "P0")
@@ -157,3 +161,32 @@ def read_grid(path: str) -> Grid:
         hybm=get["hybm"],
         p0=float(get["P0"]),
     )
+
+
+def load_grid(path: str) -> Grid:
+    """:func:`read_grid` of a local or gs:// grid-info file (a remote one is read into memory)."""
+    from tfpipe import storage
+
+    if not storage.is_remote(path):
+        return read_grid(path)
+    if not storage.exists(path):
+        raise ValueError(f"{path}: grid file not found")
+    return read_grid(path, memory=storage.read_bytes(path))
+
+
+def grid_to_dict(grid: Grid, source: str) -> dict:
+    """The grid as JSON-ready lists (float64 values round-trip exactly), with where it came from."""
+    out: dict = {"source": source}
+    for f in fields(grid):
+        value = getattr(grid, f.name)
+        out[f.name] = float(value) if f.name == "p0" else np.asarray(value, dtype=np.float64).tolist()
+    return out
+
+
+def grid_from_dict(data: dict, where: str = "the grid") -> Grid:
+    """The :class:`Grid` of :func:`grid_to_dict` output; ValueError naming ``where`` if it is incomplete."""
+    missing = [f.name for f in fields(Grid) if f.name not in data]
+    if missing:
+        raise ValueError(f"{where}: embedded grid lacks {', '.join(missing)}")
+    values = {f.name: np.asarray(data[f.name], dtype=np.float64) for f in fields(Grid) if f.name != "p0"}
+    return Grid(**values, p0=float(data["p0"]))

@@ -241,13 +241,18 @@ class ParquetSink:
 
     ROW_GROUP_ROWS = 16384
 
-    def __init__(self, out: str, columns: tuple[str, ...]) -> None:
+    def __init__(self, out: str, columns: tuple[str, ...], metadata: dict | None = None) -> None:
+        """``metadata``: what the file is (:func:`tfpipe.prediction_files.truth_metadata` or
+        ``prediction_metadata``), stored as its ``tfpipe`` key-value metadata."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from tfpipe.prediction_files import arrow_metadata
+
         self.out, self.columns = out, columns
         self.schema = pa.schema(
-            [pa.field("sample_id", pa.string())] + [pa.field(c, pa.float64()) for c in columns]
+            [pa.field("sample_id", pa.string())] + [pa.field(c, pa.float64()) for c in columns],
+            metadata=None if metadata is None else arrow_metadata(metadata),
         )
         self.tmp = storage.local_temp_for(out)
         # dictionary encoding only for the ids: float columns never fill a dictionary (it halves write speed)
@@ -308,21 +313,25 @@ def validation_files(config, where: str) -> tuple[list[str], str]:
 def predict_into(
     models: Sequence[tuple[object, Normalization]], outs: Sequence[str], data: str, batch: int,
     weights: np.ndarray | None = None, files: list[str] | None = None, allow_partial: bool = False,
-    truth_out: str | None = None, progress: bool = False,
+    truth_out: str | None = None, progress: bool = False, truth_extra: dict | None = None,
 ) -> int:  # fmt: skip
     """Predict ``data`` with every ``(model, norm)`` in one pass: each batch is read and parsed once and
     run through each model; model ``i``'s predictions (times ``weights``) go to the parquet file
-    ``outs[i]`` and, with ``truth_out``, the exact truth to that file. The files are published at the
-    end (none on an error). Returns the number of rows."""
+    ``outs[i]`` and, with ``truth_out``, the exact truth to that file, marked as truth (with the keys
+    ``truth_extra`` in its metadata). The files are published at the end (none on an error). Returns
+    the number of rows."""
     from tqdm import tqdm
+
+    from tfpipe.prediction_files import prediction_metadata, truth_metadata
 
     schema = models[0][1].schema
     forwards = [make_forward(model) for model, _ in models]
     labels = [data] if len(models) == 1 else [f"{data} (model of {out})" for out in outs]
     zipped = list(zip(forwards, models, labels, strict=True))
-    sinks = [ParquetSink(out, schema.target_columns) for out in outs]
+    sinks = [ParquetSink(out, schema.target_columns, prediction_metadata(schema)) for out in outs]
     if truth_out is not None:
-        sinks.append(ParquetSink(truth_out, schema.target_columns))
+        truth_meta = truth_metadata(schema, **(truth_extra or {}))
+        sinks.append(ParquetSink(truth_out, schema.target_columns, truth_meta))
     bar = tqdm(
         unit="row",
         unit_scale=True,

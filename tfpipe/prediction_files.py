@@ -4,19 +4,29 @@ Predictions and truth are parquet files with ``sample_id`` first and the target 
 (Kaggle) order. Prediction files must have exactly these columns; a truth file may carry more (e.g.
 the inputs of ``tfpipe export``). Rows are matched by ``sample_id``, never by position. Every problem
 is a :class:`~tfpipe.metrics.ScoreError` that names the file and, where there is one, the column.
+
+Every file tfpipe writes says what it is in its parquet key-value metadata: key ``tfpipe``, a JSON
+object ``{"kind": "truth" | "prediction" | "inputs", "schema": NAME, ...}``; a truth may carry its
+``grid`` (:func:`tfpipe.grid.grid_to_dict`) and any ``extra`` keys its writer was given. Only a file
+marked as truth is accepted as truth (a prediction scored as truth gives a meaningless number), and a
+truth is refused as predictions. Predictions from other tools (no metadata) are accepted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
 from tfpipe import storage
 from tfpipe.metrics import ScoreError, default_schema
-from tfpipe.schema import Schema
+from tfpipe.schema import SCHEMAS, Schema, get_schema
 
 SAMPLE_ID = "sample_id"
+METADATA_KEY = b"tfpipe"
+"""The parquet key-value metadata key of what a tfpipe file is (JSON)."""
+REMAKE_TRUTH = "tfpipe export --data ENCODED --out T.parquet"
 
 
 def open_parquet(path: str):  # -> pyarrow.parquet.ParquetFile
@@ -32,6 +42,66 @@ def open_parquet(path: str):  # -> pyarrow.parquet.ParquetFile
         return pq.ParquetFile(path)
     except pa.ArrowException as err:
         raise ScoreError(f"{path}: not a readable parquet file ({' '.join(str(err).split())})") from None
+
+
+def truth_metadata(schema: Schema, grid: dict | None = None, **extra) -> dict:
+    """The ``tfpipe`` metadata of a truth file of ``schema``: with its grid (or none) and ``extra`` keys
+    (``kind`` and ``schema`` cannot be overridden)."""
+    meta: dict = {"kind": "truth", "schema": schema.name}
+    if grid is not None:
+        meta["grid"] = grid
+    return extra | meta
+
+
+def prediction_metadata(schema: Schema, **extra) -> dict:
+    """The ``tfpipe`` metadata of a prediction file of ``schema``."""
+    return extra | {"kind": "prediction", "schema": schema.name}
+
+
+def arrow_metadata(meta: dict) -> dict[bytes, bytes]:
+    """``meta`` as the key-value metadata of a pyarrow schema (``schema.with_metadata(...)``)."""
+    return {METADATA_KEY: json.dumps(meta, allow_nan=False).encode()}
+
+
+def read_tfpipe_metadata(path: str, pf=None) -> dict:
+    """The ``tfpipe`` metadata of a parquet file (``pf``: the file, if already open); {} if it has none."""
+    pf = open_parquet(path) if pf is None else pf
+    raw = (pf.schema_arrow.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("schema") not in SCHEMAS:
+        raise ScoreError(f"{path}: unreadable tfpipe metadata; re-make the file with tfpipe")
+    return meta
+
+
+def require_truth(path: str, pf=None) -> dict:
+    """The metadata of a truth file, or a one-line ScoreError saying what the file is instead."""
+    meta = read_tfpipe_metadata(path, pf)
+    kind = meta.get("kind")
+    if kind == "truth":
+        return meta
+    if kind == "prediction":
+        raise ScoreError(
+            f"{path}: a prediction file, not a truth file; the truth is what `{REMAKE_TRUTH}` "
+            "or `tfpipe predict --oof` writes"
+        )
+    if kind is not None:
+        raise ScoreError(f"{path}: a tfpipe {kind!r} file without targets, not a truth file")
+    raise ScoreError(
+        f"{path}: not a tfpipe truth file (no tfpipe metadata: another tool's file, or one from a tfpipe "
+        f"that did not mark truth files); re-make it with `{REMAKE_TRUTH}`"
+    )
+
+
+def _check_targets(path: str, meta: dict, schema: Schema, what: str) -> None:
+    """A file of another layout (other targets) named as such, rather than as a missing column."""
+    name = meta.get("schema")
+    if name is not None and get_schema(name).target_columns != schema.target_columns:
+        raise ScoreError(f"{path}: {what} of the {name} layout, expected {schema.name} targets")
 
 
 def _check_columns(path: str, names: list[str], expected: list[str]) -> None:
@@ -101,6 +171,10 @@ def load_predictions(path: str, schema: Schema | None = None) -> tuple[np.ndarra
     """
     schema = default_schema(schema)
     pf = open_parquet(path)
+    meta = read_tfpipe_metadata(path, pf)
+    if meta.get("kind") == "truth":
+        raise ScoreError(f"{path}: a truth file, not predictions (pass it as the truth)")
+    _check_targets(path, meta, schema, "predictions")
     columns = list(schema.target_columns)
     _check_columns(path, list(pf.schema_arrow.names), [SAMPLE_ID, *columns])
     ids, values = _read_columns(path, pf, columns)
@@ -108,10 +182,13 @@ def load_predictions(path: str, schema: Schema | None = None) -> tuple[np.ndarra
     return ids, values
 
 
-def load_truth(path: str, schema: Schema | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`load_predictions`, but other columns (inputs, ``ncol``, ...) may be present."""
-    schema = default_schema(schema)
-    pf = open_parquet(path)
+def load_truth(path: str, schema: Schema | None = None, pf=None) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`load_predictions` for a file marked as truth (:func:`require_truth`); other columns
+    (inputs, ``ncol``, ...) may be present. ``schema`` defaults to the truth's own."""
+    pf = open_parquet(path) if pf is None else pf
+    meta = require_truth(path, pf)
+    schema = get_schema(meta["schema"]) if schema is None else schema
+    _check_targets(path, meta, schema, "a truth")
     names = set(pf.schema_arrow.names)
     columns = list(schema.target_columns)
     missing = [c for c in [SAMPLE_ID, *columns] if c not in names]
@@ -186,12 +263,18 @@ def align(ids_ref: np.ndarray, ids: np.ndarray, ref_path: str, path: str) -> np.
     )
 
 
-def write_predictions(path: str, ids: np.ndarray, values: np.ndarray, schema: Schema | None = None) -> str:
-    """Write ``sample_id`` (string) + the target columns (float64, Kaggle order) to parquet, atomically."""
+def write_predictions(
+    path: str, ids: np.ndarray, values: np.ndarray, schema: Schema | None = None, metadata: dict | None = None
+) -> str:
+    """Write ``sample_id`` (string) + the target columns (float64, Kaggle order) to parquet, atomically.
+
+    ``metadata``: the file's ``tfpipe`` metadata, by default :func:`prediction_metadata`.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = default_schema(schema)
+    metadata = prediction_metadata(schema) if metadata is None else metadata
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(ids), schema.n_targets):
         raise ScoreError(f"{path}: values {values.shape} do not match {len(ids)} ids x {schema.n_targets}")
@@ -199,10 +282,19 @@ def write_predictions(path: str, ids: np.ndarray, values: np.ndarray, schema: Sc
     arrays = [pa.array([str(x) for x in ids], pa.string())] + [
         pa.array(values[:, k]) for k in range(values.shape[1])
     ]
-    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=arrow_metadata(metadata)))
     with storage.staged_output(path) as tmp_path:
         pq.write_table(table, tmp_path)
     return path
+
+
+def write_truth(
+    path: str, ids: np.ndarray, values: np.ndarray, schema: Schema | None = None, grid: dict | None = None,
+    extra: dict | None = None,
+) -> str:  # fmt: skip
+    """:func:`write_predictions` marked as truth (:func:`truth_metadata` with ``grid`` and ``extra``)."""
+    schema = default_schema(schema)
+    return write_predictions(path, ids, values, schema, truth_metadata(schema, grid, **(extra or {})))
 
 
 def strip_parquet(path: str) -> str:

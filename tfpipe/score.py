@@ -24,9 +24,10 @@ from tfpipe.prediction_files import (
     load_truth,
     load_weights,
     open_parquet,
+    require_truth,
     strip_parquet,
 )
-from tfpipe.schema import NLEV, VARIABLES, Schema
+from tfpipe.schema import NLEV, VARIABLES, Schema, get_schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,23 +134,49 @@ def plot_r2_heatmap(table: pd.DataFrame, path: str, title: str | None = None) ->
 # -- tfpipe score ------------------------------------------------------------------------------------
 
 
+def climsim_grid(truth_path: str, meta: dict, grid_path: str | None):  # -> (Grid, source, warning)
+    """The grid of ``--metric climsim``: ``--grid`` if given (it wins), else the one the truth carries.
+
+    Never the synthetic built-in grid: its ``hybi`` and areas are not the data's, and every weight
+    derived from them would be silently wrong. A truth without a grid and no ``--grid`` is refused.
+    """
+    from tfpipe.grid import grid_from_dict, load_grid
+
+    embedded = meta.get("grid")
+    if grid_path is None:
+        if embedded is None:
+            raise ScoreError(
+                f"{truth_path}: --metric climsim needs the data's grid and this truth carries none (its "
+                "encoded folder had no grid-info.nc): pass --grid grid-info.nc, or re-export with --grid"
+            )
+        source = f"{embedded.get('source')} (carried by {truth_path})"
+        return grid_from_dict(embedded, truth_path), source, None
+    grid = load_grid(grid_path)
+    warning = None
+    if embedded is not None:
+        own = grid_from_dict(embedded, truth_path)
+        same = (
+            all(np.array_equal(getattr(own, k), getattr(grid, k)) for k in ("area", "hyai", "hybi"))
+            and own.p0 == grid.p0
+        )
+        if not same:
+            warning = f"--grid {grid_path} differs from the grid {truth_path} carries; --grid was used"
+    return grid, grid_path, warning
+
+
 def _climsim_report(
     pred_ids: np.ndarray, pred_values: np.ndarray, truth_path: str, truth_values: np.ndarray,
-    grid_path: str | None, schema: Schema, out_dir: str, join,
+    grid: tuple, schema: Schema, out_dir: str, join, pf,
 ) -> dict:  # fmt: skip
-    """The ClimSim paper's metrics (:mod:`tfpipe.climsim_metrics`) next to the Kaggle score."""
-    from tfpipe.climsim_metrics import METRICS, climsim_scores, variable_table
-    from tfpipe.grid import make_grid, read_grid
+    """The ClimSim paper's metrics (:mod:`tfpipe.climsim_metrics`) next to the Kaggle score.
 
-    pf = open_parquet(truth_path)
-    need = [c for c in (SAMPLE_ID, "ncol", "time", "state_ps") if c not in pf.schema_arrow.names]
-    if need:
-        raise ScoreError(
-            f"{truth_path}: --metric climsim needs the columns {need} (use tfpipe export output)"
-        )
+    ``grid``: :func:`climsim_grid`'s ``(grid, source, warning)``.
+    """
+    from tfpipe.climsim_metrics import METRICS, climsim_scores, variable_table
+
+    grid, source, warning = grid
     extra = pf.read(columns=[SAMPLE_ID, "ncol", "time", "state_ps"]).to_pandas().set_index(SAMPLE_ID)
     extra = extra.loc[list(pred_ids)]
-    grid = read_grid(grid_path) if grid_path else make_grid()
     per_target = climsim_scores(
         pred_values, truth_values, extra["state_ps"].to_numpy(np.float64), extra["ncol"].to_numpy(np.int64),
         extra["time"].to_numpy(np.int64), grid, schema, truth_path,
@@ -165,7 +192,8 @@ def _climsim_report(
     storage.write_bytes(per_variable_csv, table.to_csv(index=False, float_format="%.10g").encode())
     storage.write_bytes(per_target_csv, targets.to_csv(index=False, float_format="%.10g").encode())
     return {
-        "grid": grid_path or "built-in ne4pg2 grid (tfpipe.grid)",
+        "grid": source,
+        **({"grid_warning": warning} if warning else {}),
         "variables": {r["variable"]: {m: r[m] for m in METRICS} for r in table.to_dict("records")},
         "per_variable_csv": per_variable_csv,
         "per_target_csv": per_target_csv,
@@ -183,15 +211,25 @@ def score_files(
 ) -> dict:
     """``tfpipe score``: R² of a prediction file on a truth file, with tables and a heat map in ``out_dir``.
 
-    ``out_dir`` defaults to ``P.score`` beside ``P.parquet``. Returns the JSON summary. With
-    ``metric="climsim"`` it adds the ClimSim paper's metrics (``"climsim"``; needs whole time steps
-    and a truth file from ``tfpipe export``; ``grid``: a grid-info file, default the built-in one).
+    ``truth`` must be a truth file (:func:`tfpipe.prediction_files.require_truth`); ``schema``
+    defaults to the truth's layout. ``out_dir`` defaults to ``P.score`` beside ``P.parquet``. Returns
+    the JSON summary. With ``metric="climsim"`` it adds the ClimSim paper's metrics (``"climsim"``;
+    needs whole time steps and a truth file from ``tfpipe export``; ``grid``: a grid-info file, which
+    wins over the grid the truth carries; with neither it is refused).
     """
     if metric not in ("kaggle", "climsim"):
         raise ScoreError(f"unknown metric {metric!r}; choose kaggle or climsim")
-    schema = default_schema(schema)
+    truth_file = open_parquet(truth)
+    meta = require_truth(truth, truth_file)
+    schema = get_schema(meta["schema"]) if schema is None else schema
     pred_ids, pred_values = load_predictions(pred, schema)
-    truth_ids, truth_values = load_truth(truth, schema)
+    truth_ids, truth_values = load_truth(truth, schema, truth_file)
+    climsim_grid_used = None
+    if metric == "climsim":  # refused before anything is written
+        need = [c for c in ("ncol", "time", "state_ps") if c not in truth_file.schema_arrow.names]
+        if need:
+            raise ScoreError(f"{truth}: --metric climsim needs the columns {need} (use tfpipe export output)")
+        climsim_grid_used = climsim_grid(truth, meta, grid)
     truth_values = truth_values[align(pred_ids, truth_ids, pred, truth)]
     w = None if weights is None else load_weights(weights, schema)
     r2 = r2_scores(pred_values, truth_values, w, schema)
@@ -206,12 +244,16 @@ def score_files(
     storage.write_bytes(per_level, r2_by_level(table).to_csv(float_format="%.10g").encode())
     plot_r2_heatmap(table, heatmap, title=f"{os.path.basename(pred)}: R² {r2.mean():.5f}")
     climsim = None
-    if metric == "climsim":
-        climsim = _climsim_report(pred_ids, pred_values, truth, truth_values, grid, schema, out_dir, join)
+    if climsim_grid_used is not None:
+        climsim = _climsim_report(
+            pred_ids, pred_values, truth, truth_values, climsim_grid_used, schema, out_dir, join, truth_file
+        )
     extra = {} if climsim is None else {"climsim": climsim}
     return extra | {
         "r2": float(r2.mean()),
         "n": int(len(pred_ids)),
+        "schema": schema.name,
+        "n_targets": schema.n_targets,
         "pred": pred,
         "truth": truth,
         "weights": weights,
