@@ -57,6 +57,10 @@ def _add_export(sub) -> None:
     p.add_argument("--data", required=True, help="folder of encoded shards (local or gs://)")
     p.add_argument("--out", required=True, help="parquet file to write")
     p.add_argument("--allow-partial", action="store_true", help="export a shard set with missing shards")
+    p.add_argument(
+        "--grid", help="grid-info.nc the truth carries for tfpipe score --metric climsim (default: "
+        "DATA/grid-info.nc, which data_prep.encode copies from the raw tree)",
+    )  # fmt: skip
 
 
 def _add_score(sub) -> None:
@@ -68,7 +72,10 @@ def _add_score(sub) -> None:
         "Writes per-target and per-level CSVs and an R² heat map, and names the worst targets.",
     )  # fmt: skip
     p.add_argument("--pred", required=True, help="predictions: parquet, sample_id + 368 targets in order")
-    p.add_argument("--truth", required=True, help="truth parquet with sample_id and the 368 targets")
+    p.add_argument(
+        "--truth", required=True,
+        help="truth parquet (tfpipe export, or the truth of tfpipe predict --oof); its layout is the score's",
+    )  # fmt: skip
     p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
     p.add_argument("--out-dir", help="folder for the CSVs and the PNG (default: P.score beside P.parquet)")
     p.add_argument(
@@ -76,7 +83,10 @@ def _add_score(sub) -> None:
         help="kaggle: the LEAP R²; climsim: also the ClimSim paper's R², RMSE, MAE and bias per variable and "
         "level (energy-flux weighted; needs whole time steps and a truth file from tfpipe export)",
     )  # fmt: skip
-    p.add_argument("--grid", help="grid-info.nc for --metric climsim (default: the built-in ne4pg2 grid)")
+    p.add_argument(
+        "--grid", help="grid-info.nc for --metric climsim; it wins over the grid the truth carries (tfpipe "
+        "export embeds its data's grid-info.nc); a truth with no grid needs it",
+    )  # fmt: skip
 
 
 def _add_blend(sub) -> None:
@@ -330,10 +340,13 @@ def _run_score(args: argparse.Namespace) -> None:
     report = score_files(
         args.pred, args.truth, args.weights, args.out_dir, metric=args.metric, grid=args.grid
     )
-    print(f"R² {report['r2']:.6f} over {get_schema('kaggle').n_targets} targets, {report['n']} rows")
+    print(f"R² {report['r2']:.6f} over {report['n_targets']} {report['schema']} targets, {report['n']} rows")
     for line in explanation_lines(report):
         print(line)
     if "climsim" in report:
+        if "grid_warning" in report["climsim"]:
+            print(f"tfpipe score: warning: {report['climsim']['grid_warning']}", file=sys.stderr)
+        print(f"ClimSim grid: {report['climsim']['grid']}")
         print("ClimSim metrics (energy-flux weighted, per grid column over time, then averaged; W/m²):")
         print(f"  {'variable':16s} {'R²':>9s} {'RMSE':>11s} {'MAE':>11s} {'bias':>11s}")
         for name, m in report["climsim"]["variables"].items():
@@ -410,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from tfpipe.export import export_parquet
 
-            print(json.dumps(export_parquet(args.data, args.out, args.allow_partial)))
+            print(json.dumps(export_parquet(args.data, args.out, args.allow_partial, args.grid)))
         elif args.command == "score":
             _run_score(args)
         elif args.command == "blend":
