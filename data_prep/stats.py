@@ -42,6 +42,10 @@ def compute_stats(
     inputs = Moments.empty(schema.n_inputs)
     targets = Moments.empty(schema.n_targets) if with_targets else None
     total = sum(f.samples for m in manifests for f in m.files) // num_shards if progress else None
+    # Decoding a block imports TensorFlow (its Example protobuf, 10-15 s): done before the bar exists,
+    # so that its rate and time left measure reading alone.
+    from tensorflow.core.example import example_pb2  # noqa: F401
+
     bar = tqdm(total=total, unit="sample", unit_scale=True, desc="statistics", disable=not progress,
                file=sys.stderr, mininterval=1.0, delay=2.0)  # fmt: skip
     for block in read_blocks(files, schema):
