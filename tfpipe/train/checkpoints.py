@@ -196,14 +196,27 @@ class CheckpointMirror:
 
     Object stores have no appends or renames, and the GCS emulator cannot take TF's checkpoint uploads,
     so for a ``gs://`` dir TF saves locally and :meth:`push` uploads the new files, the ``checkpoint``
-    index last (the commit marker), then deletes what the manager rotated out. Reads (``pull``) come
-    from ``read_dir``, writes go to ``write_dir`` (a scratch dir on a non-chief worker).
+    index last (the commit marker), then deletes what the manager rotated out. Reads (``restore_path``)
+    come from ``read_dir``, writes go to ``write_dir`` (a scratch dir on a non-chief worker).
+
+    The local folder starts with the remote ``checkpoint`` index of each of ``subs``: a manager then
+    counts the checkpoints of earlier sessions, as it does in a local dir, and keeps ``max_to_keep`` of
+    all of them, not only of this session's.
     """
 
-    def __init__(self, read_dir: str, write_dir: str) -> None:
+    def __init__(self, read_dir: str, write_dir: str, subs: tuple[str, ...] = (CHECKPOINTS, BEST)) -> None:
         self.read_dir, self.write_dir = read_dir, write_dir
         self.remote = storage.is_remote(write_dir)
         self.root = tempfile.mkdtemp(prefix="tfpipe-ckpt-") if self.remote else write_dir
+        if self.remote:
+            for sub in subs:
+                self._pull_index(sub)
+
+    def _pull_index(self, sub: str) -> None:
+        index = storage.join(self.write_dir, sub, "checkpoint")
+        if storage.exists(index):
+            os.makedirs(self.local(sub), exist_ok=True)
+            storage.download_file(index, os.path.join(self.local(sub), "checkpoint"))
 
     def local(self, sub: str) -> str:
         return os.path.join(self.root, sub)
