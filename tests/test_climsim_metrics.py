@@ -9,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tfpipe.climsim_metrics import GRAV, LV, ClimSimMetricError, climsim_scores, output_weighting
-from tfpipe.grid import make_grid
-from tfpipe.prediction_files import write_predictions
+from tfpipe.grid import grid_to_dict, make_grid
+from tfpipe.metrics import ScoreError
+from tfpipe.prediction_files import arrow_metadata, truth_metadata, write_predictions
 from tfpipe.schema import KAGGLE, NCOL
+from tfpipe.score import score_files
 
 ROOT = Path(__file__).resolve().parents[1]
 T_STEPS = 3
@@ -88,14 +92,23 @@ def test_constant_truth_gives_a_defined_value_and_incomplete_steps_are_refused(c
         climsim_scores(pred[:-5], truth[:-5], ps[:-5], ncol[:-5], time[:-5], grid, KAGGLE, "t.parquet")
 
 
-def test_tfpipe_score_reports_both_metrics(case, tmp_path: Path) -> None:
-    pred, truth, ps, ncol, time = case
-    ids = np.array([f"s{i}" for i in range(len(pred))])
-    write_predictions(str(tmp_path / "p.parquet"), ids, pred)
+def write_export_like_truth(path: Path, ids, truth, ncol, time, ps, grid: dict | None) -> Path:
+    """What `tfpipe export` writes, reduced to what the score reads: ids, targets, ncol, time, state_ps."""
     frame = pd.DataFrame(truth, columns=list(KAGGLE.target_columns))
     frame.insert(0, "sample_id", ids)
     frame["ncol"], frame["time"], frame["state_ps"] = ncol, time, ps
-    frame.to_parquet(tmp_path / "t.parquet")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table.replace_schema_metadata(arrow_metadata(truth_metadata(KAGGLE, grid))), path)
+    return path
+
+
+def test_tfpipe_score_reports_both_metrics_with_the_grid_the_truth_carries(case, tmp_path: Path) -> None:
+    pred, truth, ps, ncol, time = case
+    ids = np.array([f"s{i}" for i in range(len(pred))])
+    write_predictions(str(tmp_path / "p.parquet"), ids, pred)
+    write_export_like_truth(
+        tmp_path / "t.parquet", ids, truth, ncol, time, ps, grid_to_dict(make_grid(), "ne4")
+    )
     result = subprocess.run(
         [sys.executable, "-m", "tfpipe.cli", "score", "--pred", str(tmp_path / "p.parquet"), "--truth",
          str(tmp_path / "t.parquet"), "--metric", "climsim"], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -106,5 +119,20 @@ def test_tfpipe_score_reports_both_metrics(case, tmp_path: Path) -> None:
     cols = KAGGLE.target_slice("ptend_t")
     assert report["climsim"]["variables"]["ptend_t"]["r2"] == pytest.approx(want[cols].mean(), rel=1e-9)
     assert 0 < report["r2"] < 1 and "ClimSim metrics" in result.stdout
+    assert report["climsim"]["grid"] == f"ne4 (carried by {tmp_path / 't.parquet'})"
     table = pd.read_csv(report["climsim"]["per_variable_csv"])
     assert list(table.columns) == ["variable", "r2", "rmse", "mae", "bias"] and len(table) == 14
+
+
+def test_climsim_refuses_a_truth_without_a_grid_unless_given_one(case, tmp_path: Path) -> None:
+    """Never the synthetic built-in grid in silence: no grid in the truth and no --grid is an error."""
+    pred, truth, ps, ncol, time = case
+    ids = np.array([f"s{i}" for i in range(len(pred))])
+    write_predictions(str(tmp_path / "p.parquet"), ids, pred)
+    t = str(write_export_like_truth(tmp_path / "t.parquet", ids, truth, ncol, time, ps, None))
+    with pytest.raises(
+        ScoreError, match=r"t\.parquet: --metric climsim needs the data's grid .* pass --grid"
+    ):
+        score_files(str(tmp_path / "p.parquet"), t, out_dir=str(tmp_path / "s"), metric="climsim")
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+    assert score_files(str(tmp_path / "p.parquet"), t, out_dir=str(tmp_path / "s"))["r2"] > 0  # Kaggle: fine

@@ -9,11 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import r2_score
 
 from tfpipe.metrics import ScoreError, StreamingR2, kaggle_score, r2_scores
-from tfpipe.prediction_files import load_predictions, load_truth, load_weights, write_predictions
+from tfpipe.prediction_files import (
+    arrow_metadata,
+    load_predictions,
+    load_truth,
+    load_weights,
+    truth_metadata,
+    write_predictions,
+    write_truth,
+)
 from tfpipe.schema import KAGGLE, NLEV
 from tfpipe.score import plot_r2_heatmap, r2_by_level, r2_table
 
@@ -115,7 +125,8 @@ def test_prediction_files_are_checked_for_columns_and_non_finite_values(tmp_path
     with pytest.raises(ScoreError, match=r"2 columns: ptend_q0001_30 \(1 Inf\), cam_out_PRECC \(2 NaN\)"):
         load_predictions(str(bad))
     # A truth file may carry more columns (e.g. the inputs of `tfpipe export`).
-    pd.read_parquet(good).assign(ncol=np.arange(6)).to_parquet(bad, index=False)
+    table = pa.Table.from_pandas(pd.read_parquet(good).assign(ncol=np.arange(6)), preserve_index=False)
+    pq.write_table(table.replace_schema_metadata(arrow_metadata(truth_metadata(KAGGLE))), bad)
     assert load_truth(str(bad))[1].shape == (6, T)
 
 
@@ -138,7 +149,7 @@ def test_score_cli_aligns_rows_by_id_and_writes_tables_and_png(tmp_path: Path) -
     ids, pred, truth = make_data(seed=4)
     write_predictions(str(tmp_path / "P.parquet"), ids, pred)
     perm = np.random.default_rng(0).permutation(len(ids))
-    write_predictions(str(tmp_path / "T.parquet"), ids[perm], truth[perm])  # other row order
+    write_truth(str(tmp_path / "T.parquet"), ids[perm], truth[perm])  # other row order
     result = tfpipe("score", "--pred", str(tmp_path / "P.parquet"), "--truth", str(tmp_path / "T.parquet"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -156,7 +167,7 @@ def test_score_cli_errors_are_one_line(tmp_path: Path) -> None:
     write_predictions(str(tmp_path / "P.parquet"), ids, pred)
     other = ids.copy()
     other[5] = "train_999"
-    write_predictions(str(tmp_path / "T.parquet"), other, truth)
+    write_truth(str(tmp_path / "T.parquet"), other, truth)
     result = tfpipe("score", "--pred", str(tmp_path / "P.parquet"), "--truth", str(tmp_path / "T.parquet"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -165,7 +176,7 @@ def test_score_cli_errors_are_one_line(tmp_path: Path) -> None:
 
     pred[3, 7] = np.nan
     write_predictions(str(tmp_path / "N.parquet"), ids, pred)
-    result = tfpipe("score", "--pred", str(tmp_path / "N.parquet"), "--truth", str(tmp_path / "P.parquet"))
+    result = tfpipe("score", "--pred", str(tmp_path / "N.parquet"), "--truth", str(tmp_path / "T.parquet"))
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"tfpipe score: error: {tmp_path / 'N.parquet'}: non-finite values in 1 columns: ptend_t_7 (1 NaN)"
@@ -204,7 +215,7 @@ def test_score_names_the_worst_and_the_near_constant_targets(tmp_path: Path) -> 
     pred[:, k] = 1e-12 * rng.normal(size=400)  # a tiny error, but huge against the truth's spread
     ids = np.array([f"s{i}" for i in range(400)])
     write_predictions(str(tmp_path / "p.parquet"), ids, pred)
-    write_predictions(str(tmp_path / "t.parquet"), ids, truth)
+    write_truth(str(tmp_path / "t.parquet"), ids, truth)
     result = tfpipe("score", "--pred", str(tmp_path / "p.parquet"), "--truth", str(tmp_path / "t.parquet"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
