@@ -22,7 +22,7 @@ from tfpipe.blend import (
     stack_fit,
 )
 from tfpipe.metrics import kaggle_score
-from tfpipe.prediction_files import load_predictions, write_predictions
+from tfpipe.prediction_files import load_predictions, write_predictions, write_truth
 from tfpipe.schema import KAGGLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_specs_apply_by_name_or_order(tmp_path: Path) -> None:
 
 def write_models(folder: Path, truth: np.ndarray, preds: list[np.ndarray]) -> list[str]:
     ids = np.array([f"train_{i}" for i in range(len(truth))], dtype=object)
-    write_predictions(str(folder / "truth.parquet"), ids, truth)
+    write_truth(str(folder / "truth.parquet"), ids, truth)
     paths = []
     for name, pred in zip(NAMES, preds, strict=True):
         order = np.random.default_rng(len(paths)).permutation(len(ids))  # each file in its own row order
