@@ -114,6 +114,13 @@ def _add_blend(sub) -> None:
     )  # fmt: skip
     p.add_argument("--per-group", action="store_true", help="hill-climb: weights per target variable")
     p.add_argument(
+        "--objective", choices=["auto", "r2_train_var", "r2_near_constant_as_1", "r2"], default="auto",
+        help="what hill-climb maximises (default auto: r2_train_var, R² with each target's training variance "
+        "as denominator, when the truth of tfpipe predict --oof or --stats gives it; else the Kaggle R² with "
+        "near-constant truth columns as 1; r2: the Kaggle R² of the rows as they are)",
+    )  # fmt: skip
+    p.add_argument("--stats", help="stats.json of the training data, for --objective r2_train_var")
+    p.add_argument(
         "--stack-method", choices=["ridge", "mlp"], default="ridge", help="model of --method stack"
     )
     p.add_argument("--weights", help="sample_submission.csv with the per-target weights")
@@ -356,7 +363,7 @@ def _run_score(args: argparse.Namespace) -> None:
 
 def _run_blend(args: argparse.Namespace) -> None:
     """``tfpipe blend``: the R² of the inputs and of the blend on stderr (with a truth), the JSON line."""
-    from tfpipe.blend import BlendError, blend_files, prediction_dir
+    from tfpipe.blend import BlendError, blend_files, blend_report_lines, prediction_dir
 
     if (args.apply is None) == (args.method is None):
         raise BlendError("give either --method (to fit a blend) or --apply SPEC.json (to reuse one)")
@@ -374,11 +381,11 @@ def _run_blend(args: argparse.Namespace) -> None:
         args.apply,
         args.spec,
         by_name=args.pred_dir is not None,
+        objective=args.objective,
+        stats=args.stats,
     )
-    if "r2_blend" in report:
-        for name, r2 in report["r2_inputs"].items():
-            print(f"{name}: R² {r2:.6f}", file=sys.stderr)
-        print(f"blend ({report['method']}): R² {report['r2_blend']:.6f}", file=sys.stderr)
+    for line in blend_report_lines(report):
+        print(line, file=sys.stderr)
     print(json.dumps(report))
 
 

@@ -17,7 +17,7 @@ from tfpipe.schema import NLEV, Q0002_REPLACEMENT_LEVELS, SCHEMAS
 VAL_SPLITS = ("last", "periodic", "random")
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
-SELECT_METRICS = ("val_r2", "val_r2_near_constant_as_1")
+SELECT_METRICS = ("val_r2_train_var", "val_r2", "val_r2_near_constant_as_1")
 REPRESENTATIONS = ("column", "variable", "log")
 TRACKING_BACKENDS = ("none", "mlflow")
 
@@ -341,11 +341,13 @@ class TrainConfig:
     time_budget: str = _f("", doc="Stop after the last sub-epoch that fits, e.g. `8h30m`; empty: none.")
     keep_checkpoints: int = _f(3, doc="Checkpoints kept by the CheckpointManager.")
     select_metric: str = _f(
-        "val_r2",
+        "val_r2_train_var",
         doc="Validation metric that picks the best checkpoint (`best.keras`), a sweep trial's value and "
-        "`export-models --select best:K`: `val_r2` (the Kaggle R²) or `val_r2_near_constant_as_1` (targets "
-        "whose validation truth is nearly constant count as 1: on a short validation period their R² is "
-        "hugely negative for any error and would decide alone).",
+        "`export-models --select best:K`: `val_r2_train_var` (R² with each target's training variance as "
+        "denominator: estimates the Kaggle score of a long test period, and targets whose validation truth "
+        "is nearly constant cannot wreck it), `val_r2` (the Kaggle R² of the validation rows: on a short "
+        "validation period near-constant targets make it hugely negative and decide alone) or "
+        "`val_r2_near_constant_as_1` (`val_r2` with those targets counted as 1).",
     )
     log_every_steps: int = _f(50, doc="Steps between training log lines.")
     tracking: TrackingConfig = _f(factory=TrackingConfig, doc="Experiment tracking (MLflow).")

@@ -37,7 +37,7 @@ def _encode_cmd(src: Path, dst: Path, shard: int, blocks_per_file: int = 4) -> l
     ]  # fmt: skip
 
 
-SHOWN = ("[train] ckpt-", "[train] resuming", "[train] stopped")
+SHOWN = ("[train] ckpt-", "[train] note", "[train] resuming", "[train] stopped")
 """Lines of a stage's stderr the demo passes on (one per sub-epoch, with its validation R²)."""
 
 

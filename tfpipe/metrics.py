@@ -87,6 +87,60 @@ def kaggle_score(
     return float(r2_scores(pred, truth, weights, schema).mean())
 
 
+def r2_train_var_scores(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    train_std: np.ndarray,
+    weights: np.ndarray | None = None,
+    schema: Schema | None = None,
+) -> np.ndarray:
+    """R² per target with the *training* variance as denominator: ``1 - mean((p - t)²) / train_std²``.
+
+    The headline number of validation, ``runs ls`` and the blend (see :data:`TRAIN_VAR_DOC`).
+    ``train_std``: per target, the training data's std (``stats.json``; a model's ``target_scale``).
+    Zero-weight targets give 1.0; a target constant in training (std <= 1e-30) gives 1.0 for an exact
+    prediction, else 0.0, as :func:`r2_scores` treats a constant truth.
+    """
+    schema = default_schema(schema)
+    pred, truth = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if pred.shape != truth.shape or pred.ndim != 2 or pred.shape[1] != schema.n_targets:
+        raise ScoreError(f"pred {pred.shape} and truth {truth.shape} must both be [rows, {schema.n_targets}]")
+    if pred.shape[0] == 0:
+        raise ScoreError("cannot score 0 rows")
+    mse = np.empty(schema.n_targets)
+    for start in range(0, schema.n_targets, _COLUMN_CHUNK):
+        cols = slice(start, start + _COLUMN_CHUNK)
+        mse[cols] = ((truth[:, cols] - pred[:, cols]) ** 2).mean(axis=0)
+    return r2_from_mse(mse, train_std, weights, schema)
+
+
+def r2_from_mse(
+    mse: np.ndarray, train_std: np.ndarray, weights: np.ndarray | None = None, schema: Schema | None = None
+) -> np.ndarray:
+    """:func:`r2_train_var_scores` from the mean squared error per target (unweighted units)."""
+    schema = default_schema(schema)
+    std = np.asarray(train_std, dtype=np.float64)
+    if std.shape != (schema.n_targets,):
+        raise ScoreError(f"training std has shape {std.shape}, expected ({schema.n_targets},)")
+    var = std**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(std > MIN_TRAIN_STD, 1.0 - mse / var, np.where(mse == 0, 1.0, 0.0))
+    r2[zero_weight_mask(schema, weights)] = 1.0
+    return r2
+
+
+MIN_TRAIN_STD = 1e-30
+"""A target whose training std is at or below this is constant in training (as ``stats.MIN_STD``)."""
+
+TRAIN_VAR_DOC = (
+    "R² (train var) divides each target's mean squared error by the variance of that target in the "
+    "training data, not in the scored rows: on a long test period the two agree (it estimates the Kaggle "
+    "score), while on a short validation period a target whose truth is nearly constant there cannot "
+    "push the mean to -1e5"
+)
+"""One sentence that says what the headline R² is (printed once by training, the blend and the docs)."""
+
+
 class StreamingR2:
     """R² per target accumulated over batches, in float64, with :func:`r2_scores`' rules.
 

@@ -322,7 +322,7 @@ def predict_into(
     the number of rows."""
     from tqdm import tqdm
 
-    from tfpipe.prediction_files import prediction_metadata, truth_metadata
+    from tfpipe.prediction_files import TRAIN_STD_KEY, prediction_metadata, truth_metadata
 
     schema = models[0][1].schema
     forwards = [make_forward(model) for model, _ in models]
@@ -330,7 +330,9 @@ def predict_into(
     zipped = list(zip(forwards, models, labels, strict=True))
     sinks = [ParquetSink(out, schema.target_columns, prediction_metadata(schema)) for out in outs]
     if truth_out is not None:
-        truth_meta = truth_metadata(schema, **(truth_extra or {}))
+        # the first model's training std per target: the blend's default objective divides by it
+        own = {TRAIN_STD_KEY: models[0][1].values64["target_scale"].tolist()}
+        truth_meta = truth_metadata(schema, **(own | (truth_extra or {})))
         sinks.append(ParquetSink(truth_out, schema.target_columns, truth_meta))
     bar = tqdm(
         unit="row",

@@ -26,6 +26,9 @@ from tfpipe.schema import SCHEMAS, Schema, get_schema
 SAMPLE_ID = "sample_id"
 METADATA_KEY = b"tfpipe"
 """The parquet key-value metadata key of what a tfpipe file is (JSON)."""
+TRAIN_STD_KEY = "train_target_std"
+"""Truth metadata key: the training std per target of the model that wrote it (``predict --oof``), which
+the blend's default objective divides by (:mod:`tfpipe.blend.objective`)."""
 REMAKE_TRUTH = "tfpipe export --data ENCODED --out T.parquet"
 
 

@@ -2,6 +2,7 @@
 
 - :mod:`~tfpipe.blend.core`: input checks, the weighted sum of predictions, the equal blend.
 - :mod:`~tfpipe.blend.gram`: the per-column Gram matrices every fitted blend works from.
+- :mod:`~tfpipe.blend.objective`: what a fitted blend maximises (R² against the training variance).
 - :mod:`~tfpipe.blend.hill_climbing`: hill-climbing weights (affine, per target variable if asked).
 - :mod:`~tfpipe.blend.stacking`: ridge stacking and an MLP stacker.
 - :mod:`~tfpipe.blend.spec`: the blend spec JSON: save, load, apply.
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 from tfpipe.blend.core import ALL, BlendError, blend_equal, combine
-from tfpipe.blend.files import blend_files, model_names, prediction_dir
+from tfpipe.blend.files import blend_files, blend_report_lines, model_names, prediction_dir
 from tfpipe.blend.hill_climbing import DEFAULT_GRID, HillClimbResult, hill_climb
 from tfpipe.blend.spec import apply_blend, load_spec, save_spec, spec_path_for
 from tfpipe.blend.stacking import ALPHAS, StackModel, stack_apply, stack_fit
@@ -26,6 +27,7 @@ __all__ = [
     "apply_blend",
     "blend_equal",
     "blend_files",
+    "blend_report_lines",
     "combine",
     "hill_climb",
     "load_spec",

@@ -9,15 +9,18 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.blend.core import BlendError, blend_equal, combine
-from tfpipe.blend.hill_climbing import hill_climb
+from tfpipe.blend.hill_climbing import held_out_check, hill_climb
+from tfpipe.blend.objective import resolve, scores
 from tfpipe.blend.spec import apply_blend, load_spec, save_spec, spec_path_for
 from tfpipe.blend.stacking import stack_apply, stack_fit
 from tfpipe.metrics import r2_scores
 from tfpipe.prediction_files import (
+    TRAIN_STD_KEY,
     align,
     load_predictions,
     load_truth,
     load_weights,
+    read_tfpipe_metadata,
     strip_parquet,
     write_predictions,
 )
@@ -73,6 +76,51 @@ def _load_all(paths: Sequence[str], schema: Schema) -> tuple[np.ndarray, list[np
     return ids, preds
 
 
+def training_std(truth: str | None, stats: str | None, schema: Schema) -> np.ndarray | None:
+    """The training std per target: from ``stats`` (a stats.json) if given, else from the truth file's
+    metadata (``tfpipe predict --oof`` stores its model's), else None."""
+    if stats is not None:
+        from tfpipe.stats import StatsError, load_stats
+
+        try:
+            loaded = load_stats(stats, schema.name)
+        except StatsError as err:
+            raise BlendError(str(err)) from None
+        if loaded.targets is None:
+            raise BlendError(f"{stats}: statistics without targets give no training std")
+        return np.asarray(loaded.targets.std, dtype=np.float64)
+    std = read_tfpipe_metadata(truth).get(TRAIN_STD_KEY) if truth is not None else None
+    if std is None:
+        return None
+    if len(std) != schema.n_targets:
+        raise BlendError(f"{truth}: {TRAIN_STD_KEY} has {len(std)} values for {schema.n_targets} targets")
+    return np.asarray(std, dtype=np.float64)
+
+
+def _fit_report(
+    values: list[np.ndarray], truth: np.ndarray, names: list[str], w: np.ndarray | None, per_group: bool,
+    schema: Schema, objective: str, train_std: np.ndarray | None, blended: np.ndarray,
+) -> dict:  # fmt: skip
+    """The objective of every input and of the blend on the fitted rows, the held-out check, a warning."""
+    objective = resolve(objective, train_std)
+    fit = {
+        name: float(scores(objective, v, truth, w, schema, train_std).mean())
+        for name, v in [*zip(names, values, strict=True), ("blend", blended)]
+    }
+    report = {"objective": objective, "fit": fit}
+    if len(values) > 1 and len(truth) >= 4:
+        held = held_out_check(values, truth, names, w, per_group, schema, objective, train_std)
+        report["held_out"] = held
+        if not held["beats_best"]:
+            report["warning"] = (
+                f"on held-out rows (fit on one half of the out-of-fold rows, scored on the other) the blend "
+                f"scores {held['blend']:.4f} against {held['models'][held['best_model']]:.4f} for "
+                f"{held['best_model']} ({objective}): it may not beat that model on the test set; compare "
+                "both there before submitting the blend"
+            )
+    return report
+
+
 def blend_files(
     preds: Sequence[str],
     out: str,
@@ -84,11 +132,16 @@ def blend_files(
     apply: str | None = None,
     spec: str | None = None,
     by_name: bool = False,
+    objective: str = "auto",
+    stats: str | None = None,
 ) -> dict:
     """``tfpipe blend``: fit (or with ``apply``, reuse) a blend of prediction files and write OUT + spec.
 
     With ``apply``, files named after the spec's models are matched by name, others by position;
     ``by_name`` (``--pred-dir``: a model set's predictions) makes a name mismatch an error instead.
+    ``objective`` (hill-climb; :mod:`tfpipe.blend.objective`) uses the training std of ``stats`` or of
+    the truth file. A fitted blend's report has each input's and the blend's objective on the fitted
+    rows (``fit``), a two-fold held-out check and, when the blend loses it, a ``warning``.
     """
     schema = get_schema("kaggle")
     ids, values = _load_all(preds, schema)
@@ -123,8 +176,12 @@ def blend_files(
         if method == "equal":
             blended, fitted = blend_equal(values), None
         elif method == "hill-climb":
-            fitted = hill_climb(values, truth_values, names, w, per_group=per_group, schema=schema)
+            train_std = training_std(truth, stats, schema)
+            fitted = hill_climb(values, truth_values, names, w, per_group=per_group, schema=schema,
+                                objective=objective, train_std=train_std)  # fmt: skip
             blended = combine(values, fitted.column_weights(schema))
+            report |= _fit_report(values, truth_values, names, w, per_group, schema, objective, train_std,
+                                  blended)  # fmt: skip
         elif method == "stack":
             fitted = stack_fit(values, truth_values, stack_method)
             blended = stack_apply(fitted, values)
@@ -140,3 +197,34 @@ def blend_files(
         }
         report["r2_blend"] = float(r2_scores(blended, truth_values, w, schema).mean())
     return report
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if -10 <= x <= 1 else f"{x:.3g}"
+
+
+def blend_report_lines(report: dict) -> list[str]:
+    """What ``tfpipe blend`` tells a person (stderr): weights, scores of inputs and blend, the warning."""
+    lines = []
+    names, weights = report["models"], report.get("weights")
+    if isinstance(weights, list):
+        lines.append("weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights, strict=True)))
+    elif isinstance(weights, dict):
+        mean = np.mean([w for w in weights.values()], axis=0)
+        lines.append(f"weights per group ({len(weights)} groups), mean: "
+                     + ", ".join(f"{n} {w:.3g}" for n, w in zip(names, mean, strict=True)))  # fmt: skip
+    if "fit" in report:
+        lines.append(f"fitted rows ({report['objective']}): "
+                     + ", ".join(f"{n} {_fmt(x)}" for n, x in report["fit"].items()))  # fmt: skip
+    if "held_out" in report:
+        held = report["held_out"]
+        lines.append("held out (fit on one half, scored on the other): "
+                     + ", ".join(f"{n} {_fmt(x)}" for n, x in held["models"].items())
+                     + f", blend {_fmt(held['blend'])}")  # fmt: skip
+    if "r2_blend" in report:
+        lines.append("Kaggle R² of these rows: "
+                     + ", ".join(f"{n} {_fmt(x)}" for n, x in report["r2_inputs"].items())
+                     + f", blend ({report['method']}) {_fmt(report['r2_blend'])}")  # fmt: skip
+    if "warning" in report:
+        lines.append(f"tfpipe blend: warning: {report['warning']}")
+    return lines

@@ -10,26 +10,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tfpipe.metrics import zero_weight_mask
-from tfpipe.schema import Schema
-
 _ROW_CHUNK_ELEMENTS = 1 << 22  # rows * targets * (models + 2) per chunk of the Gram pass (32 MB)
 
 
 def gram_matrices(
-    preds: Sequence[np.ndarray], truth: np.ndarray, folds: int = 1
+    preds: Sequence[np.ndarray], truth: np.ndarray, folds: int = 1, scale: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per fold and column, the Gram matrix of [1, z_1..z_M, y] with z, y = (x - mean_t) / scale_t.
 
     Returns (gram [folds, T, M+2, M+2], mean [T], scale [T]); scale = sqrt(SS_tot) of the truth, or 1
-    for a constant truth column (whose normalised truth is then 0). Folds are contiguous row blocks.
+    for a constant truth column (whose normalised truth is then 0), unless ``scale`` is given (see
+    :func:`tfpipe.blend.objective.active_and_scale`). Folds are contiguous row blocks.
     """
     truth = np.asarray(truth, dtype=np.float64)
     n, t = truth.shape
     m = len(preds)
     mean = truth.mean(axis=0)
     ss_tot = ((truth - mean) ** 2).sum(axis=0)
-    scale = np.where(ss_tot > 0, np.sqrt(ss_tot), 1.0)
+    if scale is None:
+        scale = np.where(ss_tot > 0, np.sqrt(ss_tot), 1.0)
     k = m + 2
     gram = np.zeros((folds, t, k, k))
     edges = np.linspace(0, n, folds + 1).astype(int)
@@ -44,10 +43,3 @@ def gram_matrices(
             z[:, :, k - 1] = ((truth[rows] - mean) / scale).T
             gram[f] += np.matmul(z.transpose(0, 2, 1), z)
     return gram, mean, scale
-
-
-def active_columns(truth: np.ndarray, weights: np.ndarray | None, schema: Schema) -> np.ndarray:
-    """Columns whose R² the blend can change: scored and with a non-constant truth."""
-    truth = np.asarray(truth)
-    constant = (truth == truth[:1]).all(axis=0)
-    return ~zero_weight_mask(schema, weights) & ~constant

@@ -60,7 +60,8 @@ def save_spec(
         else:
             spec["weights"] = {g: w.tolist() for g, w in result.weights.items()}
             spec["groups"] = {g: list(v) for g, v in result.groups.items()}
-        spec["r2_fit"] = result.score
+        spec["objective"] = result.objective
+        spec["score_fit"] = result.score
     elif isinstance(result, StackModel):
         base = os.path.basename(spec_path).removesuffix(".json")
         spec["stack_method"] = result.method

@@ -41,6 +41,22 @@ def append_metrics_row(path: str, row: dict) -> None:
     storage.write_bytes(path, "\n".join([header, *keep, line]).encode() + b"\n")
 
 
+def fmt_r2(value: float | None) -> str:
+    """An R² for people: 4 decimals in [-10, 1], else 3 significant digits (``-1.47e+05``); ``-`` if None."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:.4f}" if -10 <= value <= 1 else f"{value:.3g}"
+
+
+def val_summary(val: dict) -> str:
+    """The validation part of a ``[train] ckpt-N`` line: the headline R² first, the Kaggle R² beside it."""
+    headline = val.get("val_r2_train_var")
+    kaggle = f"Kaggle R² {fmt_r2(val['val_r2'])}, {val['val_near_constant']} near-constant targets"
+    if headline is None:  # a state written before the headline existed
+        return f"val {kaggle}"
+    return f"val R² {fmt_r2(headline)} (train var; {kaggle}; normalised {fmt_r2(val['val_r2_normalized'])})"
+
+
 class RunLogs:
     """CSV and TensorBoard logging of one training session."""
 

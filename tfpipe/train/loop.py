@@ -24,6 +24,7 @@ import numpy as np
 from tfpipe import storage
 from tfpipe.config import TrainConfig, dump_config
 from tfpipe.experiments.tracking import preflight, tracked_session
+from tfpipe.metrics import TRAIN_VAR_DOC
 from tfpipe.train.checkpoints import (
     BEST,
     BEST_KEEP,
@@ -42,7 +43,7 @@ from tfpipe.train.checkpoints import (
     write_best_record,
     write_state,
 )
-from tfpipe.train.logs import RunLogs, StageProgress
+from tfpipe.train.logs import RunLogs, StageProgress, val_summary
 from tfpipe.train.plan import group_mask
 from tfpipe.train.session import Session, open_session
 from tfpipe.train.signals import Signals
@@ -69,6 +70,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         state = session.state
         self.best_metric = None if state is None else state.best_metric
+        self.explained = False  # the note on what the headline R² is, once per session
         self.best_ckpt = None if state is None else state.best_checkpoint
         self.wall_before = 0.0 if state is None else state.wall_time_s
         self.masks = [group_mask(self._schema, g) for g in self.config.finetune.groups]
@@ -283,11 +285,12 @@ class Trainer:
         self.logs.write(row, step)
         self._commit(index, val, improved)
         print(f"[train] ckpt-{n_ckpt}: epoch {stage.epoch} sub-epoch {stage.sub_epoch} "
-              f"loss {row['loss']:.4f} val R2 {val['val_r2']:.4f} "
-              f"({val['val_near_constant']} near-constant targets as 1: "
-              f"{val['val_r2_near_constant_as_1']:.4f}; "
-              f"normalised {val['val_r2_normalized']:.4f}) "
-              f"in {row['seconds']} s", file=sys.stderr, flush=True)  # fmt: skip
+              f"loss {row['loss']:.4f} {val_summary(val)} in {row['seconds']} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+        if not self.explained and val["val_r2"] < val["val_r2_train_var"] - 0.1:
+            self.explained = True
+            print(f"[train] note: {TRAIN_VAR_DOC}; here {val['val_near_constant']} target(s) have nearly "
+                  "constant validation truth", file=sys.stderr, flush=True)  # fmt: skip
         return row
 
     def _commit(self, index: int, val: dict, improved: bool) -> None:
@@ -325,7 +328,8 @@ class Trainer:
             "run_dir": s.run_dir, "resumed_from": None if s.start is None else f"ckpt-{s.start}",
             "sub_epochs_run": done_here, "next": {"epoch": epoch, "sub_epoch": k}, "finished": finished,
             "stopped": "finished" if finished else stopped, "step": self.step.step,
-            "val_r2": last_val.get("val_r2"), "best_r2": self.best_metric,
+            "val_r2_train_var": last_val.get("val_r2_train_var"), "val_r2": last_val.get("val_r2"),
+            "best_r2": self.best_metric, "select_metric": self.config.select_metric,
             "best_checkpoint": None if self.best_ckpt is None else f"ckpt-{self.best_ckpt}",
             "strategy": s.kind, "replicas": s.replicas, "global_batch": s.plan.global_batch,
             "precision": self.step.precision, "seconds": round(time.time() - self.t_start, 2),

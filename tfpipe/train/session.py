@@ -142,6 +142,21 @@ def _config_of(state: RunState) -> TrainConfig | None:
         return None
 
 
+def keep_run_select_metric(config: TrainConfig, state: RunState) -> TrainConfig:
+    """``config`` with the run's own ``select_metric`` when the command leaves it at the default.
+
+    Runs started before ``val_r2_train_var`` became the default pick their best checkpoint by
+    ``val_r2``; re-running their command must continue them as they started, not refuse.
+    """
+    saved = state.config.get("select_metric", "val_r2")
+    default = TrainConfig.__dataclass_fields__["select_metric"].default
+    if config.select_metric != default or saved == default:
+        return config
+    print(f"[train] this run picks its best checkpoint by {saved}, as when it started (the default is now "
+          f"{default}; a new run dir can use it)", file=sys.stderr)  # fmt: skip
+    return dataclasses.replace(config, select_metric=saved)
+
+
 def open_session(config: TrainConfig, resume: str | None, allow: AllowedChanges, prefer: str) -> Session:
     """Strategy, data, statistics, plan and resume point of a session (ValueErrors on bad input)."""
     config = _with_demo_data(config)
@@ -165,6 +180,7 @@ def open_session(config: TrainConfig, resume: str | None, allow: AllowedChanges,
     data_hash = data_fingerprint(sources)
     notes: list[str] = []
     if state is not None:
+        config = keep_run_select_metric(config, state)
         facts = ResumeFacts(config, model_hash, data_hash, config_stats_sha or state.stats_sha256, replicas,
                             plan.global_batch)  # fmt: skip
         notes = check_resume(state, facts, allow, start)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfpipe.metrics import StreamingR2, near_constant_mask
+from tfpipe.metrics import StreamingR2, near_constant_mask, r2_from_mse
 from tfpipe.postprocess import physical_predictions
 from tfpipe.train.step import TrainStep
 
@@ -18,7 +18,9 @@ from tfpipe.train.step import TrainStep
 def validate(step: TrainStep, dist_batches) -> dict:
     """Scores of the inference weights (EMA when on) over a distributed validation dataset.
 
-    Returns ``val_r2`` (Kaggle metric: physical scale, submission weights, zero-weight targets count
+    Returns ``val_r2_train_var`` (the headline: R² per target with the training variance as
+    denominator, :func:`tfpipe.metrics.r2_train_var_scores`, from the model's own target scale),
+    ``val_r2`` (Kaggle metric: physical scale, submission weights, zero-weight targets count
     as 1), ``val_near_constant`` (how many scored targets have a nearly constant truth in the
     validation rows, :func:`tfpipe.metrics.near_constant_targets`: their R² is hugely negative for any
     error and can dominate ``val_r2`` on a short validation period), ``val_r2_near_constant_as_1``
@@ -40,7 +42,11 @@ def validate(step: TrainStep, dist_batches) -> dict:
             abs_error, weight = abs_error + b["abs_error"], weight + b["weight"]
     r2 = np.where(weights == 0, 1.0, physical.r2())
     near_constant = near_constant_mask(physical.std(), r2, schema)
+    mse = physical.ss_res / max(physical.n, 1)
+    train_std = norm.values64["target_scale"] * weights  # the scored values are weighted too
+    r2_train_var = r2_from_mse(mse, train_std, weights, schema)
     return {
+        "val_r2_train_var": float(r2_train_var.mean()),
         "val_r2": float(r2.mean()),
         "val_near_constant": int(near_constant.sum()),
         "val_r2_near_constant_as_1": float(np.where(near_constant, 1.0, r2).mean()),
