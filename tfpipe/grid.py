@@ -142,7 +142,8 @@ def read_grid(path: str, memory: bytes | None = None) -> Grid:
     import netCDF4
 
     try:
-        with netCDF4.Dataset(path, memory=memory) as ds:
+        # in memory, the name is only a label: a gs:// one would make netCDF-C try a remote protocol
+        with netCDF4.Dataset(path if memory is None else "grid-info.nc", memory=memory) as ds:
             get = {
                 name: np.asarray(ds.variables[name][:], dtype=np.float64)
                 for name in ("lat", "lon", "area", "hyai", "hybi", "hyam", "hybm", "P0")
