@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def test_the_table_shows_what_differs_scores_checkpoints_and_status(runs: Path) 
     result = _ls(str(runs), "--sort", "name")
     assert result.returncode == 0, result.stderr
     *table, last = result.stdout.strip().splitlines()
-    assert table[0].split() == ["run", "optim.learning_rate", "best", "R²", "last", "R²", "ckpts", "status"]
+    header = table[0].split()
+    assert header[:2] == ["run", "learning_rate"] and header[-4:] == ["last", "R²", "ckpts", "status"]
     rows = {line.split()[0]: line for line in table[1:]}
     assert list(rows) == ["done", "stopped", "sweep/failed"]
     assert rows["done"].split()[1:2] == ["0.001"] and rows["done"].endswith("2/2  finished")
@@ -71,13 +73,13 @@ def test_json_lists_every_run_and_sort_orders_them(runs: Path) -> None:
     assert (done["state"], done["checkpoints"], done["total"], done["resumable"]) == ("finished", 2, 2, False)
     assert done["config"]["model.name"] == "mlp" and done["path"] == str(runs / "done")
     assert (by_run["stopped"]["detail"], by_run["stopped"]["resumable"]) == ("stop-after-sub-epochs", True)
-    best = [r["best_r2"] for r in listed]
-    assert best == sorted(best, reverse=True)  # the default order: best R² first
+    best = [r["r2"] for r in listed]
+    assert best == sorted(best, reverse=True)  # the default order: the headline R² first
     order = {s: [r["run"] for r in json.loads(_ls(str(runs), "--json", "--sort", s).stdout)]
              for s in ("name", "state", "last_r2")}  # fmt: skip
     assert order["name"] == ["done", "stopped", "sweep/failed"]
     assert order["state"] == ["done", "stopped", "sweep/failed"]  # finished, stopped, failed
-    last = {r["run"]: r["last_r2"] for r in listed}
+    last = {r["run"]: r["last_headline"] for r in listed}
     assert [last[r] for r in order["last_r2"]] == sorted(last.values(), reverse=True)
     relative = json.loads(_ls("runs", "--json", cwd=runs.parent).stdout)
     assert sorted(r["run"] for r in relative) == ["done", "stopped", "sweep/failed"]
@@ -123,3 +125,81 @@ def test_a_config_yaml_that_is_not_a_run_is_skipped_with_a_line(tmp_path: Path, 
     assert "skipped" in err and "not a mapping" in err and "not YAML" in err
     with pytest.raises(ValueError, match="not YAML"):
         read_run(str(tmp_path / "broken"))
+
+
+def _set_val(run: Path, **val: float | None) -> None:
+    """Set (None: remove) keys of the ``val`` dict of every checkpoint state of ``run``."""
+    for path in (run / "checkpoints").glob("ckpt-*.state.json"):
+        state = json.loads(path.read_text())
+        for key, value in val.items():
+            state["val"].pop(key, None) if value is None else state["val"].__setitem__(key, value)
+        path.write_text(json.dumps(state))
+
+
+def _zoo(runs: Path, tmp: Path) -> Path:
+    """The fixture's runs as a launched zoo: each config's name is its folder, model-specific keys with
+    long values differ, scores in the millions below zero."""
+    import yaml
+
+    zoo = tmp / "zoo"
+    for i, (src, model) in enumerate([("done", "mlp"), ("stopped", "squeezeformer"), ("sweep/failed", "lstm")]):
+        dst = zoo / f"run-{model}"
+        shutil.copytree(runs / src, dst)
+        config = yaml.safe_load((dst / "config.yaml").read_text())
+        config["name"] = f"run-{model}"
+        config["select_metric"] = "val_r2" if model == "lstm" else "val_r2_train_var"  # lstm: an old run
+        config["model"] = {"name": model, f"{model}_specific_setting_with_a_long_name": [512 + i] * 6,
+                           f"{model}_depth": i + 1, "dropout_of_the_very_long_named_layer": 0.1 * i}
+        (dst / "config.yaml").write_text(yaml.safe_dump(config))
+        _set_val(dst, val_r2=-1234567.891 * (i + 1), val_r2_near_constant_as_1=-132.03731)
+    return zoo
+
+
+def test_a_zoo_table_fits_in_120_columns_with_one_number_format(runs: Path, tmp_path: Path) -> None:
+    """Model-specific keys (absent from the other runs' configs) and long values: the table stays within
+    120 columns, no name column repeats the folder, numbers have 4 significant digits, the keys that do
+    not fit are named below the table and --json has them all."""
+    zoo = _zoo(runs, tmp_path)
+    for run, value in [("run-mlp", 0.61234567), ("run-squeezeformer", 0.7034), ("run-lstm", None)]:
+        _set_val(zoo / run, val_r2_train_var=value)  # run-lstm: an older run without the headline metric
+    result = _ls(str(zoo), "--sort", "name")
+    assert result.returncode == 0, result.stderr
+    *table, note, last = result.stdout.strip().splitlines()
+    assert max(len(line) for line in [*table, note]) <= 120, table
+    header = table[0]
+    assert header.split()[0] == "run" and " name " not in header and "Kaggle R²" in header
+    columns = re.split(r"\s{2,}", header.strip())
+    shown = columns[1 : columns.index("R²")]
+    assert "dropout_of_the_ve…" in shown and "model" not in " ".join(shown)  # short key names, cut
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert set(rows) == {"run-mlp", "run-squeezeformer", "run-lstm"}
+    assert "0.6123" in rows["run-mlp"] and "-1.235e+06" in rows["run-mlp"]  # headline, Kaggle R² beside it
+    assert "0.7034" in rows["run-squeezeformer"] and "-2.469e+06" in rows["run-squeezeformer"]
+    assert "-3.704e+06" in rows["run-lstm"]  # an old run: its select_metric (val_r2) as the headline
+    assert not any(cell.endswith("0373") or "e+03" in cell for row in rows.values() for cell in row)
+    hidden = int(note[2:].split()[0])
+    assert note.startswith("(+") and "differing keys, all in --json: " in note
+    listed = {r["run"]: r for r in json.loads(_ls(str(zoo), "--json").stdout)}
+    differs = listed["run-mlp"]["differs"]
+    assert len(shown) + hidden == len(differs) == 10, (shown, differs)
+    assert differs["model.mlp_specific_setting_with_a_long_name"] == [512] * 6
+    assert "model.squeezeformer_depth" in differs and differs["model.squeezeformer_depth"] is None
+    assert (listed["run-mlp"]["headline"], listed["run-lstm"]["headline"]) == ("val_r2_train_var", "val_r2")
+    assert listed["run-mlp"]["r2"] == pytest.approx(0.61234567)
+    assert listed["run-mlp"]["kaggle_r2"] == pytest.approx(-1234567.891)
+    assert json.loads(last)["best"]["run"] == "run-squeezeformer"
+
+
+def test_old_runs_show_their_select_metric_under_best_r2(runs: Path, tmp_path: Path) -> None:
+    """Runs that recorded no val_r2_train_var: no Kaggle R² column, `best R²` is their select_metric."""
+    old = tmp_path / "old"
+    for name in ("done", "stopped"):
+        shutil.copytree(runs / name, old / name)
+        config = (old / name / "config.yaml").read_text().replace("select_metric: val_r2_train_var", "")
+        (old / name / "config.yaml").write_text(config + "select_metric: val_r2\n")
+        _set_val(old / name, val_r2_train_var=None, val_r2=-132.03731 if name == "done" else -1247.3)
+    result = _ls(str(old), "--sort", "name")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.strip().splitlines()[:-1]
+    assert table[0].split() == ["run", "best", "R²", "last", "R²", "ckpts", "status"]
+    assert table[1].split()[1:3] == ["-132", "-132"] and table[2].split()[1:3] == ["-1247", "-1247"]

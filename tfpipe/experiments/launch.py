@@ -245,7 +245,8 @@ def summary(specs: list[RunSpec], outcomes: dict[str, Outcome], board: Board, op
             detail = outcome.detail or (info.detail if info is not None else "")
         runs.append({
             "name": spec.name, "run_dir": spec.run_dir, "state": state, "detail": detail,
-            "best_r2": info.best_r2 if info else None, "checkpoints": info.checkpoints if info else 0,
+            "best_r2": info.best_r2 if info else None, "r2": info.r2 if info else None,
+            "kaggle_r2": info.kaggle_r2 if info else None, "checkpoints": info.checkpoints if info else 0,
             "total": info.total if info else None, "attempts": outcome.attempts,
             "skipped": outcome.state in ("skipped", "busy"),
             "log": outcome.result.log if outcome.result else None, "origin": spec.origin,

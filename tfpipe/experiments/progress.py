@@ -11,8 +11,19 @@ import time
 from collections.abc import Iterable
 from typing import TextIO
 
-from tfpipe.experiments.runs import RunInfo, read_run
+from tfpipe.experiments.runs import HEADLINE, RunInfo, read_run
 from tfpipe.experiments.zoo import RunSpec
+
+
+def scores(info: RunInfo | None) -> str:
+    """``best R² 0.6123 (Kaggle -1.2e+06)`` (the headline R², see :mod:`~.runs`), or the select metric of
+    an older run, 4 significant digits."""
+    if info is None or info.r2 is None:
+        return f"best R² {'-':>7}"
+    kaggle = ""
+    if info.headline == HEADLINE and info.kaggle_r2 is not None:
+        kaggle = f" (Kaggle {info.kaggle_r2:.4g})"
+    return f"best R² {info.r2:>7.4g}{kaggle}"
 
 
 class Board:
@@ -49,8 +60,7 @@ class Board:
         if state == "running" and info is not None and info.state not in ("running", "finished"):
             state = "starting"  # the run dir still shows the previous session
         done = f"{info.checkpoints}/{info.total if info.total is not None else '?'}" if info else "-"
-        best = f"{info.best_r2:.4g}" if info and info.best_r2 is not None else "-"
-        return (f"{name:<{self._width}}  {state:<9}  sub-epochs {done:>7}  best R² {best:>7}  "
+        return (f"{name:<{self._width}}  {state:<9}  sub-epochs {done:>7}  {scores(info)}  "
                 f"attempts {self.attempts[name]}")  # fmt: skip
 
     def refresh(self, names: Iterable[str] = (), force: bool = False) -> None:

@@ -1,10 +1,15 @@
 """``tfpipe runs ls DIR``: every run under a folder as a table (or JSON), read from the run dirs' files.
 
-One row per run (:func:`tfpipe.experiments.runs.find_runs`): the run's folder relative to ``DIR``, the
-config keys whose values differ between the runs (:func:`~tfpipe.experiments.runs.differing_keys`,
-values shortened), the best and the last validation R², the checkpoints done of those planned, and
-the status: ``finished``, ``running``, ``stopped: REASON``, ``killed``, ``failed: ERROR``, with
-``(resumable)`` where the same ``tfpipe train`` command continues it.
+One row per run (:func:`tfpipe.experiments.runs.find_runs`), in at most :data:`WIDTH` columns: the
+run's folder relative to ``DIR``, the config's name only where it is not the folder's, the config keys
+whose values differ between the runs (:func:`~tfpipe.experiments.runs.differing_keys`) under their
+shortest distinct dotted suffix (keys every run sets first; those that do not fit are named in one
+line below the table and are all in ``--json``), the headline R² of the best checkpoint
+(:data:`~tfpipe.experiments.runs.HEADLINE` where recorded, else the ``select_metric``), the Kaggle
+``val_r2`` beside it, the headline R² of the latest checkpoint, the checkpoints done of those planned,
+and the status: ``finished``, ``running``, ``stopped: REASON``, ``killed``, ``failed: ERROR``, with
+``(resumable)`` where the same ``tfpipe train`` command continues it. Every number has 4 significant
+digits.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from tfpipe.experiments.runs import RunInfo, differing_keys, find_runs
 SORTS = ("best_r2", "last_r2", "name", "state")
 STATE_ORDER = ("running", "finished", "stopped", "killed", "failed", "new", "unknown")
 VALUE_WIDTH = 24
+"""Config values in ``--json``-free contexts (kept for callers); the table cuts them to KEY_WIDTH."""
+KEY_WIDTH = 14
+HEADER_WIDTH = 18
+WIDTH = 120
+"""The table's width in characters."""
+STATUS_MIN = 24
 DETAIL_WIDTH = 70
 
 
@@ -55,7 +66,7 @@ def status_text(run: RunInfo) -> str:
         text += f": {run.detail}"
     if run.resumable and run.state != "failed":
         text = "resumable" if run.state == "unknown" else f"{text} (resumable)"
-    return text if len(text) <= DETAIL_WIDTH else text[: DETAIL_WIDTH - 1] + "…"
+    return _cut(text, DETAIL_WIDTH)
 
 
 def _descending(value: float | None) -> tuple[int, float]:
@@ -63,7 +74,8 @@ def _descending(value: float | None) -> tuple[int, float]:
 
 
 def sort_runs(runs: list[RunInfo], by: str, root: str) -> list[RunInfo]:
-    """``runs`` ordered by ``best_r2`` or ``last_r2`` (highest first, runs without a score last),
+    """``runs`` ordered by the headline R² of the best (``best_r2``) or latest (``last_r2``) checkpoint
+    (highest first, runs without a score last),
     ``name`` (the relative folder) or ``state`` (running, finished, stopped, killed, failed, ...;
     then by best R²)."""
     if by not in SORTS:
@@ -75,41 +87,94 @@ def sort_runs(runs: list[RunInfo], by: str, root: str) -> list[RunInfo]:
             return (name,)
         if by == "state":
             rank = STATE_ORDER.index(run.state) if run.state in STATE_ORDER else len(STATE_ORDER)
-            return (rank, *_descending(run.best_r2), name)
-        return (*_descending(run.best_r2 if by == "best_r2" else run.last_r2), name)
+            return (rank, *_descending(run.r2), name)
+        return (*_descending(run.r2 if by == "best_r2" else run.last_headline), name)
 
     return sorted(runs, key=key)
 
 
-def _r2(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.3e}"  # a diverged run: -6.951e+09
+def number(value: float | None) -> str:
+    """4 significant digits everywhere (``0.4312``, ``-132``, ``-1247``, ``-1.5e+05``); ``-`` for none."""
+    return "-" if value is None else f"{value:.4g}"
 
 
-def table_lines(runs: list[RunInfo], root: str) -> list[str]:
-    """The aligned table: a header line, then one line per run."""
+def short_keys(
+    keys: list[str], reserved: tuple[str, ...] = ("run", "name", "ckpts", "status")
+) -> dict[str, str]:
+    """Each dotted key's shortest suffix (whole components) that no other key in ``keys`` ends with and
+    that is no other column's name, cut to HEADER_WIDTH characters."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if tail not in reserved and not any(
+                other != key and (other == tail or other.endswith("." + tail)) for other in keys
+            ):
+                break
+        out[key] = _cut(tail, HEADER_WIDTH)
+    return out
+
+
+def _names_column(runs: list[RunInfo], root: str) -> bool:
+    """A name column only when the config names tell runs apart that their folders do not name."""
+    return len({r.name for r in runs}) > 1 and any(
+        r.name != relative_name(r, root).rsplit("/", 1)[-1] for r in runs
+    )
+
+
+def table_lines(runs: list[RunInfo], root: str, width: int = WIDTH) -> list[str]:
+    """The aligned table in at most ``width`` columns: a header line, one line per run, and a line naming
+    the differing keys that did not fit (if any)."""
+    from tfpipe.experiments.runs import HEADLINE
+
     keys = differing_keys(runs)
-    names = len({r.name for r in runs}) > 1
-    header = ["run", *(["name"] if names else []), *keys, "best R²", "last R²", "ckpts", "status"]
-    numeric = {"best R²", "last R²", "ckpts"}
-    rows = [
-        [
-            relative_name(r, root), *([r.name] if names else []), *(shorten(r.config.get(k)) for k in keys),
-            _r2(r.best_r2), _r2(r.last_r2), f"{r.checkpoints}/{'?' if r.total is None else r.total}",
-            status_text(r),
-        ]
-        for r in runs
-    ]  # fmt: skip
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    everywhere = [k for k in keys if all(k in r.config for r in runs)]  # model-specific keys after these
+    keys = everywhere + [k for k in keys if k not in everywhere]
+    short = short_keys(keys)
+    new = any(r.headline == HEADLINE for r in runs)
+    fixed = [("run", [relative_name(r, root) for r in runs], False)]
+    if _names_column(runs, root):
+        fixed.append(("name", [r.name for r in runs], False))
+    scores = [
+        ("R²" if new else "best R²", [number(r.r2) for r in runs], True),
+        *([("Kaggle R²", [number(r.kaggle_r2) for r in runs], True)] if new else []),
+        ("last R²", [number(r.last_headline) for r in runs], True),
+        ("ckpts", [f"{r.checkpoints}/{'?' if r.total is None else r.total}" for r in runs], True),
+    ]
+    used = sum(_width(h, cells) + 2 for h, cells, _ in fixed + scores) + STATUS_MIN
+    columns, hidden = list(fixed), []
+    for key in keys:
+        cells = [shorten(r.config.get(key), KEY_WIDTH) if key in r.config else "" for r in runs]
+        w = _width(short[key], cells) + 2
+        if used + w <= width:
+            columns.append((short[key], cells, False))
+            used += w
+        else:
+            hidden.append(key)
+    columns += scores
+    room = max(STATUS_MIN, width - sum(_width(h, cells) + 2 for h, cells, _ in columns))
+    columns.append(("status", [_cut(status_text(r), room) for r in runs], False))
+    widths = [_width(h, cells) for h, cells, _ in columns]
 
     def line(cells: list[str]) -> str:
-        out = [
-            c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, header, strict=True)
-        ]
+        out = [c.rjust(w) if right else c.ljust(w)
+               for c, w, (_, _, right) in zip(cells, widths, columns, strict=True)]  # fmt: skip
         return "  ".join(out).rstrip()
 
-    return [line(header), *(line(row) for row in rows)]
+    rows = [[cells[i] for _, cells, _ in columns] for i in range(len(runs))]
+    lines = [line([h for h, _, _ in columns]), *(line(row) for row in rows)]
+    if hidden:
+        lines.append(_cut(f"(+{len(hidden)} differing keys, all in --json: {', '.join(hidden)})", width))
+    return lines
+
+
+def _width(header: str, cells: list[str]) -> int:
+    return max(len(c) for c in [header, *cells])
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def runs_json(runs: list[RunInfo], root: str) -> list[dict[str, Any]]:
@@ -124,12 +189,13 @@ def runs_json(runs: list[RunInfo], root: str) -> list[dict[str, Any]]:
 
 def summary(runs: list[RunInfo], root: str) -> dict[str, Any]:
     """The last line of the table form: how many runs in which state, and the best one."""
-    scored = [r for r in runs if r.best_r2 is not None]
-    best = max(scored, key=lambda r: r.best_r2) if scored else None
+    scored = [r for r in runs if r.r2 is not None]
+    best = max(scored, key=lambda r: r.r2) if scored else None
     return {
         "dir": root, "runs": len(runs), "states": dict(Counter(r.state for r in runs)),
-        "best": None if best is None else {"run": relative_name(best, root), "best_r2": best.best_r2,
-                                           "checkpoint": best.best_checkpoint},
+        "best": None if best is None else {"run": relative_name(best, root), "r2": best.r2,
+                                           "headline": best.headline, "kaggle_r2": best.kaggle_r2,
+                                           "best_r2": best.best_r2, "checkpoint": best.best_checkpoint},
     }  # fmt: skip
 
 
