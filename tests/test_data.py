@@ -16,7 +16,7 @@ from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import compute_stats
 from tfpipe.config import DataConfig, SourceConfig
 from tfpipe.data import diagnose_read_error, make_train_dataset, make_validation_dataset, resolve_sources
-from tfpipe.sampling import plan_sub_epoch, sub_epoch_files
+from tfpipe.sampling import plan_stage
 from tfpipe.schema import AUX_TARGETS, KAGGLE, NCOL, NLEV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +57,8 @@ def config(path: Path, **kw) -> DataConfig:
 
 
 def train_dataset(cfg: DataConfig, sources, epoch: int, k: int, seed: int, replicas: int = 1):
-    files = sub_epoch_files(sources[0].train_files, seed, epoch, k, cfg.sub_epochs)
-    plan = plan_sub_epoch(
-        sum(f.samples for f in files), cfg.batch_size, replicas, [s.weight for s in sources]
-    )
+    plan = plan_stage({s.name: s.train_files for s in sources}, [s.weight for s in sources], cfg.batch_size,
+                      replicas, seed, epoch, k, cfg.sub_epochs)  # fmt: skip
     return make_train_dataset(sources, cfg, seed, epoch, k, plan, replicas), plan
 
 
@@ -73,7 +71,7 @@ def test_batches_are_raw_columns_with_static_shapes(lowres: Path) -> None:
     assert spec[0].shape == (128, KAGGLE.n_inputs) and spec[1].shape == (128, KAGGLE.n_targets)
     assert spec[2].shape == (128, len(AUX_TARGETS)) and spec[3].shape == (128, len(AUX_TARGETS))
     batches = list(ds)
-    files = sub_epoch_files(source.train_files, 3, 0, 1, 4)
+    files = plan.pieces[0]
     n_samples = sum(len(list(tf.data.TFRecordDataset(f.path))) for f in files) * NCOL
     assert len(batches) == plan.steps == n_samples // 128
     x, y, aux, aux_mask = batches[0]
@@ -214,12 +212,11 @@ DISTRIBUTED = textwrap.dedent(
     import tensorflow as tf
     from tfpipe.config import DataConfig, SourceConfig
     from tfpipe.data import make_train_dataset, resolve_sources
-    from tfpipe.sampling import plan_sub_epoch, sub_epoch_files
+    from tfpipe.sampling import plan_stage
     cfg = DataConfig(sources=[SourceConfig(path=sys.argv[1])], batch_size=8, sub_epochs=2,
                      shuffle_buffer=512, deterministic=True)
     sources = resolve_sources(cfg)
-    files = sub_epoch_files(sources[0].train_files, 0, 0, 0, 2)
-    plan = plan_sub_epoch(sum(f.samples for f in files), 8, 8, [1.0])
+    plan = plan_stage({"lowres": sources[0].train_files}, [1.0], 8, 8, 0, 0, 0, 2)
     strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     dist = strategy.experimental_distribute_dataset(make_train_dataset(sources, cfg, 0, 0, 0, plan, 8))
 

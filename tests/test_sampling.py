@@ -7,12 +7,14 @@ import pytest
 
 from tfpipe.sampling import (
     DataFile,
+    Piece,
     SamplingError,
     mix_counts,
+    plan_stage,
     plan_sub_epoch,
     shares,
     split_files,
-    sub_epoch_files,
+    sub_epoch_pieces,
 )
 
 DAY = 86400
@@ -67,17 +69,57 @@ def test_unknown_times_keep_the_listed_order_and_bad_splits_are_refused() -> Non
     assert split_files(files, 0.0) == (files, [])
 
 
+def chunk_files(files: list[DataFile], seed: int, epoch: int, k: int, n: int) -> list[DataFile]:
+    pieces = sub_epoch_pieces(files, seed, epoch, k, n)
+    assert all(p == Piece(p.file) for p in pieces)  # whole files
+    return [p.file for p in pieces]
+
+
 def test_sub_epochs_are_balanced_by_samples_and_partition_the_files() -> None:
     files = files_of([384 * 4, 384] * 20)
     for epoch in range(3):
-        chunks = [sub_epoch_files(files, 1, epoch, k, 4) for k in range(4)]
+        chunks = [chunk_files(files, 1, epoch, k, 4) for k in range(4)]
         assert sorted(sum(chunks, []), key=lambda f: f.path) == files
         counts = [samples(c) for c in chunks]
         assert max(counts) - min(counts) <= 384 * 4, counts  # within one file, not 96 vs 24 steps
-        assert chunks == [sub_epoch_files(files, 1, epoch, k, 4) for k in range(4)]  # pure function
-    assert sub_epoch_files(files, 1, 0, 0, 4) != sub_epoch_files(files, 1, 1, 0, 4)
-    with pytest.raises(SamplingError, match="3 training files cannot make 4 sub-epochs"):
-        sub_epoch_files(files[:3], 0, 0, 0, 4)
+        assert chunks == [chunk_files(files, 1, epoch, k, 4) for k in range(4)]  # pure function
+    assert chunk_files(files, 1, 0, 0, 4) != chunk_files(files, 1, 1, 0, 4)
+
+
+def test_with_enough_files_the_cuts_are_those_earlier_versions_planned() -> None:
+    """Runs checkpointed by an earlier tfpipe re-plan the same chunks on resume (their plan hash holds)."""
+    files = [DataFile(f"f{i:03d}", n, None, n // 384) for i, n in enumerate([384 * 4, 384] * 5 + [384 * 3] * 3)]
+    chunks = [[int(f.path[1:]) for f in chunk_files(files, 7, 2, k, 4)] for k in range(4)]
+    assert chunks == [[1, 11, 4], [3, 5, 0, 10], [6, 8], [2, 9, 7, 12]]  # sub_epoch_files of tfpipe 0.x
+
+
+@pytest.mark.parametrize("sizes", [[16, 16], [16, 16, 4], [4], [5, 1, 2]])
+def test_fewer_files_than_sub_epochs_are_cut_between_records(sizes: list[int]) -> None:
+    """Notebook 01's 16 blocks per file on half a day leave 2-3 training files for 4 sub-epochs."""
+    files = [DataFile(f"f{i}", n * 384, None, n) for i, n in enumerate(sizes)]
+    for epoch in range(2):
+        chunks = [sub_epoch_pieces(files, 0, epoch, k, 4) for k in range(4)]
+        read = sorted((p.path, r) for c in chunks for p in c for r in range(p.first, p.stop))
+        assert read == sorted((f.path, r) for f in files for r in range(f.records))  # every record once
+        counts = [sum(p.samples for p in c) for c in chunks]
+        assert sum(counts) == samples(files) and max(counts) - min(counts) <= 384, counts  # within a record
+        assert chunks == [sub_epoch_pieces(files, 0, epoch, k, 4) for k in range(4)]
+
+
+def test_a_partial_last_record_counts_its_own_samples() -> None:
+    csv = DataFile("rows", 1000, None, 3, 384)  # Kaggle CSV blocks: 384, 384, 232
+    assert [Piece(csv, r, 1).samples for r in range(3)] == [384, 384, 232] and Piece(csv).samples == 1000
+    assert sum(p.samples for k in range(3) for p in sub_epoch_pieces([csv], 0, 0, k, 3)) == 1000
+
+
+def test_too_few_records_name_the_setting_to_change() -> None:
+    files = [DataFile("a", 384, None, 1), DataFile("b", 768, None, 2)]
+    with pytest.raises(SamplingError, match="3 record.*cannot make 4 sub-epochs: set data.sub_epochs to at most 3"):
+        sub_epoch_pieces(files, 0, 0, 0, 4)
+    with pytest.raises(SamplingError, match="source 'extra': "):
+        plan_stage({"main": files * 2, "extra": files}, [1.0, 1.0], 8, 1, 0, 0, 0, 4)
+    plan = plan_stage({"main": files * 2, "extra": files}, [1.0, 1.0], 8, 1, 0, 0, 0, 3)
+    assert len(plan.pieces) == 2 and 8 * plan.steps // 2 <= sum(p.samples for p in plan.pieces[0])
 
 
 @pytest.mark.parametrize(

@@ -89,3 +89,34 @@ def test_resume_guards_say_what_changed_and_which_flag_allows_it() -> None:
         assert len(check_resume(state, now, allow, 3)) == 1
     with pytest.raises(TrainError, match="another model.d_model.*start a new run dir"):
         check_resume(state, facts(tiny("model.d_model=64")), AllowedChanges(True, True, True), 3)
+
+
+def test_one_file_feeds_every_sub_epoch_and_each_sample_is_read_once_per_epoch(
+    small_raw_tree, tmp_path
+) -> None:
+    """Fewer files than sub-epochs (one file of 4 blocks, 4 sub-epochs): record ranges of the file."""
+    import numpy as np
+
+    from data_prep.encode import EncodeConfig, encode_shard
+    from tfpipe.data import make_train_dataset, resolve_sources
+    from tfpipe.manifest import data_files, read_manifests
+    from tfpipe.records import read_blocks
+    from tfpipe.schema import KAGGLE
+    from tfpipe.train.plan import make_plan
+
+    enc = tmp_path / "enc"
+    encode_shard(EncodeConfig(str(small_raw_tree), str(enc), 0, 1, blocks_per_file=16, progress=False))
+    config = tiny(f"data.sources.0.path={enc}", "data.val_fraction=0", "epochs=1", "data.shuffle_buffer=256")
+    sources = resolve_sources(config.data)
+    assert len(sources[0].train_files) == 1 and config.data.sub_epochs == 4
+    plan = make_plan(config, sources, 1)
+    assert plan.steps == [6, 6, 6, 6]  # 384 samples (one block) / 64 each
+    rows = [
+        x.numpy().tobytes()
+        for stage in plan.stages
+        for batch in make_train_dataset(sources, config.data, 0, stage.epoch, stage.sub_epoch, stage.data)
+        for x in batch[0]
+    ]
+    files = data_files(str(enc), read_manifests(str(enc)))
+    every = [x.tobytes() for b in read_blocks(files, KAGGLE) for x in np.asarray(b.inputs)]
+    assert len(rows) == len(set(rows)) == 1536 and set(rows) == set(every)

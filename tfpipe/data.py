@@ -33,7 +33,7 @@ from tfpipe import storage
 from tfpipe.grid import read_grid
 from tfpipe.manifest import Manifest, read_manifests
 from tfpipe.records import iter_records, parse_block
-from tfpipe.sampling import DataFile, SubEpochPlan, split_files, sub_epoch_files
+from tfpipe.sampling import DataFile, Piece, SubEpochPlan, split_files
 from tfpipe.schema import NCOL, Schema, get_schema
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,11 @@ class ReadOptions:
 
 
 def _data_files(folder: str, manifests: list[Manifest]) -> list[DataFile]:
-    return [DataFile(storage.join(folder, f.name), f.samples, f.time_min) for m in manifests for f in m.files]
+    return [
+        DataFile(storage.join(folder, f.name), f.samples, f.time_min, f.records, m.block_size)
+        for m in manifests
+        for f in m.files
+    ]
 
 
 def _grid_tables(path: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -163,16 +167,21 @@ def aux_targets(lat: np.ndarray | None, lon: np.ndarray | None, ncol: tf.Tensor,
     return values * mask, mask
 
 
-def _records(paths: list[str], options, ordered: bool) -> tf.data.Dataset:
-    if not paths:
+def _records(parts: list[str] | list[Piece], options, ordered: bool) -> tf.data.Dataset:
+    """The records of whole files (paths) or of record ranges (pieces), interleaved."""
+    if not parts:
         raise DataError("no files to read")
-    tf_paths = [storage.tf_path(p) for p in paths]
+    pieces = [p if isinstance(p, Piece) else Piece(DataFile(p, 0)) for p in parts]
+    tf_paths = [storage.tf_path(p.path) for p in pieces]
+    first = [p.first for p in pieces]
+    count = [-1 if p.count is None else p.count for p in pieces]  # take(-1): to the end
 
-    def read(path: tf.Tensor) -> tf.data.Dataset:
-        ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+    def read(path: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> tf.data.Dataset:
+        ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20).skip(first).take(count)
         return ds.ignore_errors(log_warning=True) if options.ignore_errors else ds
 
-    return tf.data.Dataset.from_tensor_slices(tf_paths).interleave(
+    slices = (tf_paths, tf.constant(first, tf.int64), tf.constant(count, tf.int64))
+    return tf.data.Dataset.from_tensor_slices(slices).interleave(
         read,
         cycle_length=max(1, min(options.cycle_length, len(tf_paths))),
         num_parallel_calls=AUTOTUNE,
@@ -181,9 +190,10 @@ def _records(paths: list[str], options, ordered: bool) -> tf.data.Dataset:
 
 
 def parsed_blocks(
-    paths: list[str], schema: Schema, options, with_targets: bool, keys: tuple[str, ...], ordered: bool
-) -> tf.data.Dataset:
-    """The files' records (blocks of samples), parsed, keeping ``keys``."""
+    paths: list[str] | list[Piece], schema: Schema, options, with_targets: bool, keys: tuple[str, ...],
+    ordered: bool,
+) -> tf.data.Dataset:  # fmt: skip
+    """The records (blocks of samples) of the files or pieces, parsed, keeping ``keys``."""
 
     def parse(record: tf.Tensor) -> dict:
         return parse_block(record, schema, with_targets=with_targets, keys=keys)
@@ -226,17 +236,16 @@ def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _source_steps(source: Source, index: int, config, seed: int, epoch: int, sub_epoch: int,
+def _source_steps(pieces: tuple[Piece, ...], index: int, config, seed: int, epoch: int, sub_epoch: int,
                   sizes: np.ndarray) -> tf.data.Dataset:  # fmt: skip
     """One source's samples of a sub-epoch, cut into ``sizes[s]`` samples at step ``s`` (raw dicts)."""
     schema = get_schema(config.schema)
-    files = sub_epoch_files(source.train_files, seed, epoch, sub_epoch, config.sub_epochs)
-    ds = parsed_blocks([f.path for f in files], schema, config, True, TRAIN_KEYS, ordered=False)
+    ds = parsed_blocks(list(pieces), schema, config, True, TRAIN_KEYS, ordered=False)
     if config.shuffle_buffer > 0:
         ds = shuffle_samples(ds, config.shuffle_buffer, seed_of(seed, epoch, sub_epoch, index))
     # Every source repeats: the first one's chunk holds exactly enough samples for the planned steps,
-    # so it only wraps around when records were skipped (ignore_errors) and the sub-epoch still has
-    # its planned steps.
+    # so it only wraps around when it holds fewer than planned (records skipped by ignore_errors,
+    # blocks shortened by drop-sample encoding) and the sub-epoch still has its planned steps.
     ds = ds.repeat()
     constant = bool((sizes == sizes[0]).all())
     return ds.rebatch(int(sizes[0]) if constant else tf.constant(sizes, tf.int64), drop_remainder=constant)
@@ -291,18 +300,21 @@ def make_train_dataset(
     Args:
         sources: resolved sources (the first is read once; the others repeat).
         config: a DataConfig.
-        seed, epoch, sub_epoch: fix the files and the shuffle.
-        plan: steps and per-replica samples of each source per step (:func:`tfpipe.sampling.plan_sub_epoch`).
+        seed, epoch, sub_epoch: fix the shuffle (the plan fixed what is read).
+        plan: what each source reads, the steps and the per-replica samples of each source per step
+            (:func:`tfpipe.sampling.plan_stage`).
         replicas: replicas the global batch is split over; each replica slice gets the same mix.
 
     The records were checked for NaN/Inf when they were encoded and are CRC-checked when read; the
     training loop stops on a non-finite loss.
     """
     schema = get_schema(config.schema)
+    if len(plan.pieces) != len(sources):
+        raise DataError(f"the plan reads {len(plan.pieces)} source(s), not {len(sources)}: use plan_stage")
     global_batch = replicas * int(plan.counts[:, 0].sum()) if plan.steps else replicas * config.batch_size
     parts = [
-        _source_steps(s, i, config, seed, epoch, sub_epoch, replicas * plan.counts[i])
-        for i, s in enumerate(sources)
+        _source_steps(plan.pieces[i], i, config, seed, epoch, sub_epoch, replicas * plan.counts[i])
+        for i in range(len(sources))
     ]
     ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts))
     element = _training_element(sources, schema, replicas, global_batch)

@@ -8,13 +8,17 @@ run rebuilds exactly the plan it was following.
   years; ``periodic`` holds out the end of every period of ``period_days`` days (e.g. the last day of
   every 10); ``random`` is a seeded choice of files, interleaved in time with training (optimistic on
   ClimSim, whose files are consecutive 20-minute steps).
-- :func:`sub_epoch_files`: chunk ``k`` of a seeded permutation of the training files, cut where the
+- :func:`sub_epoch_pieces`: chunk ``k`` of a seeded permutation of the training files, cut where the
   cumulative sample count is closest to ``k/K`` of the total, so sub-epochs have about equal steps.
-- :func:`mix_counts` and :func:`plan_sub_epoch`: how many samples of each source every batch holds.
+  The cuts fall between files when there are at least ``K`` files, else between records (blocks)
+  inside files, so any file count works (a chunk is a list of :class:`Piece`: a file or a record range).
+- :func:`mix_counts` and :func:`plan_sub_epoch`: how many samples of each source every batch holds;
+  :func:`plan_stage`: both for one sub-epoch of every source (the one place a sub-epoch's data is fixed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -38,6 +42,41 @@ class DataFile:
     samples: int
     time_min: int | None = None
     """Earliest model time in the file (seconds since 0001-01-01); None when unknown (Kaggle CSV)."""
+    records: int = 1
+    """TFRecord records (blocks of samples) in the file."""
+    block_size: int | None = None
+    """Samples of a full record (the manifest's ``block_size``); None: samples / records, rounded up."""
+
+    def samples_before(self, record: int) -> int:
+        """Samples in the records before ``record``: encode fills every block but a file's last.
+
+        (Exact but where ``--on-bad-values=drop-sample`` shortened blocks: there a sub-epoch reads
+        a few samples less than planned and its source wraps around; see :mod:`tfpipe.data`.)
+        """
+        per_record = self.block_size or -(-self.samples // max(self.records, 1))
+        return min(record * per_record, self.samples)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Records ``[first, first + count)`` of a file (``count`` None: to its end) that a sub-epoch reads."""
+
+    file: DataFile
+    first: int = 0
+    count: int | None = None
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    @property
+    def stop(self) -> int:
+        """The record after the piece's last."""
+        return self.file.records if self.count is None else self.first + self.count
+
+    @property
+    def samples(self) -> int:
+        return self.file.samples_before(self.stop) - self.file.samples_before(self.first)
 
 
 def _time_order(files: list[DataFile]) -> np.ndarray:
@@ -102,27 +141,55 @@ def _periodic(files: list[DataFile], val_fraction: float, period_days: float) ->
     return set(np.nonzero(phase >= 1 - val_fraction)[0].tolist())
 
 
-def sub_epoch_files(
+def sub_epoch_pieces(
     files: list[DataFile], seed: int, epoch: int, sub_epoch: int, sub_epochs: int
-) -> list[DataFile]:
-    """Chunk ``sub_epoch`` of the permutation seeded by ``(seed, epoch)``, balanced by sample count."""
+) -> list[Piece]:
+    """Chunk ``sub_epoch`` of the permutation seeded by ``(seed, epoch)``, balanced by sample count.
+
+    The permuted files are laid end to end and cut where the cumulative sample count is closest to
+    ``k/K`` of the total: between files when every chunk can get a whole one (what runs of earlier
+    versions planned, so their resumes stay exact), else between records, inside files.
+
+    Raises:
+        SamplingError: ``sub_epoch`` out of range, or fewer records in all than sub-epochs.
+    """
     if not 0 <= sub_epoch < sub_epochs:
         raise SamplingError(f"sub-epoch {sub_epoch} outside 0..{sub_epochs - 1}")
-    if len(files) < sub_epochs:
-        raise SamplingError(
-            f"{len(files)} training files cannot make {sub_epochs} sub-epochs (need one each)"
-        )
     order = np.random.default_rng([seed, epoch]).permutation(len(files))
-    cumulative = np.cumsum([files[i].samples for i in order])
+    if len(files) >= sub_epochs:  # units: whole files
+        units = [(int(i), 0, files[i].records) for i in order]
+    else:  # units: records
+        units = [(int(i), r, 1) for i in order for r in range(files[i].records)]
+    if len(units) < sub_epochs:
+        raise SamplingError(
+            f"{len(files)} training file(s) of {len(units)} record(s) (blocks) in all cannot make "
+            f"{sub_epochs} sub-epochs: set data.sub_epochs to at most {len(units)}"
+        )
+    sizes = [files[i].samples_before(r + n) - files[i].samples_before(r) for i, r, n in units]
+    cumulative = np.cumsum(sizes)
     bounds = [0]
     for k in range(1, sub_epochs):
-        # the chunk ends at file j (inclusive): at least one file per chunk on either side of the cut
+        # the chunk ends at unit j (inclusive): at least one unit per chunk on either side of the cut
         j = _closest_cut(
-            cumulative, cumulative[-1] * k / sub_epochs, bounds[-1], len(files) - 1 - (sub_epochs - k)
+            cumulative, cumulative[-1] * k / sub_epochs, bounds[-1], len(units) - 1 - (sub_epochs - k)
         )
         bounds.append(j + 1)
-    bounds.append(len(files))
-    return [files[i] for i in order[bounds[sub_epoch] : bounds[sub_epoch + 1]]]
+    bounds.append(len(units))
+    return _pieces(files, units[bounds[sub_epoch] : bounds[sub_epoch + 1]])
+
+
+def _pieces(files: list[DataFile], units: list[tuple[int, int, int]]) -> list[Piece]:
+    """Consecutive units of one file merged into one piece (a whole file as ``Piece(file)``)."""
+    merged: list[list[int]] = []
+    for i, first, n in units:
+        if merged and merged[-1][0] == i and merged[-1][1] + merged[-1][2] == first:
+            merged[-1][2] += n
+        else:
+            merged.append([i, first, n])
+    return [
+        Piece(files[i]) if (first, n) == (0, files[i].records) else Piece(files[i], first, n)
+        for i, first, n in merged
+    ]
 
 
 def shares(weights: list[float]) -> list[Fraction]:
@@ -168,6 +235,8 @@ class SubEpochPlan:
     steps: int
     counts: np.ndarray
     """``[sources, steps]`` per-replica samples of each source in each step (sums to the batch)."""
+    pieces: tuple[tuple[Piece, ...], ...] = ()
+    """Per source, what the sub-epoch reads (:func:`sub_epoch_pieces`); empty in a bare mix plan."""
 
 
 def plan_sub_epoch(
@@ -183,3 +252,19 @@ def plan_sub_epoch(
     used = replicas * np.cumsum(counts[0])
     steps = int(np.searchsorted(used, first_source_samples, side="right"))
     return SubEpochPlan(steps, counts[:, :steps])
+
+
+def plan_stage(
+    sources: dict[str, list[DataFile]], weights: list[float], batch: int, replicas: int,
+    seed: int, epoch: int, sub_epoch: int, sub_epochs: int,
+) -> SubEpochPlan:  # fmt: skip
+    """Sub-epoch ``sub_epoch`` of ``epoch``: every source's pieces (``sources``: name to training files,
+    in order), the steps that read the first source's pieces once, and the mix of each step."""
+    pieces = []
+    for name, files in sources.items():
+        try:
+            pieces.append(tuple(sub_epoch_pieces(files, seed, epoch, sub_epoch, sub_epochs)))
+        except SamplingError as err:
+            raise SamplingError(f"source {name!r}: {err}") from None
+    plan = plan_sub_epoch(sum(p.samples for p in pieces[0]), batch, replicas, weights)
+    return dataclasses.replace(plan, pieces=tuple(pieces))

@@ -221,7 +221,6 @@ class Trainer:
     def _train_stage(self, index: int, signals: Signals) -> dict:
 
         from tfpipe.data import diagnose_read_error, make_train_dataset
-        from tfpipe.sampling import sub_epoch_files
 
         tf, s, stage = self._tf, self.s, self.s.plan.stages[index]
         if self._precision_for(stage.epoch) != self.step.precision:
@@ -247,8 +246,7 @@ class Trainer:
             try:
                 parts = self.step.run_steps(iterator, n, mask)
             except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:
-                chunk = (self.config.seed, stage.epoch, stage.sub_epoch, data.sub_epochs)
-                files = [f.path for src in s.sources for f in sub_epoch_files(src.train_files, *chunk)]
+                files = [p.path for pieces in stage.data.pieces for p in pieces]
                 problem = diagnose_read_error(files) or err.message.splitlines()[0]
                 raise TrainError(f"unreadable training data in epoch {stage.epoch} sub-epoch "
                                  f"{stage.sub_epoch}: {problem}") from None  # fmt: skip

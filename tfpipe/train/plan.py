@@ -21,7 +21,7 @@ import numpy as np
 
 from tfpipe.config import TrainConfig
 from tfpipe.data import Source
-from tfpipe.sampling import SubEpochPlan, plan_sub_epoch, sub_epoch_files
+from tfpipe.sampling import SubEpochPlan, plan_stage
 from tfpipe.schedule import Segment
 from tfpipe.train.checkpoints import TrainError
 
@@ -84,13 +84,14 @@ def _warmup(spec: int | float, steps: int) -> int:
 
 def _stage(config: TrainConfig, sources: list[Source], replicas: int, epoch: int, k: int, group) -> Stage:
     data = config.data
-    files = sub_epoch_files(sources[0].train_files, config.seed, epoch, k, data.sub_epochs)
-    plan = plan_sub_epoch(
-        sum(f.samples for f in files), data.batch_size, replicas, [s.weight for s in sources]
-    )
+    plan = plan_stage(
+        {s.name: s.train_files for s in sources}, [s.weight for s in sources], data.batch_size,
+        replicas, config.seed, epoch, k, data.sub_epochs,
+    )  # fmt: skip
     if plan.steps < 1:
+        samples = sum(p.samples for p in plan.pieces[0])
         raise PlanError(
-            f"sub-epoch {k} of epoch {epoch} has {sum(f.samples for f in files)} samples of "
+            f"sub-epoch {k} of epoch {epoch} has {samples} samples of "
             f"{sources[0].name!r}, less than one global batch of {replicas * data.batch_size} "
             "(batch_size x replicas): use a smaller batch_size or fewer sub_epochs"
         )
