@@ -96,7 +96,8 @@ def require_truth(path: str, pf=None) -> dict:
         raise ScoreError(f"{path}: a tfpipe {kind!r} file without targets, not a truth file")
     raise ScoreError(
         f"{path}: not a tfpipe truth file (no tfpipe metadata: another tool's file, or one from a tfpipe "
-        f"that did not mark truth files); re-make it with `{REMAKE_TRUTH}`"
+        f"that did not mark truth files); re-make it with `{REMAKE_TRUTH}` (out-of-fold truth: "
+        "`tfpipe predict --oof`)"
     )
 
 
