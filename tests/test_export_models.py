@@ -78,7 +78,8 @@ def models(runs: Path) -> Path:
 
 
 def best_r2(run: Path) -> float:
-    return json.loads((run / "best.json").read_text())["val_r2"]
+    record = json.loads((run / "best.json").read_text())
+    return record[record["metric"]]
 
 
 def test_export_best_k_and_by_name(runs: Path, models: Path, tmp_path: Path) -> None:
