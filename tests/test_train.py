@@ -661,7 +661,7 @@ def test_status_and_the_checkpoint_hook_tell_runs_ls_what_happened(encoded: Path
         4,
         True,
     )
-    assert info.best_r2 == pytest.approx(rows[0]["val_r2"]) and info.config["model.name"] == "mlp"
+    assert info.best_r2 == pytest.approx(rows[0]["val_r2_train_var"]) and info.config["model.name"] == "mlp"
 
     train(config(encoded, run), verbose=0)  # resumes to the end
     info = read_run(str(run))
