@@ -268,6 +268,9 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
         from tfpipe.experiments.tracking import preflight
 
         preflight(config.tracking)  # before TensorFlow loads: a missing mlflow or a dead server at once
+        from tfpipe.preflight import check_train_inputs
+
+        check_train_inputs(config)  # and a bad data path or a missing stats.json
         if args.logical_cpus:
             from tfpipe.distribute import configure_logical_cpus
 
@@ -316,6 +319,9 @@ def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") ->
     from tfpipe import storage
 
     try:
+        from tfpipe.preflight import check_predict_inputs
+
+        check_predict_inputs(args.checkpoint, args.models, args.data, args.weights, args.allow_partial)
         if args.models:
             from tfpipe.experiments.predict_set import predict_models
 

@@ -1,0 +1,54 @@
+"""Input paths checked before TensorFlow loads, so that a typo is one line at once, not after 8-17 s.
+
+Each check raises the error the command would raise later (a ValueError or a storage error, which
+the command line prints as one line with exit code 2) and never refuses an input the command would
+accept: it only looks at what every run of the command reads (data folders, statistics, models).
+"""
+
+from __future__ import annotations
+
+from tfpipe import storage
+from tfpipe.config import TrainConfig
+from tfpipe.manifest import read_manifests
+from tfpipe.stats import StatsError
+
+
+def check_train_inputs(config: TrainConfig) -> None:
+    """The sources' shard sets, the validation folder, the grid, and statistics to start or resume with."""
+    data = config.data
+    for source in data.sources:
+        if source.path:  # empty: the built-in demo data, prepared later
+            read_manifests(source.path, schema=data.schema, allow_partial=data.allow_partial)
+    if data.val_path:
+        read_manifests(data.val_path, schema=data.schema, allow_partial=data.allow_partial)
+    if data.grid and not storage.exists(data.grid):
+        raise StatsError(f"{data.grid}: no such grid file (data.grid)")
+    run_copy = storage.join(config.resolved_run_dir, "stats.json")  # what a resumed run uses
+    if data.sources[0].path and not storage.exists(data.stats_path) and not storage.exists(run_copy):
+        raise StatsError(f"{data.stats_path}: statistics file not found (run python -m data_prep.stats)")
+
+
+def check_predict_inputs(
+    checkpoint: str | None, models: str | None, data: str | None, weights: str | None, allow_partial: bool
+) -> None:
+    """The model (``.keras`` file, checkpoint or model set), the test data and the weights file."""
+    from tfpipe.predict import PredictError, resolve_checkpoint
+
+    if checkpoint is not None:
+        run_dir, model = resolve_checkpoint(checkpoint)
+        if model.endswith(".keras") and not storage.exists(model):
+            raise PredictError(f"{model}: no such model file")
+        if not model.endswith(".keras") and not storage.exists(model + ".index"):
+            raise PredictError(f"{model}: no such checkpoint ({model}.index is missing)")
+    if models is not None:
+        from tfpipe.experiments.model_set import read_index
+
+        read_index(models)
+    if data is not None:
+        if data.endswith(".csv"):
+            if not storage.exists(data):
+                raise PredictError(f"{data}: no such file")
+        else:
+            read_manifests(data, allow_partial=allow_partial)
+    if weights is not None and not storage.exists(weights):
+        raise PredictError(f"{weights}: no such file (--weights)")
