@@ -334,3 +334,18 @@ def test_a_saved_config_of_an_older_tfpipe_with_every_models_fields_still_resume
     assert changed_fields(old, new) == []
     old["model"]["d_model"] = 64
     assert resume_conflicts(old, new) == ["model.d_model"]
+
+
+def test_the_normalization_layer_is_the_one_the_data_config_asks_for(tiny_encoded):
+    """Training and predict-from-checkpoint build the layer through one helper, from the config."""
+    from tfpipe.normalize import Normalization
+    from tfpipe.stats import load_stats
+
+    data = load_config(TINY, ["data.representations=[column, log]", "data.feature_clip=3",
+                              "data.target_clip=5", "data.q0002_replacement_levels=[0, 1]"]).data  # fmt: skip
+    layer = Normalization.for_data(data, load_stats(str(tiny_encoded / "stats.json")))
+    got = layer.get_config()
+    assert (got["schema"], got["representations"], got["feature_clip"], got["target_clip"]) == (
+        "kaggle", ["column", "log"], 3.0, 5.0,
+    )  # fmt: skip
+    assert got["replacement_levels"] == [0, 1]

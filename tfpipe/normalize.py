@@ -196,6 +196,14 @@ class Normalization(keras.layers.Layer):
             **kwargs,
         )  # fmt: skip
 
+    @classmethod
+    def for_data(cls, data, stats: Stats, **kwargs) -> Normalization:
+        """The layer a DataConfig ``data`` asks for (representations, clips, replacement levels)."""
+        return cls.from_stats(
+            get_schema(data.schema), stats, tuple(data.representations), data.feature_clip,
+            data.target_clip, tuple(data.q0002_replacement_levels), **kwargs,
+        )  # fmt: skip
+
     def build(self, input_shape) -> None:
         for key, array in self.values64.items():
             weight = self.add_weight(shape=array.shape, initializer="zeros", trainable=False, name=key)

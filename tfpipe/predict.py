@@ -24,7 +24,7 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.postprocess import physical_predictions
-from tfpipe.schema import Schema, get_schema
+from tfpipe.schema import Schema
 
 if TYPE_CHECKING:  # Keras and TensorFlow load only when a command runs, not for --help
     from tfpipe.normalize import Normalization
@@ -112,10 +112,7 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
         raise PredictError(f"no such checkpoint: {prefix}.index does not exist")
     data = config.data
     stats = load_stats(storage.join(run_dir, "stats.json"), schema=data.schema)
-    layer = Normalization.from_stats(
-        get_schema(data.schema), stats, tuple(data.representations), data.feature_clip, data.target_clip,
-        tuple(data.q0002_replacement_levels),
-    )  # fmt: skip
+    layer = Normalization.for_data(data, stats)
     model = build_normalized_model(config.model, layer)
     optimizer = make_optimizer(config.optim, 1)
     optimizer.build(model.trainable_variables)

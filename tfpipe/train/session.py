@@ -20,7 +20,6 @@ from tfpipe.config import TrainConfig, config_hash
 from tfpipe.data import Source, data_fingerprint, resolve_sources
 from tfpipe.distribute import choose_strategy, resolve_precision
 from tfpipe.normalize import Normalization, stats_sha256
-from tfpipe.schema import get_schema
 from tfpipe.stats import Stats, StatsError
 from tfpipe.train.checkpoints import (
     AllowedChanges,
@@ -169,11 +168,7 @@ def open_session(config: TrainConfig, resume: str | None, allow: AllowedChanges,
     state = read_state(run_dir, start) if start is not None else None
     stats, stats_text, config_stats_sha = _run_stats(config, run_dir, state is not None)
     data = config.data
-    schema = get_schema(data.schema)
-    layer = Normalization.from_stats(
-        schema, stats, tuple(data.representations), data.feature_clip, data.target_clip,
-        tuple(data.q0002_replacement_levels),
-    )  # fmt: skip
+    layer = Normalization.for_data(data, stats)
     replicas = strategy.num_replicas_in_sync
     plan = make_plan(config, sources, replicas)
     model_hash = hashlib.sha256((config_hash(config, "model") + layer.stats_sha256).encode()).hexdigest()
