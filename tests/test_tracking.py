@@ -109,24 +109,27 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(
 ) -> None:
     """study_run (what tfpipe sweep wraps a study in) with an in-process train inside (an empty
     tracking.uri: the study's store), stopped by the caller's hook (a pruner) after MLflow logged its
-    row; then one nested through $TFPIPE_MLFLOW_PARENT_RUN_ID (how a parent in another process is named)."""
+    row; then one nested through nested_under (how a sweep's child process is given its parent run id)."""
     import mlflow
 
-    from tfpipe.experiments.tracking import PARENT_ENV, read_record, study_run
+    from tfpipe.experiments.tracking import nested_under, read_record, study_run
     from tfpipe.train import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = tmp_path / "mlruns"
     seen: list[dict] = []
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store needs it with MLflow 3
+    before = dict(os.environ)
     with study_run(TrackingConfig(backend="mlflow", uri=str(store), experiment="sweep"), "study-1") as parent:
-        assert mlflow.active_run().info.run_id == parent and os.environ[PARENT_ENV] == parent
+        assert mlflow.active_run().info.run_id == parent
         a = _config(tiny_encoded, tmp_path / "a", "tracking.backend=mlflow", "tracking.experiment=sweep")
         train(a, verbose=0, on_checkpoint=lambda row: seen.append(row) or "pruned")
-    assert mlflow.active_run() is None and PARENT_ENV not in os.environ
+    assert mlflow.active_run() is None
     assert "MLFLOW_TRACKING_URI" not in os.environ  # the study's store was the default inside only
-    monkeypatch.setenv(PARENT_ENV, parent)
+    assert dict(os.environ) == before  # no private variables, no HTTP settings left behind
     b = _config(tiny_encoded, tmp_path / "b", "tracking.backend=mlflow", f"tracking.uri={store}")
-    train(b, verbose=0, stop_after_sub_epochs=1)
+    with nested_under(parent):
+        train(b, verbose=0, stop_after_sub_epochs=1)
     client = _client(store)
     study = client.get_run(parent)
     assert (study.info.status, study.info.run_name) == ("FINISHED", "study-1")
@@ -184,3 +187,32 @@ def test_tracking_settings_and_the_old_mlflow_flag(tmp_path: Path) -> None:
     )
     assert changed_fields(saved, now) == [] and changed_fields(legacy, now) == []
     assert json.loads(json.dumps(config_to_dict(config)))["tracking"]["backend"] == "mlflow"
+
+
+def test_a_sqlite_store_keeps_artifacts_beside_its_database(
+    tiny_encoded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tracking.uri sqlite:///DIR/mlflow.db: the files go to DIR/mlartifacts/EXPERIMENT, not ./mlruns of
+    the current folder; MLflow's HTTP settings are not left in the environment."""
+    from tfpipe.experiments.tracking import HTTP_LIMITS, read_record
+    from tfpipe.train import train
+
+    for name in HTTP_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    (tmp_path / "db").mkdir()
+    config = _config(tiny_encoded, tmp_path / "run", "tracking.backend=mlflow", f"tracking.uri={uri}",
+                     "tracking.experiment=lite")  # fmt: skip
+    train(config, verbose=0, stop_after_sub_epochs=1)
+    assert list(elsewhere.iterdir()) == [] and not any(name in os.environ for name in HTTP_LIMITS)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.get_run(read_record(str(tmp_path / "run"))["run_id"])
+    assert run.info.artifact_uri.startswith((tmp_path / "db" / "mlartifacts" / "lite").as_uri())
+    logged = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.csv", "config.yaml"} <= logged
+    assert (tmp_path / "db" / "mlartifacts" / "lite" / run.info.run_id / "artifacts" / "metrics.csv").is_file()

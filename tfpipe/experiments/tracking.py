@@ -7,11 +7,16 @@ files ``best.keras``, ``metrics.csv``, ``config.yaml``, ``stats.json`` and the s
 ``RUN/score/*`` as artefacts; the MLflow run then ends as ``RUN/status.json`` says (finished:
 FINISHED, stopped: KILLED, failed: FAILED; the tags ``tfpipe.state`` and ``tfpipe.detail`` hold the
 state and the reason or error). With an MLflow run active in the process (:func:`study_run`, a
-sweep's parent run) or ``TFPIPE_MLFLOW_PARENT_RUN_ID`` naming one (a parent in another process), the
-run is nested under it (the ``mlflow.parentRunId`` tag, as ``mlflow.start_run(nested=True)`` sets it).
+sweep's parent run) or a parent run id named by :func:`nested_under` (a sweep trial's child process
+gets its sweep's study run id on its command line), the run is nested under it: MLflow's own
+``mlflow.parentRunId`` tag, as ``mlflow.start_run(parent_run_id=...)`` sets it.
 
 A run logs through an :class:`mlflow.tracking.MlflowClient` of its own URI: the fluent API's global
-tracking URI and active run are left alone. :func:`preflight` (called by ``train()`` before anything
+tracking URI and active run are left alone. MLflow's HTTP retries and time-out are bounded
+(:data:`HTTP_LIMITS`, unless the user set them) only while tfpipe's own MLflow calls run, not for the
+process. A SQLite store keeps the artefacts of the experiments it creates beside its database file
+(``DIR/mlartifacts/EXPERIMENT`` for ``sqlite:///DIR/mlflow.db``), not in ``./mlruns`` of whatever
+folder the command ran in. :func:`preflight` (called by ``train()`` before anything
 else) turns a missing mlflow package or an unreachable server into one :class:`TrackingError` line;
 a logging failure in mid-run is one warning, and training goes on.
 """
@@ -34,15 +39,18 @@ from tfpipe.train.status import first_line, read_status
 MLFLOW_FILE = "mlflow.json"
 ARTIFACTS = ("best.keras", "metrics.csv", "config.yaml", "stats.json")
 SCORE_DIR = "score"
-PARENT_ENV = "TFPIPE_MLFLOW_PARENT_RUN_ID"
+ARTIFACTS_BESIDE_DB = "mlartifacts"
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-"""MLflow's HTTP retries and time-out (its defaults: 7 retries with back-off, 120 s), unless set."""
+"""MLflow's HTTP retries and time-out during tfpipe's calls (its defaults: 7 retries with back-off,
+120 s), unless the user set them."""
 MAX_PARAM_LENGTH = 6000
 PARAMS_PER_CALL = 100
 END_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 """MLflow run status at the end of a session, by ``status.json`` state (any other: FAILED)."""
 
 Hook = Callable[[dict], "str | None"]
+_parents: list[str | None] = []
+"""The stack of :func:`nested_under`'s parent run ids (the innermost last)."""
 
 
 class TrackingError(ValueError):
@@ -90,6 +98,31 @@ def preflight(tracking) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def http_limits() -> Iterator[None]:
+    """:data:`HTTP_LIMITS` in the environment (where MLflow reads them, at each request) while the block
+    runs, unless the user set them: a lost server costs seconds of a run, not minutes per call."""
+    added = [name for name in HTTP_LIMITS if name not in os.environ]
+    for name in added:
+        os.environ[name] = HTTP_LIMITS[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def nested_under(run_id: str | None) -> Iterator[None]:
+    """Runs trained inside the block (in this process) are nested under the MLflow run ``run_id`` (in
+    their own store); None: no change."""
+    _parents.append(run_id)
+    try:
+        yield
+    finally:
+        _parents.pop()
+
+
 def _client(uri: str):
     """An MlflowClient of ``uri`` (TrackingError if mlflow is not installed)."""
     try:
@@ -98,9 +131,20 @@ def _client(uri: str):
         raise _missing() from None
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses it unless asked
-    for name, value in HTTP_LIMITS.items():  # a lost server costs seconds of a run, not minutes per call
-        os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artefacts: ``DIR/mlartifacts/EXPERIMENT``
+    beside the database file (MLflow's default is ``./mlruns`` of the current folder); None for other
+    stores (a server or a file store knows its own)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    if str(database) in ("", ":memory:"):
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
+    return (database.absolute().parent / ARTIFACTS_BESIDE_DB / safe).as_uri()
 
 
 def _experiment_id(client, name: str, uri: str) -> str:
@@ -108,7 +152,7 @@ def _experiment_id(client, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifact_location(uri, name))
         except Exception:  # noqa: BLE001 (another run created it meanwhile)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -123,12 +167,12 @@ def _experiment_id(client, name: str, uri: str) -> str:
 
 def _target(tracking) -> tuple[str, str | None]:
     """(the URI this run logs to, the id of the run to nest under or None): the active fluent run
-    (whose store is the default URI), else ``$TFPIPE_MLFLOW_PARENT_RUN_ID``."""
+    (whose store is the default URI), else :func:`nested_under`'s run id."""
     import mlflow
 
     active = mlflow.active_run()
     if active is None:
-        return resolve_uri(tracking.uri), os.environ.get(PARENT_ENV) or None
+        return resolve_uri(tracking.uri), next((p for p in reversed(_parents) if p), None)
     active_uri = resolve_uri(mlflow.get_tracking_uri())
     uri = resolve_uri(tracking.uri) if tracking.uri else active_uri
     if uri != active_uri:
@@ -168,17 +212,19 @@ class Tracker:
             raise _missing() from None
         client = _client(uri)
         run_id = None
-        try:
-            run_id = _continued_run(client, uri, run_dir) or _new_run(client, uri, run_dir, config, parent)
-            tracker = cls(client, uri, run_id, run_dir)
-            tracker.log_params(config_to_dict(config))
-        except Exception as err:  # noqa: BLE001 (MlflowException, requests' errors, OSError ...)
-            if run_id is not None:  # started (RUNNING) but not usable: do not leave it running
-                with contextlib.suppress(Exception):
-                    client.set_terminated(run_id, "FAILED")
-            if isinstance(err, TrackingError):
-                raise
-            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
+        with http_limits():
+            try:
+                run_id = _continued_run(client, uri, run_dir)
+                run_id = run_id or _new_run(client, uri, run_dir, config, parent)
+                tracker = cls(client, uri, run_id, run_dir)
+                tracker.log_params(config_to_dict(config))
+            except Exception as err:  # noqa: BLE001 (MlflowException, requests' errors, OSError ...)
+                if run_id is not None:  # started (RUNNING) but not usable: do not leave it running
+                    with contextlib.suppress(Exception):
+                        client.set_terminated(run_id, "FAILED")
+                if isinstance(err, TrackingError):
+                    raise
+                raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
         print(f"[train] MLflow run {run_id} at {uri}", file=sys.stderr)
         return tracker
 
@@ -243,7 +289,8 @@ class Tracker:
         if self.failed:
             return
         try:
-            call()
+            with http_limits():
+                call()
         except Exception as err:  # noqa: BLE001
             self.failed = True
             print(f"[train] warning: MLflow logging to {self.uri} failed ({first_line(err)}); the run goes "
@@ -342,10 +389,11 @@ def log_run_files(client, run_id: str, run_dir: str) -> list[str]:
 @contextlib.contextmanager
 def study_run(tracking, name: str) -> Iterator[str | None]:
     """A parent MLflow run around a study (a sweep): yields its run id (None for ``tracking.backend:
-    none``, a no-op). Inside it, it is the process's active run and ``$TFPIPE_MLFLOW_PARENT_RUN_ID``
-    names it, so every run trained inside (in-process, in threads or in subprocesses) is nested under
-    it. It ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises. TrackingError (one line)
-    if MLflow is missing or unreachable."""
+    none``, a no-op). Inside it, it is the process's active run, so a run trained in this process is
+    nested under it; a child process is given the id (:func:`nested_under`). Its store is the default
+    tracking URI inside the block (``$MLFLOW_TRACKING_URI`` too: children log to the same store). It
+    ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises. TrackingError (one line) if
+    MLflow is missing or unreachable."""
     if tracking.backend != "mlflow":
         yield None
         return
@@ -353,40 +401,31 @@ def study_run(tracking, name: str) -> Iterator[str | None]:
     import mlflow
 
     uri = resolve_uri(tracking.uri)
-    try:
-        experiment = _experiment_id(_client(uri), tracking.experiment or "tfpipe", uri)
-    except TrackingError:
-        raise
-    except Exception as err:  # noqa: BLE001
-        raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
     previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    previous_parent = os.environ.get(PARENT_ENV)
-    mlflow.set_tracking_uri(uri)  # also $MLFLOW_TRACKING_URI: subprocesses log to the same store
-    try:
+    with http_limits():
         try:
+            experiment = _experiment_id(_client(uri), tracking.experiment or "tfpipe", uri)
+            mlflow.set_tracking_uri(uri)  # also $MLFLOW_TRACKING_URI: subprocesses log to the same store
             run = mlflow.start_run(experiment_id=experiment, run_name=name, tags={"tfpipe.study": name},
                                    nested=mlflow.active_run() is not None)  # fmt: skip
-        except Exception as err:  # noqa: BLE001
-            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
-        os.environ[PARENT_ENV] = run.info.run_id
-        status = "FAILED"
-        try:
-            yield run.info.run_id
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
+        except TrackingError:
+            mlflow.set_tracking_uri(previous_uri)
             raise
-        finally:
-            try:
-                mlflow.end_run(status)
-            except Exception as err:  # noqa: BLE001 - a lost server must not hide the study's result
-                print(
-                    f"[tracking] warning: cannot end the study's MLflow run: {first_line(err)}",
-                    file=sys.stderr,
-                )
+        except Exception as err:  # noqa: BLE001
+            mlflow.set_tracking_uri(previous_uri)
+            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
+    status = "FAILED"
+    try:
+        yield run.info.run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        if previous_parent is None:
-            os.environ.pop(PARENT_ENV, None)
-        else:
-            os.environ[PARENT_ENV] = previous_parent
+        try:
+            with http_limits():
+                mlflow.end_run(status)
+        except Exception as err:  # noqa: BLE001 - a lost server must not hide the study's result
+            print(f"[tracking] warning: cannot end the study's MLflow run: {first_line(err)}",
+                  file=sys.stderr)  # fmt: skip
         mlflow.set_tracking_uri(previous_uri)
