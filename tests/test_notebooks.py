@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,11 +41,11 @@ NOTEBOOKS = REPO / "notebooks"
 NAMES = ("01_encode_shard", "02_train_tpu", "03_predict_submit")
 KERNEL = "tfpipe-test"
 BUCKET = "tfpipe-notebooks"
-SAMPLES = 74 * 384  # raw_tree: 74 time steps of 384 columns
-TRAIN_OVERRIDES = [
-    "model.name=mlp", "model.mlp_units=[32,32]", "data.batch_size=128", "data.sub_epochs=2", "epochs=1",
-    "data.val_fraction=0.25",
-]  # fmt: skip
+STEPS = 36  # half a day of 20-minute steps: with notebook 01's 16 blocks per file, fewer training
+# files than the tiny config's 4 sub-epochs (each shard writes files of 16 and 2 blocks)
+SAMPLES = STEPS * 384
+TRAIN_OVERRIDES = ["model.name=mlp", "model.mlp_units=[32,32]", "epochs=1"]  # else the tiny config as shipped
+WARNING = re.compile(r"\b\w*Warning: ")  # a Python warning printed in a cell's output
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,8 @@ def run_notebook(
         )  # fmt: skip
     finally:
         km.shutdown_kernel(now=True)
+    printed = [o.text for c in done.cells for o in c.get("outputs", []) if o.output_type == "stream"]
+    assert not [t for t in printed if WARNING.search(t)], [t for t in printed if WARNING.search(t)]
     stdout = [o.text for o in done.cells[-1].outputs if o.output_type == "stream" and o.name == "stdout"]
     install = next(c for c in done.cells if "install" in c.metadata.get("tags", []))
     line = "".join(o.get("text", "") for o in install.outputs if o.output_type == "stream").strip()
@@ -122,25 +125,36 @@ def test_notebook_structure() -> None:
 
 
 @pytest.fixture(scope="module")
+def half_day(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A raw tree of half a day (36 steps)."""
+    from data_prep.synth import synthesize
+
+    out = tmp_path_factory.mktemp("half-day") / "raw"
+    synthesize(out, days=STEPS / 72, start="0001-01-31", seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
 def local_run(
-    raw_tree: Path, tmp_path_factory: pytest.TempPathFactory, kernel_dirs: list[str], wheel: Path
+    half_day: Path, tmp_path_factory: pytest.TempPathFactory, kernel_dirs: list[str], wheel: Path
 ) -> dict:
-    """01 for shards 0 and 1, 02 twice (one sub-epoch each), 03; all on a local folder."""
+    """01 for shards 0 and 1, 02 twice (one sub-epoch, then the other three), 03; all on a local folder,
+    with the notebooks' defaults (16 blocks per file; the tiny config's 4 sub-epochs)."""
     root = tmp_path_factory.mktemp("notebooks-local")
     enc, run, out = root / "encoded", root / "run", root / "submission.parquet"
     res: dict = {"root": root, "encoded": enc, "run": run, "out": out}
     for shard in (0, 1):
         res[f"encode{shard}"] = run_notebook(
             "01_encode_shard",
-            dict(SHARD=shard, NUM_SHARDS=2, SRC=str(raw_tree), DST=str(enc), WORKERS=1, BLOCKS_PER_FILE=8,
-                 PROGRESS=False, TFPIPE=str(wheel)),
+            dict(SHARD=shard, NUM_SHARDS=2, SRC=str(half_day), DST=str(enc), WORKERS=1, PROGRESS=False,
+                 TFPIPE=str(wheel)),
             root, kernel_dirs, tag=f"-{shard}",
         )  # fmt: skip
-    for session in (1, 2):
+    for session, stop in ((1, 1), (2, None)):
         res[f"train{session}"] = run_notebook(
             "02_train_tpu",
             dict(CONFIG="tiny", DATA=str(enc), RUN_DIR=str(run), TIME_BUDGET="1h", OVERRIDES=TRAIN_OVERRIDES,
-                 STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0, TFPIPE=str(wheel)),
+                 STOP_AFTER_SUB_EPOCHS=stop, VERBOSE=0, TFPIPE=str(wheel)),
             root, kernel_dirs, tag=f"-{session}",
         )  # fmt: skip
     res["predict"] = run_notebook(
@@ -168,11 +182,24 @@ def test_train_notebook_resumes_local(local_run: dict) -> None:
     first, second, run = local_run["train1"], local_run["train2"], local_run["run"]
     assert first["resumed_from"] is None and first["sub_epochs_run"] == 1 and not first["finished"]
     assert first["stopped"] == "stop-after-sub-epochs" and first["next"] == {"epoch": 0, "sub_epoch": 1}
-    assert second["resumed_from"] == "ckpt-1" and second["sub_epochs_run"] == 1 and second["finished"]
+    assert second["resumed_from"] == "ckpt-1" and second["sub_epochs_run"] == 3 and second["finished"]
     assert second["next"] == {"epoch": 1, "sub_epoch": 0} and second["step"] > first["step"] > 0
     assert first["strategy"] == "default" and first["precision"] == "float32"
-    assert (run / "checkpoints" / "ckpt-2.index").is_file() and (run / "best.keras").is_file()
-    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + one row per sub-epoch
+    assert (run / "checkpoints" / "ckpt-4.index").is_file() and (run / "best.keras").is_file()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 5  # header + one row per sub-epoch
+
+
+def test_the_notebook_defaults_on_half_a_day_leave_fewer_files_than_sub_epochs(local_run: dict) -> None:
+    """What the chain above proves: sub-epochs no longer need one training file each."""
+    from tfpipe.config import load_config
+    from tfpipe.manifest import read_manifests
+    from tfpipe.sampling import DataFile, split_files
+
+    data = load_config("tiny").data
+    manifests = read_manifests(str(local_run["encoded"]))
+    files = [DataFile(f.name, f.samples) for m in manifests for f in m.files]
+    train, _ = split_files(files, data.val_fraction, data.val_split)
+    assert len(train) < data.sub_epochs == 4 and "data.sub_epochs=4" not in TRAIN_OVERRIDES
 
 
 def _check_submission(table, rows: int) -> None:
@@ -192,7 +219,7 @@ def test_predict_notebook_local(local_run: dict) -> None:
 
 @pytest.mark.skipif(not HAS_TF_GCS_PLUGIN, reason=NO_TF_GCS_PLUGIN)
 def test_notebooks_on_gcs_emulator(
-    gcs: GcsEmulator, raw_tree: Path, local_run: dict, kernel_dirs: list[str], tmp_path: Path, wheel: Path
+    gcs: GcsEmulator, half_day: Path, local_run: dict, kernel_dirs: list[str], tmp_path: Path, wheel: Path
 ) -> None:
     """01 encodes to gs:// (and writes stats there), 02 trains twice into a gs:// RUN_DIR, 03 writes gs://."""
     from google.auth.credentials import AnonymousCredentials
@@ -207,8 +234,8 @@ def test_notebooks_on_gcs_emulator(
     for shard in (0, 1):
         summary = run_notebook(
             "01_encode_shard",
-            dict(SHARD=shard, NUM_SHARDS=2, SRC=str(raw_tree), DST=dst, WORKERS=1, BLOCKS_PER_FILE=8,
-                 PROGRESS=False, TFPIPE=str(wheel)),
+            dict(SHARD=shard, NUM_SHARDS=2, SRC=str(half_day), DST=dst, WORKERS=1, PROGRESS=False,
+                 TFPIPE=str(wheel)),
             tmp_path, kernel_dirs, env, tag=f"-{shard}",
         )  # fmt: skip
         assert summary["encode"]["dst"] == dst and not summary["encode"]["skipped"]
@@ -230,8 +257,9 @@ def test_notebooks_on_gcs_emulator(
     for session, resumed in ((1, None), (2, "ckpt-1")):
         summary = run_notebook(
             "02_train_tpu",
-            dict(CONFIG="tiny", DATA=str(local), RUN_DIR=run_dir, TIME_BUDGET="1h", OVERRIDES=TRAIN_OVERRIDES,
-                 STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0, TFPIPE=str(wheel)),
+            dict(CONFIG="tiny", DATA=str(local), RUN_DIR=run_dir, TIME_BUDGET="1h",
+                 OVERRIDES=[*TRAIN_OVERRIDES, "data.sub_epochs=2"], STOP_AFTER_SUB_EPOCHS=1, VERBOSE=0,
+                 TFPIPE=str(wheel)),
             tmp_path, kernel_dirs, env, tag=f"-{session}",
         )  # fmt: skip
         assert summary["run_dir"] == run_dir and summary["resumed_from"] == resumed
