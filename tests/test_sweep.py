@@ -1,10 +1,12 @@
-"""``tfpipe sweep`` with real Optuna on SQLite: a killed sweep resumes its trial in the same run dir, two
-processes share one study, a bad search space is one line and exit code 2."""
+"""``tfpipe sweep`` with real Optuna: a killed sweep (SQLite) resumes its trial in the same run dir, two
+processes share one study (a journal file), trials train in child processes that the pruner stops, a bad
+search space is one line and exit code 2."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from tiny_runs import TINY_CONFIG, tiny_overrides
 
 from tfpipe.experiments.runs import read_run
@@ -29,11 +32,13 @@ def _overrides(encoded: Path) -> list[str]:
     return [o for o in tiny_overrides(encoded) if not o.startswith("epochs=")]
 
 
-def _sweep_cmd(overrides: list[str], tmp: Path, study: str, trials: int, *extra: str) -> list[str]:
+def _sweep_cmd(overrides: list[str], tmp: Path, study: str, trials: int, *extra: str,
+               storage: str | None = None) -> list[str]:  # fmt: skip
     return [
         sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, *overrides,
         "--space", str(tmp / "space.yaml"), "--trials", str(trials), "--study", study,
-        "--storage", f"sqlite:///{tmp}/sweeps.db", "--runs-dir", str(tmp / "runs"), "--seed", "0", *extra,
+        "--storage", storage or f"sqlite:///{tmp}/sweeps.db", "--runs-dir", str(tmp / "runs"), "--seed", "0",
+        *extra,
     ]  # fmt: skip
 
 
@@ -46,10 +51,12 @@ def _metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _study(tmp: Path, name: str):
+def _study(tmp: Path, name: str, storage: str | None = None):
     import optuna
 
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/sweeps.db")
+    from tfpipe.experiments.study import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(storage or f"sqlite:///{tmp}/sweeps.db", 60))
 
 
 def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, tmp_path: Path) -> None:
@@ -112,14 +119,16 @@ def test_killed_sweep_resumes_its_trial_in_the_same_run_dir(tiny_encoded: Path, 
 
 
 def test_two_processes_share_one_study(tiny_encoded: Path, tmp_path: Path) -> None:
-    """Two sweep processes on one SQLite study finish exactly 3 trials together, in distinct run dirs;
-    with tracking.backend=mlflow each trial is an MLflow run nested under its process's study run."""
+    """Two sweep processes on one journal-file study (Optuna's JournalStorage) finish exactly 3 trials
+    together, in distinct run dirs, each trained by a child process; with tracking.backend=mlflow each
+    trial is an MLflow run nested under its process's study run (the id passed to the child)."""
     (tmp_path / "space.yaml").write_text(LR)
     mlruns = tmp_path / "mlruns"
+    journal = str(tmp_path / "sweeps.journal")
     tracked = [*tiny_overrides(tiny_encoded), "tracking.backend=mlflow", f"tracking.uri={mlruns}"]
     procs = [
         subprocess.Popen(
-            _sweep_cmd(tracked, tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none"),
+            _sweep_cmd(tracked, tmp_path, "shared", 3, "--seed", str(seed), "--pruner", "none", storage=journal),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -131,13 +140,15 @@ def test_two_processes_share_one_study(tiny_encoded: Path, tmp_path: Path) -> No
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
         assert _last_json(out)["study"] == "shared"
-    trials = _study(tmp_path, "shared").trials
+    trials = _study(tmp_path, "shared", journal).trials
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 3, [(t.number, t.state.name, t.user_attrs) for t in trials]
     assert all(t.user_attrs.get("surplus") for t in trials if t.number not in {d.number for d in done})
     assert len({t.user_attrs["run_dir"] for t in done}) == 3
     workers = {t.user_attrs["worker"].rsplit(":", 2)[1] for t in done}
     assert workers == {str(p.pid) for p in procs}, "both processes trained trials"
+    trainers = {json.loads((Path(t.user_attrs["run_dir"]) / "status.json").read_text())["pid"] for t in done}
+    assert len(trainers) == 3 and not trainers & {p.pid for p in procs}, "each trial in a child process"
     _assert_trials_nested_under_study_runs(mlruns, {t.user_attrs["run_dir"] for t in done})
 
 
@@ -234,14 +245,18 @@ def test_sweep_help_loads_no_engine() -> None:
 def test_bad_storage_sampler_or_runs_of_another_study_are_refused(tmp_path: Path) -> None:
     import importlib.util
 
+    import optuna
+
     space = tmp_path / "space.yaml"
     space.write_text(LR)
 
     def spec(**kw) -> SweepSpec:
         return SweepSpec(TINY_CONFIG, str(space), 2, "s", ["epochs=1"], **kw)
 
-    with pytest.raises(ValueError, match="expected a database URL"):
-        run_sweep(spec(storage=str(tmp_path / "sweeps.db")))
+    sqlite = tmp_path / "sweeps.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{sqlite}")
+    with pytest.raises(ValueError, match=f"--storage {sqlite}: an SQLite database, not a journal: use sqlite:///"):
+        run_sweep(spec(storage=str(sqlite)))
     if importlib.util.find_spec("cmaes") is None:
         with pytest.raises(ValueError, match="--sampler cmaes needs the cmaes package"):
             run_sweep(spec(storage=f"sqlite:///{tmp_path}/a.db", sampler="cmaes"))
@@ -262,3 +277,26 @@ def test_a_missing_engine_is_one_line_with_the_install_command(tiny_encoded: Pat
     assert result.stderr.strip().splitlines() == [
         "tfpipe sweep: error: tfpipe sweep needs optuna, which is not installed: pip install 'tfpipe[experiments]'"
     ]
+
+
+def test_the_pruner_stops_a_trial_in_its_child_process(tiny_encoded: Path, tmp_path: Path) -> None:
+    """The child reports its first sub-epoch, the sweep's pruner (a real Optuna ThresholdPruner no run
+    can pass) answers prune: the trainer stops there with the reason `pruned`, the trial is PRUNED."""
+    import optuna
+
+    from tfpipe.experiments.sweep import Objective
+
+    (tmp_path / "space.yaml").write_text(LR)
+    spec = SweepSpec(TINY_CONFIG, str(tmp_path / "space.yaml"), 1, "p", tiny_overrides(tiny_encoded),
+                     runs_dir=str(tmp_path / "runs"), verbose=False)  # fmt: skip
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
+    Objective(spec, load_space(spec.space)).optimize(study)
+    (trial,) = study.trials
+    assert trial.state.name == "PRUNED", (trial.state, trial.user_attrs)
+    run_dir = Path(trial.user_attrs["run_dir"])
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["state"], status["reason"]) == ("stopped", "pruned") and status["pid"] != os.getpid()
+    assert list(trial.intermediate_values) == [1] and len(_metrics(run_dir)) == 1
+    metric = yaml.safe_load((run_dir / "config.yaml").read_text())["select_metric"]
+    assert trial.intermediate_values[1] == pytest.approx(float(_metrics(run_dir)[0][metric]), rel=1e-5)
+    assert len(list((run_dir / "sweep").glob("*-attempt0.log"))) == 1  # the child's output

@@ -54,9 +54,10 @@ def _add_sweep(sub) -> None:
 
     p = sub.add_parser(
         "sweep", help="an Optuna hyper-parameter study whose trials are tfpipe train runs",
-        description="Sample the search space, train each trial in RUNS_DIR/STUDY/trial-NNNN, report every "
-        "sub-epoch's validation R² to the pruner and maximise the best R². Several processes (or machines "
-        "with one --storage) share a study; re-running the command resumes it, and a trial left by a "
+        description="Sample the search space, train each trial as a child process in "
+        "RUNS_DIR/STUDY/trial-NNNN, report every sub-epoch's validation R² to the pruner and maximise the "
+        "best R². Several processes (or machines with one database --storage) share a study; re-running "
+        "the command resumes it, and a trial left by a "
         "killed process continues from its checkpoint. The last stdout line is a JSON summary.",
     )  # fmt: skip
     p.add_argument("--config", required=True, help="YAML config (a path, gs://, or tiny / reference)")
@@ -76,8 +77,9 @@ def _add_sweep(sub) -> None:
         "--study", required=True, metavar="NAME", help="the same name and storage join or resume it"
     )
     p.add_argument(
-        "--storage", default="sqlite:///sweeps.db", metavar="URL",
-        help="Optuna RDB URL: sqlite:///FILE for one machine, postgresql://user:pass@host/db for several",
+        "--storage", default="sweeps.journal", metavar="URL",
+        help="an Optuna journal file (PATH or journal:PATH) for sweep processes of one machine; a database "
+        "URL: sqlite:///FILE, or postgresql://user:pass@host/db for several machines",
     )  # fmt: skip
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="cmaes needs cmaes, gp needs torch")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="its steps are the sub-epochs")

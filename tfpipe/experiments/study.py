@@ -1,9 +1,12 @@
 """The Optuna side of ``tfpipe sweep``: storage, study, sampler and pruner, and dead trials.
 
-The study lives in an Optuna RDB storage (SQLite for one machine, PostgreSQL or MySQL for several)
-with a heartbeat: a trial whose process stopped beating is failed and queued again with its reports
+The study lives in an Optuna journal file (``journal:PATH`` or a plain ``PATH``: Optuna's
+``JournalStorage``, file-locked appends, made for several processes of one machine) or an RDB storage
+(``sqlite:///FILE``; ``postgresql://...`` or ``mysql://...`` for several machines). An RDB storage has a
+heartbeat: a trial whose process stopped beating is failed and queued again with its reports
 (``RetryHeartbeatStaleTrialCallback``). A trial whose process on this host is gone (its ``worker``
-attribute names the host and pid) is failed and queued at once (:func:`retry_dead_trials`).
+attribute names the host and pid) is failed and queued at once (:func:`retry_dead_trials`); that is
+how a journal's dead trials are found (the journal has no heartbeat, and one machine needs none).
 """
 
 from __future__ import annotations
@@ -86,14 +89,41 @@ def retry_callback() -> Any:
     return optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
 
 
+def journal_path(url: str) -> str | None:
+    """The journal file of a ``journal:PATH`` or plain ``PATH`` storage, else None (a database URL)."""
+    if url.startswith("journal:"):
+        return url[len("journal:") :].removeprefix("//")
+    return None if "://" in url else url
+
+
+def open_journal(path: str) -> Any:
+    """Optuna's ``JournalStorage`` in the file ``path`` (created with its folder)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not path:
+        raise SweepError("--storage journal: needs a file, e.g. journal:sweeps.journal")
+    if os.path.isfile(path):
+        with open(path, "rb") as file:
+            if file.read(16) == b"SQLite format 3\x00":
+                raise SweepError(f"--storage {path}: an SQLite database, not a journal: use sqlite:///{path}")
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    try:
+        return JournalStorage(JournalFileBackend(path))
+    except OSError as err:
+        raise SweepError(f"--storage {path}: {first_line(err)}") from None
+
+
 def open_storage(url: str, heartbeat_interval: int) -> Any:
-    """The RDB storage with a heartbeat; its stale trials are retried."""
+    """The journal storage, or the RDB storage with a heartbeat whose stale trials are retried."""
+    path = journal_path(url)
+    if path is not None:
+        return open_journal(path)
     import optuna
     import sqlalchemy.exc
 
-    if "://" not in url:
-        raise SweepError(f"--storage {url}: expected a database URL such as sqlite:///sweeps.db or "
-                         "postgresql://user:pass@host/db")  # fmt: skip
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         folder = os.path.dirname(url[len("sqlite:///") :])

@@ -1,10 +1,13 @@
 """``tfpipe sweep``: an Optuna study whose trials are ordinary ``tfpipe train`` runs.
 
-Each trial samples the search space (:mod:`tfpipe.experiments.space`), trains in-process in
-``{runs_dir}/{study}/trial-NNNN`` and reports every sub-epoch's validation R² (step = checkpoint
-number) to the pruner; its value is the run's best R² (maximised). Any number of ``tfpipe sweep``
-processes, on any machines, work on one study together (:mod:`tfpipe.experiments.study`); the study
-ends when it holds ``trials`` COMPLETE + PRUNED trials.
+Each trial samples the search space (:mod:`tfpipe.experiments.space`) and trains in
+``{runs_dir}/{study}/trial-NNNN`` as a child process (:mod:`tfpipe.experiments.trial`: a fresh
+interpreter per trial, so no TensorFlow state, device memory or determinism setting carries over);
+the child reports every sub-epoch's ``select_metric`` (step = checkpoint number), this process
+reports it to the pruner and answers whether to stop there. The trial's value is the run's best
+``select_metric`` (maximised). TensorFlow is never imported in the sweep process itself. Any
+number of ``tfpipe sweep`` processes, on any machines, work on one study together
+(:mod:`tfpipe.experiments.study`); the study ends when it holds ``trials`` COMPLETE + PRUNED trials.
 
 A trial whose process died is failed and retried in its own run dir, so the run resumes from its
 last checkpoint; a trial stopped by a signal or a time budget is queued the same way before the
@@ -17,7 +20,6 @@ the command line's, then the sampled ones), ``config``, ``run_dir``, ``worker`` 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,7 +59,7 @@ class SweepSpec:
     trials: int
     study: str
     overrides: list[str] = field(default_factory=list)
-    storage: str = "sqlite:///sweeps.db"
+    storage: str = "sweeps.journal"
     sampler: str = "tpe"
     pruner: str = "median"
     runs_dir: str = "runs/sweeps"
@@ -71,6 +73,10 @@ class Interrupted(BaseException):
     """Training stopped before its end (a signal, a time budget): the trial is queued again.
 
     A BaseException, so that Optuna's ``optimize`` leaves the trial RUNNING and hands the stop on."""
+
+
+class TrialFailed(Exception):
+    """The trial's trainer failed (its error line, or how its process ended, with its log)."""
 
 
 class _Surplus(Exception):
@@ -99,8 +105,8 @@ def original_number(trial: Any) -> int:
 class Objective:
     """Optuna's objective: sample, train the trial's run in-process, report, return its best R²."""
 
-    def __init__(self, spec: SweepSpec, space: dict[str, Param]) -> None:
-        self.spec, self.space = spec, space
+    def __init__(self, spec: SweepSpec, space: dict[str, Param], parent_run_id: str | None = None) -> None:
+        self.spec, self.space, self.parent_run_id = spec, space, parent_run_id
         self.current: int | None = None
         """The trial this process trains (kept when a stop interrupts it)."""
         self.failures = 0
@@ -111,7 +117,7 @@ class Objective:
 
         limit = MaxTrialsCallback(self.spec.trials, states=states(*COUNTED))
         try:
-            study.optimize(self, callbacks=[self.after_trial, limit], catch=(Exception,), gc_after_trial=True)
+            study.optimize(self, callbacks=[self.after_trial, limit], catch=(Exception,))
         except Interrupted as stop:
             run_dir = self.requeue(study)
             log(f"training stopped ({stop}); the trial continues in {run_dir} with the next tfpipe sweep "
@@ -134,7 +140,6 @@ class Objective:
         import optuna
 
         from tfpipe.config import load_config
-        from tfpipe.train import train
 
         spec = self.spec
         trial.set_user_attr("worker", worker_id(trial.number))
@@ -153,13 +158,11 @@ class Objective:
             trial.set_user_attr(key, value)
         log(f"trial {trial.number} in {run_dir}: {' '.join(overrides[len(spec.overrides) :])}", spec.verbose)
         try:
-            config = load_config(spec.config, [*overrides, f"run_dir={run_dir}"])
-            summary = train(config, verbose=0, on_checkpoint=self._hook(trial, config.select_metric))
-        except Exception as err:
-            trial.set_user_attr("error", f"{type(err).__name__}: {first_line(err)}")
+            config = load_config(spec.config, [*overrides, f"run_dir={run_dir}"])  # a bad value: one line now
+        except ValueError as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
             raise
-        finally:
-            _clear_keras()
+        summary = self._train(trial, [*overrides, f"run_dir={run_dir}"], run_dir, config.select_metric)
         trial.set_user_attr("resumed_from", summary["resumed_from"])
         if summary["stopped"] == "pruned":
             raise optuna.TrialPruned(f"pruned before {summary['next']}")
@@ -169,18 +172,32 @@ class Objective:
             raise SweepError(f"{run_dir}: the run finished without a validation score")
         return float(summary["best_r2"])
 
-    def _hook(self, trial: Any, metric: str):
-        """``train``'s on_checkpoint: report the sub-epoch's ``metric`` (the config's ``select_metric``,
-        what ``train`` picks its best checkpoint by) at step = checkpoint; prune."""
+    def _train(self, trial: Any, overrides: list[str], run_dir: str, metric: str) -> dict:
+        """Train the trial in a child process; report each sub-epoch's ``metric`` (the config's
+        ``select_metric``, what ``train`` picks its best checkpoint by) at step = checkpoint and prune.
+        Its summary; Interrupted when a signal stopped it early, TrialFailed when it failed."""
+        import signal
 
-        def report(row: dict) -> str | None:
-            value = row.get(metric)
-            if value is None or not math.isfinite(float(value)):
-                return None
-            trial.report(float(value), int(row["checkpoint"]))
-            return "pruned" if trial.should_prune() else None
+        from tfpipe.experiments.trial import Forward, TrialProcess, wait_for_orphan
 
-        return report
+        def report(checkpoint: int, value: float) -> bool:
+            trial.report(value, checkpoint)
+            return trial.should_prune()
+
+        say = lambda text: log(text, self.spec.verbose)  # noqa: E731
+        wait_for_orphan(run_dir, say)
+        child = TrialProcess(self.spec.config, overrides, run_dir, metric, trial.number, self.parent_run_id)
+        with Forward(child.attempt, say) as stop:
+            summary, error, result = child.run(report)
+        if len(stop.received) > 1:
+            raise KeyboardInterrupt
+        if summary is not None:
+            return summary
+        if stop.received:
+            raise Interrupted(f"signal {signal.Signals(stop.received[0]).name}")
+        error = error or result.detail()
+        trial.set_user_attr("error", error)
+        raise TrialFailed(f"{error} (log: {result.log})")
 
     def _surplus(self, trial: Any) -> bool:
         """Whether ``spec.trials`` trials with smaller numbers already ended or run (two processes
@@ -222,13 +239,6 @@ class Objective:
             return None
         retry_callback()(study, trial)
         return trial.user_attrs.get("run_dir")
-
-
-def _clear_keras() -> None:
-    """Free the trial's models and graphs before the next trial."""
-    import keras
-
-    keras.backend.clear_session()
 
 
 def _check_new_study(study: Any, spec: SweepSpec) -> None:
@@ -275,9 +285,9 @@ def run_sweep(spec: SweepSpec) -> dict:
         if counted(study) >= spec.trials:
             log(f"study {spec.study!r} already holds {spec.trials} finished or running trials", spec.verbose)
         else:
-            with study_run(load_config(spec.config, spec.overrides).tracking, spec.study):
+            with study_run(load_config(spec.config, spec.overrides).tracking, spec.study) as parent:
                 try:
-                    Objective(spec, space).optimize(study)
+                    Objective(spec, space, parent).optimize(study)
                 except OptunaError as err:  # e.g. StorageInternalError: a locked or lost database
                     raise SweepError(
                         f"{redact(spec.storage)}: {type(err).__name__}: {first_line(err)}"

@@ -28,6 +28,8 @@ from tfpipe import storage
 
 BAD_INPUT = 2
 """``tfpipe train``'s exit code for a bad input (config, data, a refused resume): never retried."""
+LOG_FOLDER = "launch"
+"""``RUN/launch/{UTC time}-attempt{N}.log``: the attempts' logs."""
 
 
 class TrainProcessDied(RuntimeError):
@@ -80,20 +82,21 @@ class Attempt:
 
     def __init__(
         self, args: list[str], run_dir: str, attempt: int, env: dict[str, str] | None = None,
-        cwd: str | None = None,
+        cwd: str | None = None, module: str = "tfpipe.train", folder: str = LOG_FOLDER,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:  # fmt: skip
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.log = storage.join(run_dir, "launch", f"{stamp}-attempt{attempt}.log")
+        self.log = storage.join(run_dir, folder, f"{stamp}-attempt{attempt}.log")
         self._local_log = storage.local_temp_for(self.log) if storage.is_remote(self.log) else self.log
         os.makedirs(os.path.dirname(os.path.abspath(self._local_log)), exist_ok=True)
         self._file: IO[bytes] = open(self._local_log, "wb")  # noqa: SIM115 - closed in finish()
-        command = [sys.executable, "-m", "tfpipe.train", *args]
+        command = [sys.executable, "-m", module, *args]
         self._file.write(f"# attempt {attempt}: {' '.join(command)}\n".encode())
         self._file.flush()
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=self._file, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
-            preexec_fn=_death_signal(),
+            preexec_fn=_death_signal(), pass_fds=pass_fds,
         )  # fmt: skip
 
     def poll(self) -> int | None:
@@ -119,6 +122,16 @@ class Attempt:
             except (OSError, RuntimeError) as err:
                 print(f"[launch] warning: cannot publish {self.log}: {err}", file=sys.stderr)
         return Result(code, [line for line in tail if line.strip()], self.log)
+
+
+def latest_log(run_dir: str, folder: str = LOG_FOLDER) -> str | None:
+    """The newest attempt log in ``RUN/{folder}`` (names sort by time, then attempt), or None."""
+    where = storage.join(run_dir, folder)
+    try:
+        logs = storage.list_files(where, suffix=".log") if storage.exists(where) else []
+    except (OSError, RuntimeError):
+        return None
+    return max(logs, key=lambda p: p.rsplit("/", 1)[-1]) if logs else None
 
 
 def run_to_end(args: list[str], run_dir: str, attempt: int, env: dict[str, str] | None = None,

@@ -14,7 +14,7 @@ COMPLETE trials of an Optuna study (by value, in the study's direction), each a 
 ``{study}-trial-NNNN`` with the trial's user attributes ``config`` (a config path) and ``overrides``
 (a list of ``key=value``), then the entry's own overrides. Every run trains in
 ``{runs_dir}/{name}``; its config's ``name`` is the run's name. ``storage`` is an Optuna storage URL
-(``sqlite:///file.db``, ``postgresql://...``) or the path of a journal file (no ``://``).
+(``sqlite:///file.db``, ``postgresql://...``) or a journal file (``journal:PATH`` or a plain path).
 
 Any problem (a missing key, a duplicate name, a config that does not load with its overrides, a
 study that does not exist) raises :class:`ZooError` naming the file and the entry.
@@ -148,15 +148,15 @@ def open_study(study: str, storage_url: str) -> Any:
 
     if storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///") :]):
         raise KeyError(f"no database file {storage_url[len('sqlite:///') :]}")  # Optuna would create one
-    if "://" in storage_url:
+    from tfpipe.experiments.study import journal_path, open_journal
+
+    path = journal_path(storage_url)
+    if path is None:
         store: Any = storage_url
     else:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        if not os.path.isfile(storage_url):
-            raise KeyError(f"no journal file {storage_url}")
-        store = JournalStorage(JournalFileBackend(storage_url))
+        if not os.path.isfile(path):
+            raise KeyError(f"no journal file {path}")
+        store = open_journal(path)
     return optuna.load_study(study_name=study, storage=store)
 
 
