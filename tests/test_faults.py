@@ -320,17 +320,62 @@ def test_kill_9_of_encode_with_workers_leaves_no_process(raw_tree: Path, tmp_pat
     assert not list((tmp_path / "enc").glob("manifest-*"))
 
 
+STARTUP_PAUSED = """
+import sys, time
+from pathlib import Path
+import tfpipe.train.loop as loop
+from tfpipe.cli import train_main
+
+def open_session(*args, **kwargs):  # start-up: TensorFlow loaded, nothing written; the test's SIGTERM comes here
+    Path(sys.argv[1]).touch()
+    while True:
+        time.sleep(0.01)
+
+loop.open_session = open_session
+sys.exit(train_main(sys.argv[2:], prog="python -m tfpipe.train"))
+"""
+
+
 def test_sigterm_during_start_up_is_one_line(good: Path, tmp_path: Path) -> None:
-    proc = subprocess.Popen([PY, "-m", "tfpipe.train", *train_args(good, tmp_path / "run")], cwd=ROOT,
+    marker = tmp_path / "starting"
+    proc = subprocess.Popen([PY, "-c", STARTUP_PAUSED, str(marker), *train_args(good, tmp_path / "run")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(1.0)  # importing TensorFlow
+    deadline = time.monotonic() + 300
+    while not marker.exists():  # the event: start-up reached, not a guess at how long imports take
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    lines = err.strip().splitlines()
-    assert proc.returncode in (143, 0), err[-2000:]
-    if proc.returncode == 143:
-        assert lines[-1] == "python -m tfpipe.train: stopped by SIGTERM (nothing half-written was published)"
-        assert not (tmp_path / "run" / "checkpoints").exists()
+    assert proc.returncode == 143 and out == "", err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "python -m tfpipe.train: stopped by SIGTERM (nothing half-written was published)"
+    )
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+SIGNALS_AFTER_MAIN = """
+import json, signal, sys
+from tfpipe import cli
+
+def mine(signum, frame):
+    pass
+
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, mine)
+codes = [cli.main(["schema", "--name", "v1"]), cli.main(["train", "--config", sys.argv[1]]),
+         cli.main(["predict", "--checkpoint", sys.argv[1], "--data", sys.argv[1], "--out", sys.argv[1]]),
+         cli.train_main(["--config", sys.argv[1]])]
+kept = [signal.getsignal(sig) is mine for sig in (signal.SIGTERM, signal.SIGINT)]
+print(json.dumps({"codes": codes, "kept": kept}))
+"""
+
+
+def test_cli_main_puts_back_the_callers_signal_handlers(tmp_path: Path) -> None:
+    """cli.main called in-process (a notebook, a script) leaves SIGTERM and SIGINT as it found them."""
+    result = subprocess.run([PY, "-c", SIGNALS_AFTER_MAIN, str(tmp_path / "nope.yaml")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"codes": [0, 2, 2, 2], "kept": [True, True]}
 
 
 SIGTERM_IN_NATIVE_IMPORT = """

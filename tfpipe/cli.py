@@ -22,9 +22,12 @@ experiment commands have their own module.)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 
 from tfpipe.cli_experiments import COMMANDS as EXPERIMENT_COMMANDS
 from tfpipe.cli_experiments import add_commands as add_experiment_commands
@@ -143,6 +146,26 @@ def _add_schema(sub) -> None:
     p.add_argument("--columns", action="store_true", help="one flattened column per line")
 
 
+def _restores_signal_handlers(command: Callable[..., int]) -> Callable[..., int]:
+    """``command`` with the caller's SIGTERM and SIGINT handlers put back when it returns: the handlers it
+    installs (:func:`stop_on_signals`) are for a command line, not for a program that calls it in-process."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> int:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return command(*args, **kwargs)
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:  # None: installed outside Python, cannot be put back
+                    try:
+                        signal.signal(sig, handler)
+                    except ValueError:  # not the main thread: the command installed nothing either
+                        pass
+
+    return run
+
+
 def _overrides_anywhere(parser: ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
     """``key=value`` overrides after options (``--config F a=1 --trials 3 b=2``): argparse leaves the
     later ones in ``extra``; they join ``args.overrides`` in order. Anything else is an error."""
@@ -250,6 +273,7 @@ def predict_parser(prog: str = "tfpipe predict") -> ArgumentParser:
     return p
 
 
+@_restores_signal_handlers
 def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int:
     """Run ``tfpipe train``: the JSON summary on stdout; exit 2 on a bad input, 130 on Ctrl-C twice."""
     stop_on_signals(prog)  # until the loop installs its own: SIGTERM during start-up is one line
@@ -306,6 +330,7 @@ def _stopped_or_raise() -> int:
     return code
 
 
+@_restores_signal_handlers
 def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") -> int:
     """Run ``tfpipe predict``: the JSON summary on stdout; exit 2 on a bad input."""
     stop_on_signals(prog)
@@ -416,6 +441,7 @@ def _print_schema(name: str, columns: bool) -> None:
         )
 
 
+@_restores_signal_handlers
 def main(argv: list[str] | None = None) -> int:
     """The ``tfpipe`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
