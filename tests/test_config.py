@@ -349,3 +349,13 @@ def test_the_normalization_layer_is_the_one_the_data_config_asks_for(tiny_encode
         "kaggle", ["column", "log"], 3.0, 5.0,
     )  # fmt: skip
     assert got["replacement_levels"] == [0, 1]
+
+
+def test_log_every_steps_is_gone_but_configs_that_set_it_still_load_and_resume(tmp_path):
+    """It was read nowhere: removed from the schema; a file or a run's saved config with it loads."""
+    assert "log_every_steps" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    old = write(tmp_path, "log_every_steps: 10\nepochs: 3\n")
+    assert load_config(old).epochs == 3
+    saved = config_to_dict(load_config(TINY)) | {"log_every_steps": 50}
+    assert config_from_dict(saved) == load_config(TINY)
+    assert changed_fields(saved, config_to_dict(load_config(TINY))) == []  # a resume sees no change

@@ -7,7 +7,7 @@ from pathlib import Path
 TINY_CONFIG = "configs/tiny.yaml"
 TINY_RUN = [
     "model.name=mlp", "model.mlp_units=[32]", "data.batch_size=128", "data.sub_epochs=2", "epochs=1",
-    "data.val_fraction=0.25", "data.shuffle_buffer=256", "optim.warmup_steps=0.1", "log_every_steps=10",
+    "data.val_fraction=0.25", "data.shuffle_buffer=256", "optim.warmup_steps=0.1",
     "steps_per_execution=10", "seed=3",
 ]  # fmt: skip
 

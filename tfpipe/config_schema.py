@@ -26,7 +26,6 @@ RESUME_MUTABLE: frozenset[str] = frozenset(
         "epochs",
         "time_budget",
         "keep_checkpoints",
-        "log_every_steps",
         "run_dir",
         "steps_per_execution",
         "jit_compile",
@@ -310,6 +309,8 @@ def upgrade_legacy_keys(tree: dict) -> dict:
     """A config tree of an older tfpipe in today's layout: the bare flag ``mlflow: true|false`` becomes
     the ``tracking`` section (``backend: mlflow|none``, the other keys at their defaults). Trees without
     old keys are returned as they are."""
+    if "log_every_steps" in tree:  # read nowhere (it named no log line): dropped, old configs still load
+        tree = {k: v for k, v in tree.items() if k != "log_every_steps"}
     if "mlflow" not in tree:
         return tree
     tree = dict(tree)
@@ -349,7 +350,6 @@ class TrainConfig:
         "validation period near-constant targets make it hugely negative and decide alone) or "
         "`val_r2_near_constant_as_1` (`val_r2` with those targets counted as 1).",
     )
-    log_every_steps: int = _f(50, doc="Steps between training log lines.")
     tracking: TrackingConfig = _f(factory=TrackingConfig, doc="Experiment tracking (MLflow).")
     finetune: FinetuneConfig = _f(factory=FinetuneConfig, doc="Group fine-tuning after the main epochs.")
 
@@ -363,7 +363,6 @@ class TrainConfig:
         )
         _check(self.steps_per_execution >= 1, "steps_per_execution must be >= 1")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
-        _check(self.log_every_steps >= 1, "log_every_steps must be >= 1")
         _check(self.float32_after_epoch is None or self.float32_after_epoch >= 0, "float32_after_epoch < 0")
         if self.time_budget:
             parse_duration(self.time_budget)
