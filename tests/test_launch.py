@@ -88,6 +88,7 @@ def test_local_slots_run_in_parallel_and_a_killed_trainer_resumes(tiny_encoded: 
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     _check_killed_and_resumed(summary, watcher)
     assert "retrying" in result.stderr and "killed by SIGKILL" in result.stderr
+    assert "[launch] victim: attempt 2 resumes from its latest checkpoint (ckpt-" in result.stderr
     finished_lines = [line.split() for line in result.stderr.splitlines() if "finished" in line]
     assert {"victim", "other"} <= {words[0] for words in finished_lines}  # a line when a run changes
 
@@ -123,9 +124,73 @@ def test_ray_retries_a_killed_trainer_which_resumes(tiny_encoded: Path, tmp_path
     watcher = Watcher(zoo / "victim", zoo / "other")
     watcher.start()
     options = LaunchOptions(engine="ray", cpus_per_run=1, max_retries=2)
-    summary = launch(load_runs(str(runs), str(zoo)), options, str(zoo))  # reuses the Ray of this process
+    out = _Lines()
+    summary = launch(load_runs(str(runs), str(zoo)), options, str(zoo), out)  # reuses the Ray of this process
     watcher.done.set()
     _check_killed_and_resumed(summary, watcher)
+    assert any(line.startswith("[launch] victim: attempt 2 resumes from its latest checkpoint") for line in out.lines)
+
+
+class _Lines:
+    """A non-terminal progress stream that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.lines += text.splitlines()
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_ray_ctrl_c_leaves_a_run_that_never_started_queued(tiny_encoded: Path, tmp_path: Path, local_ray: None):
+    """Two runs that each take the whole (2-CPU) Ray: Ctrl-C while the first trains stops it (with its log
+    in the summary) and leaves the second queued with 0 attempts, as the local engine reports it."""
+    runs = _runs_file(tmp_path / "runs.yaml", tiny_encoded, {"a": LONG, "b": LONG})
+    zoo = tmp_path / "zoo"
+
+    def interrupt() -> None:
+        while True:
+            statuses = [read_status(str(zoo / name)) for name in ("a", "b")]
+            if any(s is not None and s["state"] == "running" and int(s.get("checkpoint", 0)) >= 1 for s in statuses):
+                os.kill(os.getpid(), signal.SIGINT)  # the launcher's handler, in the main thread
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    summary = launch(load_runs(str(runs), str(zoo)), LaunchOptions(engine="ray", cpus_per_run=2), str(zoo))
+    assert summary["stopped_by"] == "SIGINT", summary
+    started, waiting = sorted(summary["runs"], key=lambda run: -run["attempts"])
+    assert (started["state"], started["attempts"]) == ("stopped", 1), started
+    assert started["log"] is not None and Path(started["log"]).is_file() and "attempt1" in started["log"]
+    assert (waiting["state"], waiting["attempts"], waiting["log"]) == ("queued", 0, None), waiting
+    assert summary["counts"] == {"queued": 1, "stopped": 1}
+
+
+FINISHED_PROBE = """
+import sys
+from tfpipe.experiments.launch import LaunchOptions, launch
+from tfpipe.experiments.zoo import RunSpec
+summary = launch([RunSpec("done", {config!r}, {run_dir!r}, [])], LaunchOptions(engine="ray"), {zoo!r})
+print(summary["runs"][0]["state"], summary["runs"][0]["skipped"], "ray" in sys.modules)
+"""
+
+
+def test_a_launch_of_finished_runs_does_not_start_ray(tmp_path: Path):
+    from tfpipe.train.status import write_status
+
+    run_dir = tmp_path / "zoo" / "done"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text((REPO / TINY_CONFIG).read_text())
+    write_status(str(run_dir), "finished", checkpoints=2)
+    code = FINISHED_PROBE.format(config=str(REPO / TINY_CONFIG), run_dir=str(run_dir), zoo=str(tmp_path / "zoo"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["finished", "True", "False"]
 
 
 def test_a_bad_input_is_not_retried(tmp_path: Path):

@@ -10,7 +10,13 @@ alone. Engines:
   code other than 0 and 2, or a signal) is started again up to ``max_retries`` times; exit code 2
   (bad input) is not retried.
 * ``ray``: one Ray task per run (:mod:`tfpipe.experiments.launch_ray`), with ``num_cpus`` /
-  ``num_gpus`` and Ray's own retries (also when a worker or a node dies).
+  ``num_gpus`` and Ray's own retries (also when a worker or a node dies). When every run is finished
+  (or busy) already, Ray is not started at all.
+
+An attempt that continues a run with checkpoints says so on the console (``NAME: attempt N resumes
+from its latest checkpoint (ckpt-K of T)``). The summary's ``log`` is the run's
+newest attempt log, also when the engine lost track of it (a cancelled Ray task); a run that never
+started stays ``queued`` with 0 attempts, with either engine.
 
 The first SIGTERM or Ctrl-C stops the trainers cleanly after their current chunk of steps (they
 resume on the next launch); a second Ctrl-C aborts them.
@@ -29,7 +35,7 @@ from typing import Any, TextIO
 
 from tfpipe import storage
 from tfpipe.experiments.progress import Board
-from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result
+from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result, latest_log
 from tfpipe.experiments.zoo import RunSpec
 from tfpipe.train.status import live_session
 
@@ -185,6 +191,7 @@ def _local_loop(queue: deque, active: dict, slots: list, outcomes: dict[str, Out
             spec, slot = queue.popleft(), min(set(range(len(slots))) - set(active))
             outcome = outcomes[spec.name]
             outcome.attempts += 1
+            board.started(spec.name, outcome.attempts)
             board.set(spec.name, "running", outcome.attempts)
             active[slot] = (spec, Attempt(spec.train_args(), spec.run_dir, outcome.attempts, slots[slot]))
         if stop.received:
@@ -249,7 +256,8 @@ def summary(specs: list[RunSpec], outcomes: dict[str, Outcome], board: Board, op
             "kaggle_r2": info.kaggle_r2 if info else None, "checkpoints": info.checkpoints if info else 0,
             "total": info.total if info else None, "attempts": outcome.attempts,
             "skipped": outcome.state in ("skipped", "busy"),
-            "log": outcome.result.log if outcome.result else None, "origin": spec.origin,
+            "log": outcome.result.log if outcome.result else latest_log(spec.run_dir) if outcome.attempts
+            else None, "origin": spec.origin,
         })  # fmt: skip
     counts = Counter(run["state"] for run in runs)
     return {

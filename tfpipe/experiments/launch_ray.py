@@ -107,15 +107,18 @@ def _outcome_of_error(err: BaseException) -> tuple[str, str]:
 
 
 def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check: Callable) -> dict[str, Any]:
-    """Submit every run as a task, follow them to the end; Outcomes by run name."""
+    """Submit every run as a task, follow them to the end; Outcomes by run name. Ray is not started
+    when no run needs training (all finished or busy)."""
     import logging
 
     from tfpipe.experiments import require
+    from tfpipe.experiments.launch import Outcome
 
+    outcomes: dict[str, Outcome] = {spec.name: pre_check(spec, board) or Outcome() for spec in specs}
+    if all(outcome.state != "queued" for outcome in outcomes.values()):
+        return outcomes
     require("ray", "tfpipe launch --engine ray")
     import ray
-
-    from tfpipe.experiments.launch import Outcome
 
     started = not ray.is_initialized()
     if started:
@@ -126,10 +129,8 @@ def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check
         counter = ray.remote(num_cpus=0)(AttemptCounter).remote()
         gpus = _gpus_per_run(ray, options.gpus_per_run)
         task = ray.remote(train_task)
-        outcomes: dict[str, Outcome] = {}
         pending: dict[Any, RunSpec] = {}
         for spec in specs:
-            outcomes[spec.name] = pre_check(spec, board) or Outcome()
             if outcomes[spec.name].state == "queued":
                 data, text = _portable(spec)
                 ref = task.options(
@@ -152,6 +153,9 @@ def _follow(ray: Any, pending: dict, outcomes: dict, counter: Any, board: Any, s
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
         attempts = ray.get(counter.all.remote())
+        for spec in pending.values():  # attempts that started since the last look
+            for attempt in range(outcomes[spec.name].attempts + 1, attempts.get(spec.name, 0) + 1):
+                board.started(spec.name, attempt)
         for ref in ready:
             spec = pending.pop(ref)
             outcome = outcomes[spec.name]
@@ -163,6 +167,8 @@ def _follow(ray: Any, pending: dict, outcomes: dict, counter: Any, board: Any, s
             except Exception as err:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, NodeDiedError, ...
                 outcome.state, outcome.detail = _outcome_of_error(err)
             outcome.attempts = attempts.get(spec.name, outcome.attempts)
+            if outcome.attempts == 0 and outcome.state == "done":  # cancelled before it started
+                outcome.state = "queued"
             board.read(spec.name)
             board.set(spec.name, final_state(outcome, board.info[spec.name]), outcome.attempts)
         for spec in pending.values():

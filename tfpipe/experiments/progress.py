@@ -1,7 +1,8 @@
 """``tfpipe launch``'s progress: one line per run, read from its run dir (:func:`~.runs.read_run`).
 
 On a terminal the lines are redrawn in place (cursor up, clear line); otherwise (a log file, a CI
-job) a run's line is printed again only when its state, checkpoint count or attempt changes.
+job) a run's line is printed again only when its state, checkpoint count or attempt changes. Events
+(an attempt that resumes a checkpoint) are one line each, above the board (:meth:`Board.note`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ class Board:
         done = f"{info.checkpoints}/{info.total if info.total is not None else '?'}" if info else "-"
         return (f"{name:<{self._width}}  {state:<9}  sub-epochs {done:>7}  {scores(info)}  "
                 f"attempts {self.attempts[name]}")  # fmt: skip
+
+    def note(self, text: str) -> None:
+        """One event line (on a terminal: above the board, which is drawn again below it)."""
+        if self.stream is None:
+            return
+        if self.tty and self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")  # up to the board's first line, clear below
+            self._drawn = 0
+        self.stream.write(text + "\n")
+        if self.tty:
+            self.draw()
+        self.stream.flush()
+
+    def started(self, name: str, attempt: int) -> None:
+        """Attempt ``attempt`` of run ``name`` starts: say so when it resumes a checkpoint."""
+        info = self.read(name)
+        if info is not None and info.checkpoints > 0 and info.state != "finished":
+            self.note(f"[launch] {name}: attempt {attempt} resumes from its latest checkpoint "
+                      f"(ckpt-{info.checkpoints} of {info.total or '?'})")  # fmt: skip
 
     def refresh(self, names: Iterable[str] = (), force: bool = False) -> None:
         """Re-read ``names`` (at most every ``interval_s`` unless ``force``) and redraw."""
