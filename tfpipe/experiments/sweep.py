@@ -103,7 +103,7 @@ def original_number(trial: Any) -> int:
 
 
 class Objective:
-    """Optuna's objective: sample, train the trial's run in-process, report, return its best R²."""
+    """Optuna's objective: sample, train the trial's run in a child process, report, return its best R²."""
 
     def __init__(self, spec: SweepSpec, space: dict[str, Param], parent_run_id: str | None = None) -> None:
         self.spec, self.space, self.parent_run_id = spec, space, parent_run_id
