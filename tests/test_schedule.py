@@ -81,15 +81,16 @@ def test_make_optimizer_reads_the_config():
     opt = make_optimizer(OptimConfig(learning_rate=2e-3, warmup_steps=0.1, clipnorm=0.5, use_ema=True), 1000)
     assert isinstance(opt, keras.optimizers.AdamW)
     assert opt.weight_decay == pytest.approx(8e-3)  # 4 x learning rate by default
-    assert opt.clipnorm == 0.5 and opt.use_ema and opt.ema_momentum == 0.999
+    assert opt.use_ema and opt.ema_momentum == 0.999
+    assert opt.clipnorm is None and opt.global_clipnorm is None  # the train step clips the summed gradient
     assert opt._learning_rate.get_config() == {
         "peak": 2e-3,
         "total_steps": 1000,
         "warmup_steps": 100,
         "min_lr_ratio": 0.0,
     }
-    opt = make_optimizer(OptimConfig(weight_decay=0.0, clipnorm=None), 1000)
-    assert opt.weight_decay == 0.0 and opt.clipnorm is None and not opt.use_ema
+    opt = make_optimizer(OptimConfig(weight_decay=0.0), 1000)
+    assert opt.weight_decay == 0.0 and not opt.use_ema
     # A warm-up longer than the whole run is cut to the run.
     assert make_schedule(OptimConfig(warmup_steps=1000), 50).warmup_steps == 50
 
@@ -158,12 +159,3 @@ def test_phases_follow_one_another_and_restart_their_warmup():
     with pytest.raises(ValueError):
         Segment(10, 5, 0.0, 1.0, 7, 0.0)
 
-
-def test_all_reduced_adamw_leaves_the_summing_to_the_caller():
-    from tfpipe.schedule import AllReducedAdamW
-
-    opt = make_optimizer(OptimConfig(clipnorm=0.5), 100, gradients_reduced=True)
-    assert isinstance(opt, AllReducedAdamW) and opt.clipnorm == 0.5
-    pairs = [(tf.constant([3.0]), tf.Variable([1.0]))]
-    assert opt._all_reduce_sum_gradients(pairs) == pairs
-    assert not isinstance(make_optimizer(OptimConfig(), 100), AllReducedAdamW)

@@ -49,3 +49,80 @@ def test_gs_resume_keeps_the_checkpoints_of_earlier_sessions(tiny_encoded: Path,
     assert kept == states == [2, 3, 4], sorted(names)
     assert all(any(n.startswith(f"ckpt-{k}.data-") for n in names) for k in kept), sorted(names)
     assert [f'"ckpt-{k}"' in index for k in (1, 2, 3, 4)] == [False, True, True, True], index
+
+
+def _variables(run_dir: Path, n: int) -> dict:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints" / f"ckpt-{n}"))
+    names = [
+        k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/", "loss_scale/"))
+    ]
+    return {k: reader.get_tensor(k) for k in names}
+
+
+def test_float16_stop_and_resume_equals_the_straight_run(tiny_encoded: Path, tmp_path: Path) -> None:
+    """mixed_float16: the loss scale and its growth counter are checkpointed, so a session stopped
+    after sub-epoch 1 and resumed ends with the weights, slots and loss scale of an uninterrupted run."""
+    import numpy as np
+
+    def run(name: str, *extra: str) -> dict:
+        args = tiny_overrides(tiny_encoded, tmp_path / name, "precision=mixed_float16")
+        return _train(*args, "--deterministic", *extra)
+
+    assert run("straight")["finished"]
+    assert run("stopped", "--stop-after-sub-epochs", "1")["stopped"] == "stop-after-sub-epochs"
+    counter = "loss_scale/counter/.ATTRIBUTES/VARIABLE_VALUE"
+    first = _variables(tmp_path / "stopped", 1)
+    assert first[counter] > 0, sorted(first)  # the growth counter has moved: a fresh one would differ
+    resumed = run("stopped")
+    assert (
+        resumed["resumed_from"] == "ckpt-1"
+        and resumed["finished"]
+        and resumed["precision"] == "mixed_float16"
+    )
+    straight, stopped = _variables(tmp_path / "straight", 2), _variables(tmp_path / "stopped", 2)
+    assert sorted(straight) == sorted(stopped) and any(k.startswith("loss_scale/scale") for k in straight)
+    for name, value in straight.items():
+        np.testing.assert_allclose(stopped[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert stopped[counter] == straight[counter] > first[counter]
+
+
+def test_clip_factors_clip_each_weight_then_all_together() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from tfpipe.schedule import clip_factors
+
+    grads = [np.array([3.0, 4.0]), np.array([0.0, 12.0]), np.zeros(3)]  # norms 5, 12, 0
+    norms = tf.constant([float(np.linalg.norm(g)) for g in grads])
+    assert np.allclose(clip_factors(norms, None, None), 1.0)
+    glob = clip_factors(norms, None, 6.5)  # the global norm is 13
+    want = tf.clip_by_global_norm([tf.constant(g) for g in grads], 6.5)[0]
+    for g, f, w in zip(grads, glob.numpy(), want, strict=True):
+        np.testing.assert_allclose(g * f, w.numpy(), rtol=1e-6)
+    each = clip_factors(norms, 4.0, None)
+    assert np.allclose(each, [0.8, 1 / 3, 1.0])
+    both = clip_factors(norms, 4.0, 4.0)  # each to 4 (global norm sqrt(32)), then all to 4
+    assert np.isclose(np.linalg.norm([5 * both[0], 12 * both[1]]), 4.0)
+    assert np.isclose(both[0] / both[1], 0.8 / (1 / 3))
+    assert float(clip_factors(tf.constant([np.inf, 1.0]), None, 1.0)[0]) == 0.0  # inf * 0: still non-finite
+
+
+def test_old_run_configs_with_clipnorm_keep_clipping_per_weight() -> None:
+    """``clipnorm`` alone (every config saved before ``global_clipnorm``) clips per weight, as those runs
+    trained; the shipped configs clip the global norm; a resume compares them without a change."""
+    from tfpipe.config import changed_fields, config_from_dict, config_to_dict, load_config
+
+    new = load_config(TINY_CONFIG)
+    assert (new.optim.global_clipnorm, new.optim.clipnorm) == (1.0, None)
+    old_tree = config_to_dict(new)
+    old_tree["optim"] = {k: v for k, v in old_tree["optim"].items() if k != "global_clipnorm"} | {
+        "clipnorm": 1.0
+    }
+    old = config_from_dict(old_tree)
+    assert (old.optim.global_clipnorm, old.optim.clipnorm) == (None, 1.0)
+    assert changed_fields(old_tree, config_to_dict(old)) == []
+    assert changed_fields(old_tree, config_to_dict(new)) == ["optim.clipnorm", "optim.global_clipnorm"]
+    both = load_config(TINY_CONFIG, ["optim.clipnorm=0.01"])
+    assert (both.optim.global_clipnorm, both.optim.clipnorm) == (1.0, 0.01)

@@ -35,6 +35,7 @@ RESUME_MUTABLE: frozenset[str] = frozenset(
         "optim.warmup_steps",
         "optim.min_lr_ratio",
         "optim.clipnorm",
+        "optim.global_clipnorm",
         "data.allow_partial",
         "data.batch_size",
         "data.ignore_errors",
@@ -224,7 +225,17 @@ class OptimConfig:
     min_lr_ratio: float = _f(0.0, doc="Final learning rate as a fraction of the peak.")
     beta_1: float = _f(0.9, doc="Adam beta_1.")
     beta_2: float = _f(0.999, doc="Adam beta_2.")
-    clipnorm: float | None = _f(1.0, doc="Clip each gradient to this norm; null: no clipping.")
+    global_clipnorm: float | None = _f(
+        1.0,
+        doc="Clip the gradient of all weights together (summed over the replicas) to this norm, as "
+        "`tf.clip_by_global_norm`; null: no global clipping.",
+    )
+    clipnorm: float | None = _f(
+        None,
+        doc="Clip the gradient of each weight (summed over the replicas) to this norm, before the global "
+        "clip; null: none. A config that sets `clipnorm` but not `global_clipnorm` (any run config saved "
+        "before `global_clipnorm` existed: those runs clipped per weight) clips per weight only.",
+    )
     use_ema: bool = _f(False, doc="Keep an exponential moving average of the weights.")
     ema_momentum: float = _f(0.999, doc="EMA momentum.")
 
@@ -239,6 +250,9 @@ class OptimConfig:
         _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1, "beta_1 and beta_2 must be in [0, 1)")
         _check(self.clipnorm is None or self.clipnorm > 0, "clipnorm must be > 0 or null")
+        _check(
+            self.global_clipnorm is None or self.global_clipnorm > 0, "global_clipnorm must be > 0 or null"
+        )
         _check(0 <= self.ema_momentum < 1, f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
 
     @property
@@ -307,8 +321,12 @@ class TrackingConfig:
 
 def upgrade_legacy_keys(tree: dict) -> dict:
     """A config tree of an older tfpipe in today's layout: the bare flag ``mlflow: true|false`` becomes
-    the ``tracking`` section (``backend: mlflow|none``, the other keys at their defaults). Trees without
-    old keys are returned as they are."""
+    the ``tracking`` section (``backend: mlflow|none``, the other keys at their defaults); an ``optim``
+    with ``clipnorm`` and no ``global_clipnorm`` gets ``global_clipnorm: null`` (it clipped per weight
+    only, and resumes so). Trees without old keys are returned as they are."""
+    optim = tree.get("optim")
+    if isinstance(optim, dict) and "clipnorm" in optim and "global_clipnorm" not in optim:
+        tree = tree | {"optim": optim | {"global_clipnorm": None}}
     if "log_every_steps" in tree:  # read nowhere (it named no log line): dropped, old configs still load
         tree = {k: v for k, v in tree.items() if k != "log_every_steps"}
     if "mlflow" not in tree:

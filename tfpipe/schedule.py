@@ -144,45 +144,49 @@ def make_schedule(optim: OptimConfig, total_steps: int) -> WarmupCosine:
     return WarmupCosine(optim.learning_rate, total_steps, warmup, optim.min_lr_ratio)
 
 
-@keras.saving.register_keras_serializable(package="tfpipe")
-class AllReducedAdamW(keras.optimizers.AdamW):
-    """AdamW for gradients that the train step has already summed over the replicas.
+def clip_factors(norms: tf.Tensor, clipnorm: float | None, global_clipnorm: float | None) -> tf.Tensor:
+    """Factors that clip gradients whose norms are ``norms`` (one per weight): each to ``clipnorm``,
+    then all together to ``global_clipnorm`` (``tf.clip_by_norm``, then ``tf.clip_by_global_norm``).
 
-    Keras sums gradients over replicas after ``clipnorm`` has clipped them (in its update step), so
-    each replica would clip its own share, ``1/replicas`` of the gradient: 8 TPU cores would clip 8x
-    looser than one device. The train step (:mod:`tfpipe.train.step`) all-reduces first; this
-    optimizer skips Keras's own all-reduce, so ``clipnorm`` sees the global gradient.
+    As factors they also clip a sum from its parts: :class:`tfpipe.train.step.TrainStep` scales each
+    replica's gradients by the factors of their sum, and the optimizer sums them. An infinite norm
+    gives a factor of 0: an infinite gradient element becomes NaN, still non-finite, so the loss
+    scale skips that step as it would without clipping.
+
+    Example:
+        >>> [round(float(f), 3) for f in clip_factors(tf.constant([3.0, 4.0]), None, 1.0)]
+        [0.2, 0.2]
     """
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        return list(grads_and_vars)
+    factors = tf.ones_like(norms)
+    if clipnorm is not None:
+        factors = clipnorm / tf.maximum(norms, clipnorm)
+    if global_clipnorm is not None:
+        total = tf.norm(norms * factors)
+        factors = factors * (global_clipnorm / tf.maximum(total, global_clipnorm))
+    return factors
 
 
 def make_optimizer(
-    optim: OptimConfig,
-    schedule: int | keras.optimizers.schedules.LearningRateSchedule,
-    gradients_reduced: bool = False,
+    optim: OptimConfig, schedule: int | keras.optimizers.schedules.LearningRateSchedule
 ) -> keras.optimizers.AdamW:
-    """AdamW with the schedule, weight decay (default 4 x peak LR), clipnorm and optional EMA.
+    """AdamW with the schedule, weight decay (default 4 x peak LR) and optional EMA.
 
     Args:
         optim: the optimizer config.
         schedule: a learning-rate schedule, or total steps for :func:`make_schedule`.
-        gradients_reduced: the caller passes gradients already summed over replicas
-            (:class:`AllReducedAdamW`); plain AdamW otherwise.
 
-    Build it inside the strategy scope. Under ``mixed_float16`` wrap it in
-    ``keras.optimizers.LossScaleOptimizer`` (bfloat16 needs no loss scaling).
+    No clipping: Keras would clip each replica's share before summing them, so the train step clips
+    the summed gradient itself (:func:`clip_factors`). Build it inside the strategy scope. Under
+    ``mixed_float16`` wrap it in ``keras.optimizers.LossScaleOptimizer`` (bfloat16 needs no loss
+    scaling).
     """
     if isinstance(schedule, int):
         schedule = make_schedule(optim, schedule)
-    cls = AllReducedAdamW if gradients_reduced else keras.optimizers.AdamW
-    return cls(
+    return keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=optim.resolved_weight_decay,
         beta_1=optim.beta_1,
         beta_2=optim.beta_2,
-        clipnorm=optim.clipnorm,
         use_ema=optim.use_ema,
         ema_momentum=optim.ema_momentum,
     )

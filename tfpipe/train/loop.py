@@ -132,8 +132,7 @@ class Trainer:
         tf = self._tf
         path = self.mirror.restore_path(sub, n)
         try:
-            status = self.step.checkpoint.restore(path)
-            status.expect_partial() if partial else status.assert_existing_objects_matched()
+            self.step.restore(path, partial)
         except (tf.errors.OpError, ValueError, IndexError, AssertionError, OSError) as err:
             where = f"{storage.join(self.s.run_dir, sub, f'ckpt-{n}')}.index / .data-*"
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]

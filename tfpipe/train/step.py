@@ -5,9 +5,15 @@ weights and optimizer slots over). Under a ``tf.distribute`` strategy:
 
 - training: ``strategy.run`` of the per-replica step. The forward and backward pass (the targets
   normalised by the model's own :class:`tfpipe.normalize.Normalization`, on the device) is compiled
-  with XLA; the gradients are then summed over the replicas and only then clipped and applied
-  (:class:`tfpipe.schedule.AllReducedAdamW`), so ``clipnorm`` bounds the global gradient whatever the
-  replica count. ``steps_per_execution`` steps run per call.
+  with XLA. With clipping on, the gradients are summed over the replicas (one all-reduce) for their
+  norms, each replica's share is scaled by the factors that clip the sum
+  (:func:`tfpipe.schedule.clip_factors`: ``optim.clipnorm`` per weight, then ``optim.global_clipnorm``
+  over all weights), and the optimizer sums the shares (Keras's own all-reduce) and applies them: the
+  clip bounds the summed gradient whatever the replica count. ``steps_per_execution`` steps run per
+  call.
+- checkpoint (:attr:`TrainStep.checkpoint`): the model, the inner AdamW (slots, EMA, step) and, under
+  ``mixed_float16``, the loss scale and its growth counter (``loss_scale/``), so that a resume goes on
+  with the scale it stopped at instead of 2^15.
 - validation: ``strategy.run`` of the forward pass on a distributed dataset of padded batches; the
   normalised-scale error is summed with ``strategy.reduce`` and the predictions are gathered to the
   host for the float64 physical-scale R².
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator
 
 import keras
@@ -28,7 +35,7 @@ from tfpipe.export import exact_targets
 from tfpipe.losses import total_loss
 from tfpipe.models import build_normalized_model
 from tfpipe.normalize import Normalization
-from tfpipe.schedule import SegmentedSchedule, make_optimizer
+from tfpipe.schedule import SegmentedSchedule, clip_factors, make_optimizer
 
 LOSS_PARTS = ("main", "confidence", "aux", "level_diff", "total")
 
@@ -55,13 +62,20 @@ class TrainStep:
             keras.utils.set_random_seed(config.seed)
             self.normalization = Normalization.from_config(normalization_config)
             self.model = build_normalized_model(config.model, self.normalization)
-            self.inner = make_optimizer(config.optim, SegmentedSchedule(segments), gradients_reduced=True)
+            self.inner = make_optimizer(config.optim, SegmentedSchedule(segments))
             self.loss_scaled = precision == "mixed_float16"
             self.optimizer = (
                 keras.optimizers.LossScaleOptimizer(self.inner) if self.loss_scaled else self.inner
             )
             self.optimizer.build(self.model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.inner)
+        self._core = tf.train.Checkpoint(model=self.model, optimizer=self.inner)
+        parts, self._loss_scale = {"model": self.model, "optimizer": self.inner}, None
+        if self.loss_scaled:
+            lso = self.optimizer
+            parts["loss_scale"] = tf.train.Checkpoint(scale=lso.dynamic_scale, counter=lso.step_counter)
+            self._loss_scale = tf.train.Checkpoint(loss_scale=parts["loss_scale"])
+        self.checkpoint = tf.train.Checkpoint(**parts)
+        """What ``ckpt-N`` holds (see the module's docstring)."""
         self.loss_config = dataclasses.replace(
             config.loss, n_profiles=len(self.normalization.schema.target_profiles)
         )
@@ -85,9 +99,26 @@ class TrainStep:
 
     def _replica_step(self, x, y, aux_t, aux_m, mask):
         grads, parts = self._gradients(x, y, aux_t, aux_m, mask)
-        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = self._clipped(grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         return parts
+
+    def _clipped(self, grads: list) -> list:
+        """This replica's gradients times the factors that clip their sum over the replicas.
+
+        The optimizer sums the replicas' gradients itself (Keras all-reduces in ``apply_gradients``
+        and would clip before that), so the factors come from a sum of our own: one more all-reduce
+        per step while clipping is on.
+        """
+        optim = self.config.optim
+        if optim.clipnorm is None and optim.global_clipnorm is None:
+            return grads
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norms = tf.stack([tf.norm(tf.cast(g, tf.float32)) for g in total])
+        if self.loss_scaled:  # the gradients of the scaled loss: clip what will be applied
+            norms = norms / tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        factors = tf.unstack(clip_factors(norms, optim.clipnorm, optim.global_clipnorm))
+        return [g * tf.cast(f, g.dtype) for g, f in zip(grads, factors, strict=True)]
 
     def _run_steps(self, iterator, n, mask):
         total = {k: tf.constant(0.0) for k in LOSS_PARTS}
@@ -142,6 +173,28 @@ class TrainStep:
         }  # fmt: skip
 
     # -- weights
+
+    def restore(self, path: str, partial: bool) -> None:
+        """Restore checkpoint ``path``; ``partial``: only what it holds (else every weight must be there).
+
+        A ``mixed_float16`` checkpoint of an older tfpipe has no loss scale: the scale then restarts
+        at 2^15 (said on stderr) instead of refusing the checkpoint.
+        """
+        status = self._core.restore(path)
+        status.expect_partial() if partial else status.assert_existing_objects_matched()
+        if self._loss_scale is not None:
+            status = self._loss_scale.restore(path)
+            try:
+                status.assert_existing_objects_matched()
+            except AssertionError:
+                status.expect_partial()
+                print(f"[train] {path} holds no loss scale (an older tfpipe): it restarts at "
+                      f"{float(self.optimizer.dynamic_scale):g}", file=sys.stderr)  # fmt: skip
+
+    @property
+    def loss_scale(self) -> float | None:
+        """The current dynamic loss scale (``mixed_float16``), else None."""
+        return float(self.optimizer.dynamic_scale.numpy()) if self.loss_scaled else None
 
     @contextlib.contextmanager
     def inference_weights(self):
