@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tfpipe.train import TrainError, available_checkpoints, train
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MLP = [
     "model.name=mlp", "model.mlp_units=[64,64]", "data.batch_size=128", "data.sub_epochs=2", "epochs=2",
-    "data.val_fraction=0.25", "data.shuffle_buffer=512", "optim.warmup_steps=0.1", "log_every_steps=20",
+    "data.val_fraction=0.25", "data.shuffle_buffer=512", "optim.warmup_steps=0.1",
     "steps_per_execution=20", "loss.confidence_weight=0.1", "seed=3",
 ]  # fmt: skip
 
@@ -271,37 +272,84 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+PAUSED_TRAIN = """
+import sys, time
+from pathlib import Path
+from tfpipe.cli import train_main
+from tfpipe.train.step import TrainStep
+
+state, marker, go = (Path(p) for p in sys.argv[1:4])
+run_steps, chunks = TrainStep.run_steps, []
+
+def paused(self, *args, **kwargs):
+    # the second chunk of steps after `state` was committed (mid sub-epoch): say so in `marker` and wait
+    # for `go`, so that the test signals or kills this process there and nowhere else
+    if state.exists():
+        chunks.append(self.step)
+        if len(chunks) == 2:
+            marker.write_text(str(self.step))
+            while not go.exists():
+                time.sleep(0.01)
+    return run_steps(self, *args, **kwargs)
+
+TrainStep.run_steps = paused
+sys.exit(train_main(sys.argv[4:], prog="python -m tfpipe.train"))
+"""
+
+
+def _paused_train(args: list[str], state: Path, tmp: Path, env: dict | None = None) -> subprocess.Popen:
+    """``python -m tfpipe.train ARGS`` that pauses mid sub-epoch (the second chunk after ``state``
+    appears): ``tmp/at`` appears then, and the run goes on when ``tmp/go`` exists."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", PAUSED_TRAIN, str(state), str(tmp / "at"), str(tmp / "go"), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _read_until(proc: subprocess.Popen, text: str) -> str:
+    """stderr of ``proc`` up to the first line holding ``text`` (AssertionError at its end without one)."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never came:\n{''.join(seen)[-2000:]}")
+
+
 def test_sigkill_mid_sub_epoch_and_sigterm_then_resume_match_the_straight_run(
     encoded: Path, straight_run: Path, tmp_path: Path
 ) -> None:
     import signal
-    import time
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_MLP,
-           f"data.sources.0.path={encoded}", "--run-dir", str(run), "--deterministic", "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "checkpoints" / "ckpt-1.state.json", proc)
-    time.sleep(0.25)  # into sub-epoch 2 (a sub-epoch takes 0.4-0.8 s here)
+    args = ["--config", "configs/tiny.yaml", *TINY_MLP, f"data.sources.0.path={encoded}", "--run-dir", str(run),
+            "--deterministic", "--quiet"]  # fmt: skip
+    # session 1: SIGKILL in the middle of sub-epoch 2
+    proc = _paused_train(args, run / "checkpoints" / "ckpt-1.state.json", tmp_path / "s1")
+    _wait_for(tmp_path / "s1" / "at", proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    done = available_checkpoints(str(run))
-    assert done[0] == 1 and done[-1] < 4, done  # killed before the end (a fast machine may be further on)
+    assert proc.returncode == -signal.SIGKILL and available_checkpoints(str(run)) == [1]
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # the checkpoint this session writes, not one that was there at its start (a SIGTERM in the first
-    # milliseconds of the interpreter, before any Python code runs, is the default one: killed, -15)
-    _wait_for(run / "checkpoints" / f"ckpt-{done[-1] + 1}.state.json", proc)
-    proc.send_signal(signal.SIGTERM)  # what Kaggle/Colab and pre-emptible VMs send
-    out, err = proc.communicate(timeout=300)
+    # session 2 resumes from ckpt-1: SIGTERM (what Kaggle/Colab and pre-emptible VMs send) in the middle
+    # of sub-epoch 3 stops it after the current chunk, without a checkpoint of the unfinished sub-epoch
+    proc = _paused_train(args, run / "checkpoints" / "ckpt-2.state.json", tmp_path / "s2")
+    _wait_for(tmp_path / "s2" / "at", proc)
+    proc.send_signal(signal.SIGTERM)
+    err = _read_until(proc, "[train] SIGTERM: stopping after the current chunk")
+    (tmp_path / "s2" / "go").touch()
+    out, rest = proc.communicate(timeout=300)
+    err += rest
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    if not summary["finished"]:
-        assert summary["stopped"] == "signal 15" and "run the same command again" in err
+    assert (summary["resumed_from"], summary["stopped"], summary["finished"]) == ("ckpt-1", "signal 15", False)
+    assert summary["next"] == {"epoch": 1, "sub_epoch": 0} and "run the same command again" in err
+    assert available_checkpoints(str(run)) == [1, 2]
 
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "tfpipe.train", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["finished"]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from"] == "ckpt-2" and summary["finished"]
     for a, b in zip(weights_of(straight_run, 4), weights_of(run, 4), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -599,41 +647,39 @@ def test_predict_takes_every_checkpoint_form_of_the_readme(
     assert str(err.value) == f"no such checkpoint: {straight_run}/checkpoints/ckpt-9.index does not exist"
 
 
-def _train_process(encoded: Path, run: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tfpipe.train", "--config", "configs/tiny.yaml", *TINY_MLP,
-           f"data.sources.0.path={encoded}", "--run-dir", str(run)]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's default environment
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
 def test_ctrl_c_stops_cleanly_and_twice_aborts(encoded: Path, tmp_path: Path) -> None:
     import signal
 
-    proc = _train_process(encoded, tmp_path / "once")
-    _wait_for(tmp_path / "once" / "checkpoints" / "ckpt-1.state.json", proc)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's default environment
+
+    def paused(name: str) -> subprocess.Popen:
+        args = ["--config", "configs/tiny.yaml", *TINY_MLP, f"data.sources.0.path={encoded}",
+                "--run-dir", str(tmp_path / name)]  # fmt: skip
+        proc = _paused_train(args, tmp_path / name / "checkpoints" / "ckpt-1.state.json", tmp_path / name, env)
+        _wait_for(tmp_path / name / "at", proc)  # mid sub-epoch 2
+        proc.send_signal(signal.SIGINT)
+        return proc
+
+    proc = paused("once")
+    err = _read_until(proc, "[train] SIGINT: stopping after the current chunk")
+    (tmp_path / "once" / "go").touch()
+    out, rest = proc.communicate(timeout=300)
+    err += rest
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads(out.strip().splitlines()[-1])  # stdout: only the JSON summary, no progress bar
-    assert summary["stopped"] in ("signal 2", "finished") and "\x1b" not in out and "\b" not in out
+    assert summary["stopped"] == "signal 2" and summary["next"] == {"epoch": 0, "sub_epoch": 1}
+    assert "\x1b" not in out and "\b" not in out
     assert "[train] epoch 0 sub-epoch 0: " in err and " steps, loss " in err  # line-based progress off a tty
     assert "I0000" not in err and "absl::InitializeLog" not in err and "Traceback" not in err
 
-    proc = _train_process(encoded, tmp_path / "twice")
-    _wait_for(tmp_path / "twice" / "checkpoints" / "ckpt-1.state.json", proc)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    proc = paused("twice")  # still paused when the second Ctrl-C comes: it aborts the chunk at once
+    _read_until(proc, "[train] SIGINT: stopping after the current chunk")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
-    if proc.returncode == 130:  # (the first stop can win the race on a fast machine)
-        assert (
-            err.strip()
-            .splitlines()[-1]
-            .endswith("aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch")
-        )
-        assert "Traceback" not in err
-    else:
-        assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 130 and out == "", err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.endswith("aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch")
+    assert "Traceback" not in err and available_checkpoints(str(tmp_path / "twice")) == [1]
 
 
 def test_status_and_the_checkpoint_hook_tell_runs_ls_what_happened(encoded: Path, tmp_path: Path) -> None:
@@ -742,9 +788,16 @@ def test_a_run_dir_that_a_live_session_trains_is_refused(tiny_encoded: Path, tmp
         sleeper.wait()
     assert busy_message(str(run)) is None  # its process is gone: the run is free (killed)
     beats: list[float] = []
-    with Heartbeat(
-        lambda: beats.append(time.time()) or write_status(str(run), "running", checkpoint=1), 0.05
-    ):
-        time.sleep(0.3)
-    assert len(beats) >= 3 and json.loads((run / "status.json").read_text())["checkpoint"] == 1
+    third = threading.Event()
+
+    def beat() -> None:
+        write_status(str(run), "running", checkpoint=1)
+        beats.append(json.loads((run / "status.json").read_text())["time"])
+        if len(beats) == 3:
+            third.set()
+
+    with Heartbeat(beat, 0.05):
+        assert third.wait(timeout=60), "fewer than 3 heartbeats in 60 s"
+    assert beats == sorted(beats) and beats[0] < beats[2]  # each beat rewrote the status with a new time
+    assert json.loads((run / "status.json").read_text())["checkpoint"] == 1
     assert busy_message(str(run)) is None  # this process's own status never blocks it
