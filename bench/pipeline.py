@@ -55,7 +55,7 @@ from tfpipe.data import (  # noqa: E402
 from tfpipe.export import export_parquet  # noqa: E402
 from tfpipe.normalize import Normalization, channel_layout, soft_clip64  # noqa: E402
 from tfpipe.records import parse_block  # noqa: E402
-from tfpipe.sampling import plan_sub_epoch  # noqa: E402
+from tfpipe.sampling import plan_stage  # noqa: E402
 from tfpipe.schema import NCOL, get_schema  # noqa: E402
 
 QUICK = os.environ.get("TFPIPE_BENCH_QUICK", "") not in ("", "0")
@@ -96,8 +96,7 @@ def consume(ds: tf.data.Dataset) -> tuple[int, float]:
 
 
 def pipeline(cfg: DataConfig, sources: list[Source], threads: int | None) -> tf.data.Dataset:
-    samples = sum(f.samples for f in sources[0].train_files)
-    plan = plan_sub_epoch(samples, BATCH, 1, [1.0])
+    plan = plan_stage({s.name: s.train_files for s in sources}, [1.0], BATCH, 1, 0, 0, 0, cfg.sub_epochs)
     ds = make_train_dataset(sources, cfg, 0, 0, 0, plan)
     if threads is not None:
         options = tf.data.Options()
