@@ -112,7 +112,8 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(
     row; then one nested through nested_under (how a sweep's child process is given its parent run id)."""
     import mlflow
 
-    from tfpipe.experiments.tracking import nested_under, read_record, study_run
+    from tfpipe.experiments.study_tracking import study_run
+    from tfpipe.experiments.tracking import nested_under, read_record
     from tfpipe.train import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -142,7 +143,7 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(
 
 
 def test_study_run_is_a_no_op_without_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tfpipe.experiments.tracking import study_run
+    from tfpipe.experiments.study_tracking import study_run
 
     monkeypatch.chdir(tmp_path)
     with study_run(TrackingConfig(), "study") as parent:
@@ -151,7 +152,8 @@ def test_study_run_is_a_no_op_without_tracking(tmp_path: Path, monkeypatch: pyte
 
 
 def test_an_unreachable_server_is_one_error_before_training(tiny_encoded: Path, tmp_path: Path) -> None:
-    from tfpipe.experiments.tracking import TrackingError, study_run
+    from tfpipe.experiments.study_tracking import study_run
+    from tfpipe.experiments.tracking import TrackingError
     from tfpipe.train import train
 
     uri = f"http://127.0.0.1:{_closed_port()}"

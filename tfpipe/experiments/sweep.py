@@ -273,7 +273,7 @@ def run_sweep(spec: SweepSpec) -> dict:
     from optuna.exceptions import ExperimentalWarning, OptunaError
 
     from tfpipe.config import load_config
-    from tfpipe.experiments.tracking import study_run
+    from tfpipe.experiments.study_tracking import study_run
 
     with warnings.catch_warnings():  # heartbeats and retries are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", ExperimentalWarning)

@@ -6,10 +6,10 @@ each ``metrics.csv`` row as metrics (step = the global step), and at the end of 
 files ``best.keras``, ``metrics.csv``, ``config.yaml``, ``stats.json`` and the score tables
 ``RUN/score/*`` as artefacts; the MLflow run then ends as ``RUN/status.json`` says (finished:
 FINISHED, stopped: KILLED, failed: FAILED; the tags ``tfpipe.state`` and ``tfpipe.detail`` hold the
-state and the reason or error). With an MLflow run active in the process (:func:`study_run`, a
-sweep's parent run) or a parent run id named by :func:`nested_under` (a sweep trial's child process
-gets its sweep's study run id on its command line), the run is nested under it: MLflow's own
-``mlflow.parentRunId`` tag, as ``mlflow.start_run(parent_run_id=...)`` sets it.
+state and the reason or error). With an MLflow run active in the process (a sweep's parent run,
+:func:`~.study_tracking.study_run`) or a parent run id named by :func:`nested_under` (a sweep
+trial's child process gets its sweep's study run id on its command line), the run is nested under
+it: MLflow's own ``mlflow.parentRunId`` tag, as ``mlflow.start_run(parent_run_id=...)`` sets it.
 
 A run logs through an :class:`mlflow.tracking.MlflowClient` of its own URI: the fluent API's global
 tracking URI and active run are left alone. MLflow's HTTP retries and time-out are bounded
@@ -123,7 +123,7 @@ def nested_under(run_id: str | None) -> Iterator[None]:
         _parents.pop()
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     """An MlflowClient of ``uri`` (TrackingError if mlflow is not installed)."""
     try:
         from mlflow.tracking import MlflowClient
@@ -147,7 +147,7 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return (database.absolute().parent / ARTIFACTS_BESIDE_DB / safe).as_uri()
 
 
-def _experiment_id(client, name: str, uri: str) -> str:
+def get_experiment_id(client, name: str, uri: str) -> str:
     """The id of experiment ``name``, created if it does not exist (also by a parallel run)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -210,7 +210,7 @@ class Tracker:
             uri, parent = _target(config.tracking)
         except ImportError:
             raise _missing() from None
-        client = _client(uri)
+        client = mlflow_client(uri)
         run_id = None
         with http_limits():
             try:
@@ -349,7 +349,7 @@ def _new_run(client, uri: str, run_dir: str, config, parent: str | None) -> str:
             print(f"[train] the parent MLflow run {parent} is not at {uri} ({first_line(err)}); not "
                   "nested", file=sys.stderr)  # fmt: skip
             parent = None
-    experiment = experiment or _experiment_id(client, config.tracking.experiment or "tfpipe", uri)
+    experiment = experiment or get_experiment_id(client, config.tracking.experiment or "tfpipe", uri)
     where = run_dir if storage.is_remote(run_dir) else os.path.abspath(run_dir)
     tags = {"tfpipe.run_dir": where, "tfpipe.name": config.name}
     if parent:
@@ -384,48 +384,3 @@ def log_run_files(client, run_id: str, run_dir: str) -> list[str]:
             client.log_artifact(run_id, path, folder or None)
             logged.append(name)
     return logged
-
-
-@contextlib.contextmanager
-def study_run(tracking, name: str) -> Iterator[str | None]:
-    """A parent MLflow run around a study (a sweep): yields its run id (None for ``tracking.backend:
-    none``, a no-op). Inside it, it is the process's active run, so a run trained in this process is
-    nested under it; a child process is given the id (:func:`nested_under`). Its store is the default
-    tracking URI inside the block (``$MLFLOW_TRACKING_URI`` too: children log to the same store). It
-    ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises. TrackingError (one line) if
-    MLflow is missing or unreachable."""
-    if tracking.backend != "mlflow":
-        yield None
-        return
-    preflight(tracking)
-    import mlflow
-
-    uri = resolve_uri(tracking.uri)
-    previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    with http_limits():
-        try:
-            experiment = _experiment_id(_client(uri), tracking.experiment or "tfpipe", uri)
-            mlflow.set_tracking_uri(uri)  # also $MLFLOW_TRACKING_URI: subprocesses log to the same store
-            run = mlflow.start_run(experiment_id=experiment, run_name=name, tags={"tfpipe.study": name},
-                                   nested=mlflow.active_run() is not None)  # fmt: skip
-        except TrackingError:
-            mlflow.set_tracking_uri(previous_uri)
-            raise
-        except Exception as err:  # noqa: BLE001
-            mlflow.set_tracking_uri(previous_uri)
-            raise TrackingError(f"tracking.uri {uri}: MLflow failed: {first_line(err)}") from None
-    status = "FAILED"
-    try:
-        yield run.info.run_id
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        try:
-            with http_limits():
-                mlflow.end_run(status)
-        except Exception as err:  # noqa: BLE001 - a lost server must not hide the study's result
-            print(f"[tracking] warning: cannot end the study's MLflow run: {first_line(err)}",
-                  file=sys.stderr)  # fmt: skip
-        mlflow.set_tracking_uri(previous_uri)
