@@ -5,7 +5,6 @@
 # Re-running continues where it stopped (encode skips shards, the sweep and the zoo resume).
 set -euo pipefail
 W=${1:-zoo-demo}
-PICK=select_metric=val_r2_near_constant_as_1   # a half day's validation has near-constant targets
 [ -e $W/raw ] || python -m data_prep.synth --out $W/raw --days 0.5                     # a raw tree
 python -m data_prep.encode --src $W/raw --dst $W/enc --shard 0 --num-shards 1 --blocks-per-file 2
 python -m data_prep.stats  --data $W/enc --out $W/enc/stats.json
@@ -16,7 +15,7 @@ cat > $W/space.yaml <<'EOF'
 optim.learning_rate: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}
 model.mlp_units: {type: categorical, choices: [[64], [128, 128]]}
 EOF
-tfpipe sweep --config tiny model.name=mlp data.sources.0.path=$W/enc epochs=1 $PICK --space $W/space.yaml \
+tfpipe sweep --config tiny model.name=mlp data.sources.0.path=$W/enc epochs=1 --space $W/space.yaml \
     --trials 4 --study mlp --storage sqlite:///$W/sweeps.db --runs-dir $W/sweeps
 cat > $W/zoo.yaml <<EOF
 runs:
@@ -24,7 +23,7 @@ runs:
     overrides: [epochs=2]
   - name: sq                                                          # and the flagship
     config: tiny
-    overrides: [data.sources.0.path=$W/enc, epochs=1, $PICK]
+    overrides: [data.sources.0.path=$W/enc, epochs=1]
 EOF
 tfpipe launch --runs $W/zoo.yaml --runs-dir $W/zoo --slots 2                  # or --engine ray --address auto
 tfpipe runs ls $W/zoo                                                         # what differs, R², status

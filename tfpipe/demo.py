@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tfpipe.demo_data import say
+from tfpipe.metrics import TRAIN_VAR_DOC
 from tfpipe.rawtree import ModelTime, steps_for_days
 
 ENCODE_SHARDS = 3
@@ -39,16 +40,23 @@ def _encode_cmd(src: Path, dst: Path, shard: int, blocks_per_file: int = 4) -> l
 
 SHOWN = ("[train] ckpt-", "[train] note", "[train] resuming", "[train] stopped")
 """Lines of a stage's stderr the demo passes on (one per sub-epoch, with its validation R²)."""
+PROGRESS_EVERY_S = 20.0
+"""Between those, a training progress line (``[train] ...: N/M steps``) at most this often."""
 
 
 def _run(cmd: list[str], quiet: bool = True) -> dict:
-    """Run a stage's command; its JSON summary. Its sub-epoch lines are shown as they come."""
+    """Run a stage's command; its JSON summary. Its sub-epoch lines are shown as they come, and
+    progress lines at most every :data:`PROGRESS_EVERY_S` seconds, so the demo is never long silent."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tail: list[str] = []
+    last = time.monotonic()
     for line in proc.stderr:
         tail = (tail + [line.rstrip()])[-20:]
-        if not quiet and line.startswith(SHOWN):
+        shown = line.startswith(SHOWN)
+        progress = line.startswith("[train] ") and " steps, loss " in line
+        if not quiet and (shown or (progress and time.monotonic() - last >= PROGRESS_EVERY_S)):
             print("       " + line.rstrip(), file=sys.stderr, flush=True)
+            last = time.monotonic()
     out = proc.stdout.read()
     if proc.wait() != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed: {tail[-1:]}")
@@ -92,22 +100,22 @@ def _stats(dst: Path) -> None:
 
 def _train(name: str, data: Path, runs: Path, interrupt_after: int | None, quiet: bool) -> dict:
     base = [sys.executable, "-m", "tfpipe.train", "--config", str(CONFIG), *MODELS[name],
-            f"data.sources.0.path={data}", f"name={name}", "--run-dir", str(runs / name),
-            "--quiet"]  # fmt: skip
+            f"data.sources.0.path={data}", f"name={name}", "--run-dir", str(runs / name)]  # fmt: skip
     if interrupt_after is not None and not (runs / name / "checkpoints").exists():
         say(quiet, f"[demo] {name}: training (one line per sub-epoch, with its validation R²)")
         first = _run(base + ["--stop-after-sub-epochs", str(interrupt_after)], quiet)
         say(
             quiet,
             f"[demo] {name}: interrupted after {first['sub_epochs_run']} sub-epochs "
-            f"(val R² {first['val_r2']:.3f})",
+            f"(val R² {first['val_r2_train_var']:.3f}, train var)",
         )
         summary = _run(base + ["--resume", "latest"], quiet)
         summary["interrupted_and_resumed_from"] = summary["resumed_from"]
     else:
         say(quiet, f"[demo] {name}: training (one line per sub-epoch, with its validation R²)")
         summary = _run(base, quiet)  # resumes or finds the run finished
-    say(quiet, f"[demo] {name}: trained, best val R² {summary['best_r2']:.3f} ({summary['best_checkpoint']})")
+    say(quiet, f"[demo] {name}: trained, best val R² {summary['best_r2']:.3f} ({summary['select_metric']}, "
+               f"{summary['best_checkpoint']})")  # fmt: skip
     return summary
 
 
@@ -122,9 +130,9 @@ def _plots(workdir: Path, runs: Path, names: list[str]) -> list[str]:
     for name in names:
         m = pd.read_csv(runs / name / "metrics.csv")
         axes[0].plot(m["step"], m["loss"], marker="o", label=name)
-        axes[1].plot(m["step"], m["val_r2_near_constant_as_1"], marker="o", label=name)
+        axes[1].plot(m["step"], m["val_r2_train_var"], marker="o", label=name)
     axes[0].set(title="training loss (last chunk of each sub-epoch)", xlabel="step", yscale="log")
-    axes[1].set(title="validation R² (Kaggle metric, near-constant targets as 1)", xlabel="step")
+    axes[1].set(title="validation R² (train var: what predicts the test R²)", xlabel="step")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
@@ -178,6 +186,7 @@ def run_demo(
     blend_pred = blend_files([str(preds / f"{n}.parquet") for n in MODELS], str(preds / "blend.parquet"),
                              apply=fit["spec"])["out"]  # fmt: skip
     scores["blend"] = score_files(blend_pred, truth, out_dir=str(root / "report" / "blend.score"))["r2"]
+    blend = _blend_summary(fit, scores, quiet)
     # out of fold (the validation rows): each best checkpoint and the blend, with the score's explanation
     oof_scores = {
         name: score_files(path, oof[0]["truth"], out_dir=str(root / "report" / f"{name}.oof.score"))
@@ -187,34 +196,67 @@ def run_demo(
     resumed = summaries["squeezeformer"].get("interrupted_and_resumed_from") or previous.get("resumed_from")
     summary = {
         "r2": {k: round(v, 5) for k, v in scores.items()},
-        "val_r2": {n: round(s["best_r2"], 5) for n, s in summaries.items()}
-        | {"blend": round(fit["r2_blend"], 5)},
+        "val_r2_train_var": {n.removesuffix(".oof"): round(v, 5) for n, v in fit["fit"].items()},
+        "val_r2": {n: round(s["r2"], 5) for n, s in oof_scores.items()},
         "val_r2_near_constant_as_1": {n: round(s["r2_near_constant_as_1"], 5) for n, s in oof_scores.items()},
-        "val_near_constant_targets": oof_scores["blend"]["near_constant_targets"],
+        "val_near_constant_targets": len(oof_scores["blend"]["near_constant_targets"]),
+        "blend": blend,
         "resumed_from": resumed,
         "encode": encoding,
-        "blend_models": fit.get("models"),
         "workdir": str(root),
         "report": str(root / "report" / "report.md"),
         "seconds": round(time.time() - t0, 1),
     }
-    _write_report(root, summary, plots)
+    _write_report(root, summary, plots, oof_scores["blend"]["near_constant_targets"])
     (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def _write_report(root: Path, summary: dict, plots: list[str]) -> None:
+def _blend_summary(fit: dict, test_r2: dict, quiet: bool) -> dict:
+    """The blend's weights and checks, said as the demo goes; a warning if it loses on the test period.
+
+    The blend was fitted on the ``NAME.oof`` files of :data:`MODELS`, in that order."""
+    weights = dict(zip(MODELS, fit["weights"], strict=True))
+    best = max(MODELS, key=lambda n: test_r2[n])
+    out = {
+        "objective": fit["objective"],
+        "weights": {n: round(w, 4) for n, w in weights.items()},
+        "held_out_beats_best": fit["held_out"]["beats_best"],
+        "beats_best_on_test": test_r2["blend"] >= test_r2[best],
+    }
+    shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
+    say(quiet, f"[demo] blend (hill-climb on {fit['objective']}): weights {shown}; "
+               f"test R² {test_r2['blend']:.4f}")
+    if not out["beats_best_on_test"]:
+        out["warning"] = (f"the blend ({test_r2['blend']:.4f}) does not beat {best} ({test_r2[best]:.4f}) "
+                          "on the test period: submit the single model")  # fmt: skip
+        say(quiet, f"[demo] warning: {out['warning']}")
+    return out
+
+
+def _write_report(root: Path, summary: dict, plots: list[str], flagged: list[str]) -> None:
     lines = [
         "# tfpipe demo report", "",
         f"Work dir: `{summary['workdir']}`; took {summary['seconds']} s.", "",
-        "| model | test R² (Kaggle metric) | validation R² (best checkpoint; blend: out of fold) "
+        "| model | test R² (Kaggle metric) | validation R² (train var) | validation R² (Kaggle) "
         "| validation R², near-constant targets as 1 |",
-        "|---|---|---|---|",
+        "|---|---|---|---|---|",
     ]  # fmt: skip
     for name, r2 in summary["r2"].items():
-        val, as_1 = summary["val_r2"].get(name, float("nan")), summary["val_r2_near_constant_as_1"][name]
-        lines.append(f"| {name} | {r2:.4f} | {val:.4f} | {as_1:.4f} |")
-    flagged = summary["val_near_constant_targets"]
+        headline, val = summary["val_r2_train_var"][name], summary["val_r2"][name]
+        as_1 = summary["val_r2_near_constant_as_1"][name]
+        lines.append(f"| {name} | {r2:.4f} | {headline:.4f} | {val:.4g} | {as_1:.4f} |")
+    blend = summary["blend"]
+    lines += [
+        "",
+        f"Validation: the best checkpoint's out-of-fold rows (the blend's: its fit). {TRAIN_VAR_DOC}.",
+        "",
+        f"Blend: hill climbing on {blend['objective']}, weights "
+        + ", ".join(f"{n} {w:.3f}" for n, w in blend["weights"].items())
+        + f"; beats the best model on held-out validation rows: {blend['held_out_beats_best']}, on the test "
+        f"period: {blend['beats_best_on_test']}.",
+        *([f"Warning: {blend['warning']}."] if "warning" in blend else []),
+    ]  # fmt: skip
     if flagged:
         lines += [
             "",
@@ -222,7 +264,8 @@ def _write_report(root: Path, summary: dict, plots: list[str]) -> None:
             f"({', '.join(flagged[:6])}{' ...' if len(flagged) > 6 else ''}): in this short synthetic "
             "period their signal lies in a handful of training samples, so any error makes their R² hugely "
             "negative and it dominates the mean (the Kaggle metric has the same trap on real data, hence its "
-            "zero weights). The last column counts them as 1, as `tfpipe score` explains it.",
+            "zero weights). The validation R² (train var) is not ruled by them; the last column counts them "
+            "as 1, as `tfpipe score` explains it.",
         ]
     enc = summary["encode"]
     lines += [
