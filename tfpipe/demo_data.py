@@ -44,11 +44,7 @@ def prepare_demo_data(
     from data_prep.stats import compute_stats
     from data_prep.synth import synthesize
 
-    root = (
-        Path(root)
-        if root is not None
-        else cache_root() / f"demo-v{DEMO_VERSION}-l{LAYOUT_VERSION}-d{days:g}-s{seed}"
-    )
+    root = Path(root) if root is not None else demo_cache_dir(days, seed)
     raw, encoded = root / "raw", root / "encoded"
     root.mkdir(parents=True, exist_ok=True)
     if not (raw / "grid-info.nc").is_file():
