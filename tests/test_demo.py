@@ -14,6 +14,7 @@ TFPIPE = Path(sys.executable).parent / "tfpipe"
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_end_to_end(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = subprocess.run(

@@ -24,6 +24,7 @@ def readme_block(heading: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_pipeline_block_of_the_readme_runs_as_written(tmp_path: Path) -> None:
     (tmp_path / "configs").symlink_to(ROOT / "configs")  # the commands run from a repository root
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -24,6 +24,7 @@ def test_the_readme_shows_the_script_as_it_is() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_zoo_runs_ls_export_predict_blend_score(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(SCRIPT), "zoo"], cwd=tmp_path, env=env, capture_output=True, text=True,
