@@ -126,3 +126,49 @@ def test_old_run_configs_with_clipnorm_keep_clipping_per_weight() -> None:
     assert changed_fields(old_tree, config_to_dict(new)) == ["optim.clipnorm", "optim.global_clipnorm"]
     both = load_config(TINY_CONFIG, ["optim.clipnorm=0.01"])
     assert (both.optim.global_clipnorm, both.optim.clipnorm) == (1.0, 0.01)
+
+
+ABORT_AFTER_NATIVE_LINES = """
+import ctypes, os
+from tfpipe.cliutil import quiet_native_logs
+quiet_native_logs()
+import tensorflow
+libc = ctypes.CDLL(None)
+for text in (b"I0000 00:00:1796653167.475225   24549 service.cc:146] XLA service initialized\\n",
+             b"F0000 00:00:1796653167.5 tpu.cc:12] Check failed: the last native line\\n"):
+    libc.write(2, text, len(text))
+os.abort()
+"""
+
+
+def test_a_native_abort_keeps_its_last_stderr_line_and_start_up_noise_stays_out() -> None:
+    """What C++ writes to fd 2 right before ``abort()`` (an XLA/TPU ``Check failed``) reaches stderr."""
+    import signal
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", ABORT_AFTER_NATIVE_LINES], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode == -signal.SIGABRT, result.stderr[-2000:]
+    assert result.stderr.rstrip().endswith("Check failed: the last native line"), result.stderr[-2000:]
+    assert "I0000" not in result.stderr and "XLA service" not in result.stderr
+
+
+def test_checkpoint_files_are_handled_by_this_process_under_a_tpu_strategy(tmp_path: Path) -> None:
+    """On a Cloud TPU node the TPU host is another machine: saves and restores run on /job:localhost."""
+    import tensorflow as tf
+
+    from tfpipe.distribute import checkpoint_options
+
+    tpu = tf.distribute.TPUStrategy.__new__(tf.distribute.TPUStrategy)  # its type only: no TPU here
+    options = checkpoint_options(tpu)
+    assert options.experimental_io_device == "/job:localhost"
+    assert checkpoint_options(tf.distribute.get_strategy()).experimental_io_device is None
+    assert checkpoint_options(tf.distribute.MirroredStrategy(["/cpu:0"])).experimental_io_device is None
+    # the options are valid where this process is the host (a TPU VM): save with them, restore with them
+    variable = tf.Variable(3.0)
+    checkpoint = tf.train.Checkpoint(v=variable)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), 1, checkpoint_name="ckpt")
+    path = manager.save(checkpoint_number=1, options=options)
+    variable.assign(0.0)
+    checkpoint.restore(path, options=options).assert_consumed()
+    assert float(variable.numpy()) == 3.0

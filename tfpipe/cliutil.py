@@ -6,8 +6,8 @@ import argparse
 import atexit
 import os
 import re
+import subprocess
 import sys
-import threading
 from typing import NoReturn, TextIO
 
 
@@ -76,16 +76,40 @@ _NATIVE_NOISE = re.compile(
 )
 """Native start-up lines of TensorFlow/XLA: absl's pre-initialisation warning and its INFO lines
 (``I0000 00:00:... service.cc] XLA service ... initialized``, ``Compiled cluster using XLA!``)."""
+_FILTER = """
+import os, re, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+noise, pending = re.compile(sys.argv[1].encode("latin-1")), b""
+try:
+    while chunk := os.read(0, 65536):
+        *lines, pending = (pending + chunk).split(b"\\n")
+        out = b"".join(line + b"\\n" for line in lines if not noise.match(line))
+        if pending and not pending.startswith((b"I", b"W")):  # a progress bar redraw: pass it now
+            out, pending = out + pending, b""
+        if out:
+            os.write(1, out)
+    if pending:
+        os.write(1, pending)
+except OSError:  # the terminal went away
+    pass
+"""
+"""The filter process: stdin (the pipe that is our fd 2) to stdout (the real stderr), noise dropped."""
 _terminal: TextIO | None = None
 
 
 def quiet_native_logs() -> None:
     """Drop TensorFlow/XLA's native INFO start-up lines from this process's stderr (fd 2).
 
-    absl writes them from C++ before it is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not silence
-    them. Everything else (warnings, errors, our lines, progress bars) passes through a thread that
-    reads a pipe in place of fd 2. Skipped when ``TF_CPP_MIN_LOG_LEVEL`` is 0 or 1 (the user wants
-    TensorFlow's logs) or ``TFPIPE_NATIVE_LOGS=1``.
+    TensorFlow's own settings do not reach them: absl writes them from C++ before it is initialised,
+    and with TF 2.17 neither ``TF_CPP_MIN_LOG_LEVEL`` (set to 2 by ``import tfpipe``) nor absl's
+    ``SetMinLogLevel`` silences them. So fd 2 becomes a pipe to a small filter *process* that passes
+    everything else (warnings, errors, our lines, progress bars) to the real stderr. Being another
+    process, it outlives an abort of this one: a native ``Check failed`` and the lines before it stay
+    in the pipe and are still written out (a reader thread in this process died with it). It ignores
+    terminal signals (its own session) and ends when the last writer of the pipe closes it. Skipped
+    when ``TF_CPP_MIN_LOG_LEVEL`` is 0 or 1 (the user wants TensorFlow's logs) or
+    ``TFPIPE_NATIVE_LOGS=1``.
     """
     global _terminal
     if _terminal is not None or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
@@ -95,29 +119,28 @@ def quiet_native_logs() -> None:
     sys.stderr.flush()
     saved = os.dup(2)
     read_end, write_end = os.pipe()
+    try:
+        pattern = _NATIVE_NOISE.pattern.decode("latin-1")
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _FILTER, pattern],
+            stdin=read_end, stdout=saved, stderr=saved, start_new_session=True,
+        )  # fmt: skip
+    except OSError:  # no process to spare: leave stderr as it is
+        os.close(saved)
+        return
+    finally:
+        os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
     _terminal = os.fdopen(os.dup(saved), "w", buffering=1)
 
-    def forward() -> None:
-        pending = b""
-        while chunk := os.read(read_end, 65536):
-            *lines, pending = (pending + chunk).split(b"\n")
-            out = b"".join(line + b"\n" for line in lines if not _NATIVE_NOISE.match(line))
-            if pending and not pending.startswith((b"I", b"W")):  # a progress bar redraw: pass it now
-                out, pending = out + pending, b""
-            if out:
-                os.write(saved, out)
-        if pending:
-            os.write(saved, pending)
-
-    thread = threading.Thread(target=forward, name="tfpipe-stderr", daemon=True)
-    thread.start()
-
     def restore() -> None:
         sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end in this process: the thread sees EOF
-        thread.join(timeout=2.0)
+        os.dup2(saved, 2)  # closes the pipe's last write end in this process: the filter sees EOF
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:  # a child of ours still holds the pipe: it goes on without us
+            pass
 
     atexit.register(restore)
 

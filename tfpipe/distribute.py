@@ -7,7 +7,9 @@ else the default strategy. ``prefer="cpu-mirrored"`` mirrors over every logical 
 
 TPU discovery never waits on the network unless there is a hint of a TPU: ``TPUClusterResolver()``
 without a TPU name fails at once, and ``tpu="local"`` (TPU VMs) is only tried when TPU devices
-(``/dev/accel*``, ``/dev/vfio/*``) or TPU environment variables are present.
+(``/dev/accel*``, ``/dev/vfio/*``) or TPU environment variables are present. On a Cloud TPU node (a
+remote TPU host) the data must be on ``gs://`` (the input pipeline runs on that host); checkpoints
+are written from this process (:func:`checkpoint_options`), so the run dir may be local or ``gs://``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,22 @@ def choose_strategy(prefer: str = "auto") -> tuple[tf.distribute.Strategy, str]:
         if prefer == "mirrored":
             raise RuntimeError("mirrored needs at least one visible GPU")
     return tf.distribute.get_strategy(), "default"
+
+
+def checkpoint_options(strategy: tf.distribute.Strategy) -> tf.train.CheckpointOptions:
+    """How to save and restore checkpoints under ``strategy``.
+
+    Under a TPU strategy TF runs a checkpoint's file operations on the CPU of the TPU host, which on a
+    Cloud TPU *node* (a TPU reached over gRPC, as in older Colab/Kaggle images) is another machine:
+    the files would land on its disk, not in this process's local checkpoint folder (the mirror of a
+    ``gs://`` run dir included). ``experimental_io_device="/job:localhost"`` makes them run here
+    (the option TF's docs give for saving to a local folder in a distributed setting). On a TPU VM
+    the host is this machine, so the option changes nothing there. Other strategies: the defaults
+    (``/job:localhost`` would not exist on a multi-worker cluster).
+    """
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return tf.train.CheckpointOptions(experimental_io_device="/job:localhost")
+    return tf.train.CheckpointOptions()
 
 
 def resolve_precision(policy: str, kind: str) -> str:

@@ -141,7 +141,7 @@ class Trainer:
             ) from None
 
     def _write_best(self, n: int) -> None:
-        self.best_manager.save(checkpoint_number=n)
+        self.best_manager.save(checkpoint_number=n, options=self.step.checkpoint_options)
         self.mirror.push(BEST, numbers(self.best_manager))
         export_keras(self.step, storage.join(self.s.write_dir, "best.keras"))
         value = float(self.best_metric) if self.best_metric is not None else 0.0
@@ -298,7 +298,7 @@ class Trainer:
         wall = round(self.wall_before + time.time() - self.t_start, 2)
         if improved:
             self._write_best(n_ckpt)
-        self.manager.save(checkpoint_number=n_ckpt)
+        self.manager.save(checkpoint_number=n_ckpt, options=self.step.checkpoint_options)
         keep = numbers(self.manager)
         self.mirror.push(CHECKPOINTS, keep)
         epoch, k = s.plan.after(index)

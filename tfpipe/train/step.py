@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe.config import TrainConfig
+from tfpipe.distribute import checkpoint_options
 from tfpipe.export import exact_targets
 from tfpipe.losses import total_loss
 from tfpipe.models import build_normalized_model
@@ -76,6 +77,8 @@ class TrainStep:
             self._loss_scale = tf.train.Checkpoint(loss_scale=parts["loss_scale"])
         self.checkpoint = tf.train.Checkpoint(**parts)
         """What ``ckpt-N`` holds (see the module's docstring)."""
+        self.checkpoint_options = checkpoint_options(strategy)
+        """For every save and restore: file operations in this process, also on a TPU node."""
         self.loss_config = dataclasses.replace(
             config.loss, n_profiles=len(self.normalization.schema.target_profiles)
         )
@@ -180,10 +183,10 @@ class TrainStep:
         A ``mixed_float16`` checkpoint of an older tfpipe has no loss scale: the scale then restarts
         at 2^15 (said on stderr) instead of refusing the checkpoint.
         """
-        status = self._core.restore(path)
+        status = self._core.restore(path, options=self.checkpoint_options)
         status.expect_partial() if partial else status.assert_existing_objects_matched()
         if self._loss_scale is not None:
-            status = self._loss_scale.restore(path)
+            status = self._loss_scale.restore(path, options=self.checkpoint_options)
             try:
                 status.assert_existing_objects_matched()
             except AssertionError:
