@@ -116,12 +116,13 @@ class TrainStep:
         optim = self.config.optim
         if optim.clipnorm is None and optim.global_clipnorm is None:
             return grads
-        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        present = [g for g in grads if g is not None]  # (a weight the loss does not reach has none)
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, present)
         norms = tf.stack([tf.norm(tf.cast(g, tf.float32)) for g in total])
         if self.loss_scaled:  # the gradients of the scaled loss: clip what will be applied
             norms = norms / tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        factors = tf.unstack(clip_factors(norms, optim.clipnorm, optim.global_clipnorm))
-        return [g * tf.cast(f, g.dtype) for g, f in zip(grads, factors, strict=True)]
+        factors = iter(tf.unstack(clip_factors(norms, optim.clipnorm, optim.global_clipnorm)))
+        return [None if g is None else g * tf.cast(next(factors), g.dtype) for g in grads]
 
     def _run_steps(self, iterator, n, mask):
         total = {k: tf.constant(0.0) for k in LOSS_PARTS}
