@@ -300,3 +300,31 @@ def test_the_pruner_stops_a_trial_in_its_child_process(tiny_encoded: Path, tmp_p
     metric = yaml.safe_load((run_dir / "config.yaml").read_text())["select_metric"]
     assert trial.intermediate_values[1] == pytest.approx(float(_metrics(run_dir)[0][metric]), rel=1e-5)
     assert len(list((run_dir / "sweep").glob("*-attempt0.log"))) == 1  # the child's output
+
+
+def test_a_killed_trainer_is_retried_and_resumes_while_the_sweep_goes_on(tiny_encoded: Path, tmp_path: Path) -> None:
+    """SIGKILL of the trial's child trainer (not of the sweep) after its first checkpoint: the sweep queues
+    the trial again, the retry resumes in the same run dir, the study ends with its one trial COMPLETE."""
+    (tmp_path / "space.yaml").write_text(LR)
+    journal = str(tmp_path / "sweeps.journal")
+    cmd = _sweep_cmd([*_overrides(tiny_encoded), "epochs=2", "keep_checkpoints=4"], tmp_path, "t", 1, storage=journal)
+    run0 = tmp_path / "runs" / "t" / "trial-0000"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 240
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        status = json.loads((run0 / "status.json").read_text()) if (run0 / "status.json").exists() else {}
+        if status.get("state") == "running" and int(status.get("checkpoint", 0)) >= 1:
+            os.kill(int(status["pid"]), signal.SIGKILL)
+            killed = int(status["checkpoint"])
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert killed is not None, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    assert "trainer was killed by SIGKILL: queued again to resume" in err
+    summary = _last_json(out)
+    assert (summary["trials"]["complete"], summary["trials"]["fail"]) == (1, 1), summary
+    retry = next(t for t in _study(tmp_path, "t", journal).trials if t.state.name == "COMPLETE")
+    assert retry.user_attrs["run_dir"] == str(run0) and retry.user_attrs["killed"] == 1
+    assert int(retry.user_attrs["resumed_from"].split("-")[1]) >= killed
+    assert [int(row["checkpoint"]) for row in _metrics(run0)] == [1, 2, 3, 4]

@@ -48,6 +48,9 @@ from tfpipe.train.status import first_line
 
 MAX_FAILURES_IN_A_ROW = 3
 """The sweep stops (exit 2) after this many trials in a row failed with an error in this process."""
+MAX_KILLED_RETRIES = 2
+"""A trial whose trainer was killed by a signal (the OOM killer, a stray kill) is queued again, to
+resume in its run dir, at most this many times."""
 
 
 @dataclass
@@ -197,6 +200,9 @@ class Objective:
             raise Interrupted(f"signal {signal.Signals(stop.received[0]).name}")
         error = error or result.detail()
         trial.set_user_attr("error", error)
+        if result.returncode < 0:  # killed (not by us): worth another attempt, which resumes
+            trial.set_user_attr("killed", int(trial.user_attrs.get("killed", 0)) + 1)
+            trial.set_user_attr("killed_trial", trial.number)  # this attempt's, not an inherited count
         raise TrialFailed(f"{error} (log: {result.log})")
 
     def _surplus(self, trial: Any) -> bool:
@@ -210,6 +216,13 @@ class Objective:
         spec, run_dir = self.spec, trial.user_attrs.get("run_dir")
         if trial.state.name == "FAIL" and trial.user_attrs.get("surplus"):
             log(f"trial {trial.number} not run: the study already holds {spec.trials}", spec.verbose)
+            return
+        killed = int(trial.user_attrs.get("killed", 0))
+        killed_now = trial.user_attrs.get("killed_trial") == trial.number
+        if trial.state.name == "FAIL" and killed_now and killed <= MAX_KILLED_RETRIES:
+            retry_callback()(study, trial)
+            log(f"trial {trial.number}'s trainer was {trial.user_attrs.get('error')}: queued again to resume "
+                f"in {run_dir} (retry {killed} of {MAX_KILLED_RETRIES})", spec.verbose)  # fmt: skip
             return
         if trial.state.name == "FAIL":
             self.failures += 1
