@@ -24,9 +24,8 @@ from tfpipe.experiments.runs import RunInfo, differing_keys, find_runs
 
 SORTS = ("best_r2", "last_r2", "name", "state")
 STATE_ORDER = ("running", "finished", "stopped", "killed", "failed", "new", "unknown")
-VALUE_WIDTH = 24
-"""Config values in ``--json``-free contexts (kept for callers); the table cuts them to KEY_WIDTH."""
 KEY_WIDTH = 14
+"""Config values in the table: at most this many characters."""
 HEADER_WIDTH = 18
 WIDTH = 120
 """The table's width in characters."""
@@ -45,7 +44,7 @@ def relative_name(run: RunInfo, root: str) -> str:
     return os.path.basename(os.path.abspath(path)) if name in ("", ".", "..") else name
 
 
-def shorten(value: Any, width: int = VALUE_WIDTH) -> str:
+def shorten(value: Any, width: int = KEY_WIDTH) -> str:
     """A config value in at most ``width`` characters: floats to 4 significant digits, lists and
     mappings as compact JSON, long text cut at the front (paths differ at their end)."""
     if value is None:
