@@ -6,17 +6,22 @@ fsync'ed and renamed into place (a local target) or uploaded in one request (``g
 never a part, and a killed writer leaves at most a temp file, which listings hide and
 :func:`remove_temps` deletes.
 
-A temp for the target ``NAME`` is ``.NAME.PID-RANDOM.tfpipe-tmp[SUFFIX]``: hidden, beside the
-target (so that the rename is atomic), and naming its target, so that a writer deletes only
-the leftovers of the files it writes.
+A temp for the target ``NAME`` is ``.NAME.PID-HOST-RANDOM.tfpipe-tmp[SUFFIX]``: hidden, beside the
+target (so that the rename is atomic), and naming its target and its writer (process id, and a
+hash of the host name), so that a writer deletes only the leftovers of the files it writes, and
+publishing ``NAME`` deletes the temps of ``NAME`` whose writer, on this host, is dead
+(:func:`remove_dead_temps`). A temp for a temp (a copy staged into a staged file) is named after
+the final target, never ``...tfpipe-tmp...tfpipe-tmp``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import re
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,11 +35,18 @@ TEMP_MARK = ".tfpipe-tmp"
 _TEMP_RE = re.compile(r"\.(?P<target>.+)\.[^./]+\.tfpipe-tmp.*", re.DOTALL)
 #: Temps of the shard writer of earlier versions (``.part-...-JJJJJ.tmp-PID``), still cleaned up.
 _LEGACY_TEMP_RE = re.compile(r"\.(?P<target>.+)\.tmp-[0-9]+")
+_WRITER_RE = re.compile(r"\.(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{6})-[0-9a-f]{8}\.tfpipe-tmp")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def temp_name(target_name: str, suffix: str = "") -> str:
-    """A new temp name for the file ``target_name`` (a base name): ``.NAME.PID-RANDOM.tfpipe-tmp[SUFFIX]``."""
-    return f".{target_name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_MARK}{suffix}"
+    """A new temp name for the file ``target_name`` (a base name).
+
+    ``.NAME.PID-HOST-RANDOM.tfpipe-tmp[SUFFIX]``; ``target_name`` may itself be a temp name: the new
+    name is then one of its final target (never a doubled suffix).
+    """
+    target_name = temp_target(target_name) or target_name
+    return f".{target_name}.{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:8]}{TEMP_MARK}{suffix}"
 
 
 def temp_target(name: str) -> str | None:
@@ -111,6 +123,41 @@ def publish_local(temp: str, target: str, overwrite: bool = True) -> None:
         os.link(temp, target)  # fails if `target` exists: create-only, still atomic
         os.unlink(temp)
     _fsync_dir(os.path.dirname(target) or ".")
+    name = os.path.basename(target)
+    remove_dead_temps(os.path.dirname(target) or ".", temp_target(name) or name)
+
+
+def _writer_dead(name: str) -> bool:
+    """True if the temp ``name`` was written by a process of this host that no longer runs.
+
+    A temp of another host, of an older naming or of a live process (this one included) is kept.
+    """
+    match = _WRITER_RE.search(name)
+    if match is None or match["host"] != _HOST:
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: another user's live process
+        return False
+    return False
+
+
+def remove_dead_temps(folder: str, target_name: str) -> list[str]:
+    """Delete the temps of ``target_name`` in the local ``folder`` whose writer is dead (killed runs)."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if temp_target(entry) == target_name and _writer_dead(entry):
+                path = os.path.join(folder, entry)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(path)
+    return removed
 
 
 @contextmanager
