@@ -1,4 +1,5 @@
-"""The train step: model, optimizer and the compiled train and validation steps. No file access.
+"""The train step: model, optimizer and the compiled train and validation steps. No file access of its
+own: the loop names the checkpoint to restore and saves :attr:`TrainStep.checkpoint` itself.
 
 One :class:`TrainStep` per precision (a switch to float32 mid-run builds a second one and copies the
 weights and optimizer slots over). Under a ``tf.distribute`` strategy:
