@@ -322,6 +322,7 @@ def test_a_killed_trainer_is_retried_and_resumes_while_the_sweep_goes_on(tiny_en
     assert killed is not None, err[-3000:]
     assert proc.returncode == 0, err[-3000:]
     assert "trainer was killed by SIGKILL: queued again to resume" in err
+    assert "[sweep] trial 0 ckpt-1: " in err and "[sweep] trial 1 ckpt-4: " in err  # a line per report
     summary = _last_json(out)
     assert (summary["trials"]["complete"], summary["trials"]["fail"]) == (1, 1), summary
     retry = next(t for t in _study(tmp_path, "t", journal).trials if t.state.name == "COMPLETE")

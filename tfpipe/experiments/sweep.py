@@ -183,11 +183,14 @@ class Objective:
 
         from tfpipe.experiments.trial import Forward, TrialProcess, wait_for_orphan
 
+        say = lambda text: log(text, self.spec.verbose)  # noqa: E731
+
         def report(checkpoint: int, value: float) -> bool:
             trial.report(value, checkpoint)
-            return trial.should_prune()
+            prune = trial.should_prune()
+            say(f"trial {trial.number} ckpt-{checkpoint}: {metric} {value:.4g}{'; pruned' if prune else ''}")
+            return prune
 
-        say = lambda text: log(text, self.spec.verbose)  # noqa: E731
         wait_for_orphan(run_dir, say)
         child = TrialProcess(self.spec.config, overrides, run_dir, metric, trial.number, self.parent_run_id)
         with Forward(child.attempt, say) as stop:
