@@ -28,6 +28,7 @@ from data_prep.raw_blocks import list_raw_pairs, raw_blocks
 from data_prep.shard_writer import BackgroundWriter, ShardWriter
 from data_prep.sharding import SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
+from tfpipe.cli_paths import check_path_arguments
 from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.kaggle_csv import CsvError, csv_blocks, read_header
 from tfpipe.manifest import (
@@ -359,7 +360,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--grid", default=None, help="grid file to copy to DST (default SRC/grid-info.nc)")
     p.add_argument("--overwrite", action="store_true", help="redo a shard that is already complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+    return check_path_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:

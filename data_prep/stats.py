@@ -18,6 +18,7 @@ import time
 from tqdm import tqdm
 
 from tfpipe import storage
+from tfpipe.cli_paths import check_path_arguments
 from tfpipe.cliutil import ArgumentParser, stop_on_signals
 from tfpipe.export import block_columns
 from tfpipe.manifest import ManifestError, data_files, read_manifests
@@ -89,7 +90,7 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="use a shard set with missing shards (they are named on stderr)",
     )
-    return p
+    return check_path_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from tfpipe.cli_experiments import COMMANDS as EXPERIMENT_COMMANDS
 from tfpipe.cli_experiments import add_commands as add_experiment_commands
 from tfpipe.cli_experiments import run_command as run_experiment_command
+from tfpipe.cli_paths import check_path_arguments
 from tfpipe.cliutil import ArgumentParser, quiet_native_logs, stop_on_signals, stopped_by_signal
 from tfpipe.schema import SCHEMAS, get_schema
 
@@ -194,7 +195,7 @@ def build_parser() -> ArgumentParser:
     _add_blend(sub)
     _add_schema(sub)
     add_experiment_commands(sub)
-    return parser
+    return check_path_arguments(parser)
 
 
 def train_parser(prog: str = "tfpipe train") -> ArgumentParser:
@@ -239,7 +240,7 @@ def train_parser(prog: str = "tfpipe train") -> ArgumentParser:
         help="split the CPU into N logical devices first (with --strategy cpu-mirrored: N replicas)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return check_path_arguments(p)
 
 
 def predict_parser(prog: str = "tfpipe predict") -> ArgumentParser:
@@ -270,7 +271,7 @@ def predict_parser(prog: str = "tfpipe predict") -> ArgumentParser:
         help="predict a shard set with missing shards (named on stderr)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    return p
+    return check_path_arguments(p)
 
 
 @_restores_signal_handlers

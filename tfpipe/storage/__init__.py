@@ -35,7 +35,7 @@ from tfpipe.storage.gcs import (
 )
 from tfpipe.storage.hf import HfBackend, hf_commit
 from tfpipe.storage.local import LocalBackend
-from tfpipe.storage.paths import GS, HF, is_remote, join, scheme, split_gs
+from tfpipe.storage.paths import GS, HF, check_path, is_remote, join, scheme, split_gs
 from tfpipe.storage.staging import fsync_file, is_temp_name, local_temp_for, publish_local, remove_temps
 from tfpipe.storage.tf import tf_path
 
@@ -48,6 +48,7 @@ __all__ = [
     "FileInfo",
     "StorageError",
     "StorageNotFoundError",
+    "check_path",
     "delete",
     "download_file",
     "exists",

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import threading
 from collections.abc import Callable
 from typing import IO, Any
 
 from tfpipe.storage.base import FileInfo, StorageError, StorageNotFoundError, T, call, one_line
-from tfpipe.storage.paths import GS, split_gs
+from tfpipe.storage.paths import GS, check_bucket_name, split_gs
 from tfpipe.storage.staging import atomic_file
 
 #: Files above this size are uploaded to GCS in resumable chunks of ``RESUMABLE_CHUNK_SIZE``.
@@ -32,8 +31,6 @@ RESUMABLE_CHUNK_SIZE = 8 * 1024 * 1024
 #: Default deadline in seconds for one GCS operation, retries included.
 DEFAULT_GCS_DEADLINE_S = 30.0
 
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]|[a-z0-9][a-z0-9._-]{62,220}[a-z0-9]")
-"""GCS bucket names (names with dots may be longer: up to 222, in dot-separated parts)."""
 
 _CLIENT_LOCK = threading.Lock()
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
@@ -77,12 +74,7 @@ def _write_kwargs(overwrite: bool) -> dict[str, Any]:
 
 def _check_bucket_name(path: str) -> None:
     """A StorageError for a bucket name GCS would reject (checked before any request is made)."""
-    bucket = path[len(GS) :].partition("/")[0]
-    if bucket and (not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket):
-        raise StorageError(
-            f"{path}: {bucket!r} is not a valid bucket name "
-            "(3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-        )
+    check_bucket_name(path)
 
 
 def reset_clients() -> None:
@@ -97,7 +89,7 @@ def _client(path: str = "gs://") -> Any:
     ``path`` names what was being accessed in the error when no client can be made (no credentials);
     its bucket name is checked first.
     """
-    if path.startswith(GS):
+    if path.startswith(GS) and path != GS:
         _check_bucket_name(path)
     emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
