@@ -58,6 +58,11 @@ def prediction_dir(
         if n.endswith(".parquet") and not n.startswith(".") and n != TRUTH_FILE
         and not n.endswith(".truth.parquet") and n != out_name
     ]  # fmt: skip
+    from tfpipe.predict import PUBLISHING
+
+    if storage.exists(storage.join(folder, PUBLISHING)):
+        raise BlendError(f"--pred-dir {folder}: tfpipe predict --models was stopped while it replaced the "
+                         f"files here ({PUBLISHING}: a mix of two runs); run it again")  # fmt: skip
     if not names:
         if not storage.exists(folder):
             raise BlendError(f"--pred-dir {folder}: no such folder")
