@@ -92,7 +92,11 @@ def load_keras(path: str, sha256: str | None = None):
                     f"{path}: its sha256 is not the one its index records (changed or being replaced "
                     "since it was written?)"
                 )
-        return keras.models.load_model(local)
+        try:
+            return keras.models.load_model(local)
+        except Exception as err:  # noqa: BLE001 - a truncated zip, a bad config: the file, not the temp
+            detail = " ".join(str(err).replace(local, path).split())[:200]
+            raise PredictError(f"{path}: not a loadable model ({type(err).__name__}: {detail})") from None
 
 
 def _restore_checkpoint(run_dir: str, prefix: str, config):
@@ -273,19 +277,81 @@ class ParquetSink:
         import pyarrow as pa
 
         if self._pending:
-            self.writer.write_table(pa.concat_tables(self._pending))
+            with self._named():
+                self.writer.write_table(pa.concat_tables(self._pending))
             self._pending, self._pending_rows = [], 0
 
-    def close(self) -> None:
+    def _named(self):
+        """A write error (a full disk) as a PredictError naming the file, not its temp."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def named():
+            try:
+                yield
+            except OSError as err:
+                reason = err.strerror or " ".join(str(err).replace(self.tmp, self.out).split())
+                raise PredictError(f"{self.out}: cannot write it: {reason}") from None
+
+        return named()
+
+    def finish(self) -> None:
+        """Write the rest and close the temp (nothing published yet)."""
         self._flush()
-        self.writer.close()
-        storage.publish(self.tmp, self.out)
+        with self._named():
+            self.writer.close()
+
+    def publish(self) -> None:
+        with self._named():
+            storage.publish(self.tmp, self.out)
+
+    def close(self) -> None:
+        self.finish()
+        self.publish()
 
     def abort(self) -> None:
+        import contextlib
+
         self._pending = []
-        self.writer.close()
+        with contextlib.suppress(Exception):  # a writer that failed to close (a full disk) fails again
+            self.writer.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+PUBLISHING = ".tfpipe-publishing.json"
+"""Present in a folder while :func:`publish_together` replaces several files there (its content names
+them): a reader (``tfpipe blend --pred-dir``) refuses the folder, as a kill then leaves a mix."""
+
+
+def publish_together(sinks: Sequence[ParquetSink]) -> None:
+    """Publish finished sinks as one set: ``PUBLISHING`` is written in their folder first and deleted
+    after the last, so that a kill between two files leaves a folder that readers refuse (the re-run
+    publishes the whole set again) instead of a silent mix of two runs."""
+    import json
+
+    folders = {posix_dirname(sink.out) for sink in sinks}
+    if len(sinks) < 2 or len(folders) != 1:
+        for sink in sinks:
+            sink.publish()
+        return
+    marker = storage.join(folders.pop(), PUBLISHING)
+    names = [posix_basename(sink.out) for sink in sinks]
+    try:
+        storage.write_bytes(marker, json.dumps({"files": names, "pid": os.getpid()}).encode())
+    except OSError as err:
+        raise PredictError(f"{marker}: cannot write it: {err.strerror or err}") from None
+    for sink in sinks:
+        sink.publish()
+    storage.delete(marker, missing_ok=True)
+
+
+def posix_dirname(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
+
+
+def posix_basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def submission_weights(weights: str | None, schema: Schema) -> np.ndarray | None:
@@ -348,8 +414,9 @@ def predict_into(
             for sink, values in zip(sinks, rows, strict=True):
                 sink.write(ids, values * weights if weights is not None else values)
             bar.update(len(ids))
-        for sink in sinks:
-            sink.close()
+        for sink in sinks:  # every temp complete before the first file is published (a full disk fails here)
+            sink.finish()
+        publish_together(sinks)
     except BaseException:
         for sink in sinks:
             sink.abort()
