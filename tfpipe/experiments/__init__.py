@@ -15,3 +15,18 @@ def require(module: str, what: str) -> None:
         raise MissingDependency(
             f"{what} needs {module}, which is not installed: pip install 'tfpipe[experiments]'"
         )
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` if it is one plain path component (a study, run or model name that becomes a folder or
+    file name); else ValueError: empty, ``.``/``..``, or with ``/``, ``\\`` or a control character
+    would put its files beside or outside the folder meant to hold them."""
+    text = name if isinstance(name, str) else ""
+    if (
+        not text
+        or text in (".", "..")
+        or text != text.strip()
+        or any(c in text for c in "/\\") or any(ord(c) < 32 for c in text)
+    ):  # fmt: skip
+        raise ValueError(f"{what} {name!r} is not a plain folder name (no '/', not '', '.' or '..')")
+    return text

@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from tfpipe import storage
+from tfpipe.experiments import check_name
 
 INDEX = "models.json"
 VERSION = 1
@@ -62,9 +63,18 @@ def read_index(folder: str) -> dict[str, Any]:
     models = index.get("models")
     if not isinstance(models, list) or not models:
         raise ModelSetError(f"{path}: lists no models")
+    seen: set[str] = set()
     for entry in models:
         if not isinstance(entry, dict) or "name" not in entry or set(entry.get("files", {})) != set(SUFFIXES):
             raise ModelSetError(f"{path}: a model entry lacks its name or files: {str(entry)[:120]}")
+        try:  # the name becomes PRED/NAME.parquet: one plain file name, once
+            check_name(entry["name"], "model name")
+        except ValueError as err:
+            raise ModelSetError(f"{path}: {err}") from None
+        if entry["name"] in seen:
+            raise ModelSetError(f"{path}: model name {entry['name']!r} appears twice (each model writes "
+                                "NAME.parquet: one would overwrite the other)")  # fmt: skip
+        seen.add(entry["name"])
     return index
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,17 @@ def override(key: str, value: Any) -> str:
     return f"{key}={yaml_value(value)}"
 
 
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+"""A number as YAML 1.1 leaves it a string: ``1e-4`` (YAML reads ``1.0e-4`` as a float)."""
+RESERVED = {"run_dir": "each trial trains in RUNS_DIR/STUDY/trial-NNNN (set --runs-dir)"}
+"""Config keys a search space must not set, and why."""
+
+
 def _number(where: str, name: str, value: Any, integer: bool) -> float | int:
     kind = "an integer" if integer else "a number"
+    if isinstance(value, str) and NUMBER.match(value.strip()):
+        number = float(value)
+        value = int(number) if integer and number.is_integer() and "." not in value else number
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -144,6 +154,8 @@ def load_space(path: str | os.PathLike[str]) -> dict[str, Param]:
     for key, spec in tree.items():
         if not isinstance(key, str) or not key or key.startswith(".") or key.endswith("."):
             raise SpaceError(f"{path}: {key!r}: keys must be dotted config keys, e.g. optim.learning_rate")
+        if key in RESERVED:
+            raise SpaceError(f"{path}: {key}: a sweep sets it, not the space: {RESERVED[key]}")
         space[key] = _param(f"{path}: {key}", key, spec)
     return space
 

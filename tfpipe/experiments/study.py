@@ -11,6 +11,7 @@ how a journal's dead trials are found (the journal has no heartbeat, and one mac
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -150,8 +151,9 @@ def open_study(
 ) -> Any:
     """Create or load the study (direction maximize) with this process's sampler and pruner.
 
-    A seeded sampler is seeded with ``seed + trials already in the study``, so a resumed sweep does
-    not draw its first trials' parameters again.
+    A seeded sampler is seeded with :func:`sampler_seed` of the seed and the trials already in the
+    study, so a resumed sweep does not draw its first trials' parameters again, and two seeds never
+    meet (a plain ``seed + trials`` gives ``2 + 0 == 1 + 1``).
     """
     import optuna
 
@@ -164,9 +166,15 @@ def open_study(
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise SweepError(f"study {name!r} in {redact(url)} minimises; tfpipe sweep maximises R²")
     study.sampler = make_sampler(
-        sampler, None if seed is None else seed + len(study.get_trials(deepcopy=False))
+        sampler, None if seed is None else sampler_seed(seed, len(study.get_trials(deepcopy=False)))
     )
     return study
+
+
+def sampler_seed(seed: int, trials: int) -> int:
+    """The sampler's seed for ``--seed seed`` joining a study that holds ``trials`` trials: a hash of
+    both (32 bits), so that different pairs give unrelated draws."""
+    return int.from_bytes(hashlib.sha256(f"tfpipe-sweep:{seed}:{trials}".encode()).digest()[:4], "little")
 
 
 def states(*names: str) -> tuple:

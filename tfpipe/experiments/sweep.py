@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfpipe import storage
-from tfpipe.experiments import require
+from tfpipe.experiments import check_name, require
 from tfpipe.experiments.space import Param, check_space, load_space, override
 from tfpipe.experiments.study import (
     COUNTED,
@@ -281,6 +281,10 @@ def run_sweep(spec: SweepSpec) -> dict:
     t0 = time.time()
     if spec.trials < 1:
         raise SweepError(f"--trials must be at least 1, got {spec.trials}")
+    try:  # the study names the folder of its trials: RUNS_DIR/STUDY/trial-NNNN
+        check_name(spec.study, "--study")
+    except ValueError as err:
+        raise SweepError(str(err)) from None
     if spec.heartbeat_interval < 1:
         raise SweepError(f"--heartbeat-interval must be at least 1 (seconds), got {spec.heartbeat_interval}")
     space = load_space(spec.space)

@@ -183,6 +183,9 @@ def sweep_trials(sweep: Any, where: str) -> list[tuple[str, str, list[str], str]
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     if not complete:
         raise ZooError(f"{where}: study {name!r} in {shown} has no COMPLETE trial")
+    if len(complete) < best:  # as export-models refuses best:K with fewer runs: never fewer runs than asked
+        raise ZooError(f"{where}: sweep.best is {best} but study {name!r} in {shown} has only "
+                       f"{len(complete)} COMPLETE trial(s): lower best or finish more trials")  # fmt: skip
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     trials = []
