@@ -38,6 +38,7 @@ from tfpipe.manifest import (
     ManifestError,
     differences,
     manifest_name,
+    source_key,
     verify,
 )
 from tfpipe.records import Block
@@ -169,15 +170,33 @@ def _committed(config: EncodeConfig, manifest_path: str) -> tuple[Manifest | Non
     return old, verify(old, config.dst)
 
 
-def _copy_grid(config: EncodeConfig) -> None:
+def _source_grid(config: EncodeConfig) -> tuple[str, bytes] | None:
+    """(path, bytes) of the grid file to copy beside the data (``--grid``, else ``SRC/grid-info.nc``
+    of a raw tree), checked to open as a grid-info netCDF file; None without one."""
     src = config.grid or (storage.join(config.src, GRID_FILE) if config.format == "raw" else None)
     if src is None or not storage.exists(src):
         if config.grid:
             raise EncodeError(f"{config.grid}: grid file not found")
+        return None
+    data = storage.read_bytes(src)
+    if not data:
+        raise EncodeError(f"{src}: empty grid file (0 bytes): copy it again, or pass --grid FILE")
+    from tfpipe.grid import read_grid
+
+    try:
+        read_grid(src, memory=data)
+    except ValueError as err:
+        raise EncodeError(f"{err}: copy it again, or pass --grid FILE") from None
+    return src, data
+
+
+def _copy_grid(config: EncodeConfig, grid: tuple[str, bytes] | None) -> None:
+    """Write the checked grid file beside the data (a damaged or other copy there is replaced)."""
+    if grid is None:
         return
     target = storage.join(config.dst, GRID_FILE)
-    if not storage.exists(target):
-        storage.write_bytes(target, storage.read_bytes(src))
+    if not storage.exists(target) or storage.read_bytes(target) != grid[1]:
+        storage.write_bytes(target, grid[1])
 
 
 def _check_options(c: EncodeConfig) -> None:
@@ -211,6 +230,8 @@ def _write_blocks(c: EncodeConfig, blocks: Iterator[Block], total: int | None) -
             writer.close()
         except BaseException as err:
             writer.abort()
+            if hasattr(blocks, "close"):  # stop the reader pool now, not when the generator is collected
+                blocks.close()
             if isinstance(err, (RawDataError, CsvError)):  # encode_shard's errors are EncodeErrors
                 raise EncodeError(str(err)) from None
             raise
@@ -248,8 +269,7 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
             raise EncodeError(f"{c.src}: file not found")
         mine, source_files = None, [c.src]
     _check_writable(c.dst)
-    if c.grid and not storage.exists(c.grid):
-        raise EncodeError(f"{c.grid}: grid file not found")
+    grid = _source_grid(c)  # before any data is written: a 0-byte or unreadable grid is refused
     # A committed shard stays committed (manifest and files) until the new manifest replaces it.
 
     bad_values: list[dict] = []
@@ -258,13 +278,13 @@ def encode_shard(config: EncodeConfig) -> EncodeSummary:
     )
     dropped_samples = sum(entry["dropped_samples"] for entry in bad_values)
 
-    _copy_grid(c)  # beside the data before the shard is committed; nothing at all if encoding failed
+    _copy_grid(c, grid)  # beside the data before the shard is committed; nothing at all if encoding failed
     manifest = Manifest(
         shard=c.shard,
         num_shards=c.num_shards,
         schema=schema.name,
         format=c.format,
-        source=c.src,
+        source=source_key(c.src),  # resolved: the same folder matches however it is spelled
         stride=c.stride,
         n_inputs=schema.n_inputs,
         n_targets=schema.n_targets,

@@ -8,6 +8,7 @@ decoding, numpy conversions, sha256 and file writes all release the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -36,11 +37,26 @@ class ShardWriter:
     def _name(self, index: int, digest: str) -> str:
         return f"part-{self.shard:05d}-of-{self.num_shards:05d}-{index:05d}-{digest[:8]}.tfrecord"
 
+    def _stem(self) -> str:
+        return f"part-{self.shard:05d}-of-{self.num_shards:05d}-{len(self.entries):05d}"
+
     def write(self, block: Block) -> None:
+        try:
+            self._write(block)
+        except OSError as err:  # a full disk, a quota, a lost mount: one line naming the file
+            raise self._error(err) from None
+
+    def _error(self, err: OSError) -> storage.StorageError:
+        if isinstance(err, storage.StorageError):
+            return err
+        return storage.StorageError(
+            f"{storage.join(self.dst, self._stem())}.tfrecord: {err.strerror or err} (while writing it)"
+        )
+
+    def _write(self, block: Block) -> None:
         if self._writer is None:
             # beside a local dst (renamed into place), in the system temp folder for gs:// (uploaded)
-            stem = f"part-{self.shard:05d}-of-{self.num_shards:05d}-{len(self.entries):05d}"
-            self._local = storage.local_temp_for(storage.join(self.dst, stem))
+            self._local = storage.local_temp_for(storage.join(self.dst, self._stem()))
             self._writer = open(self._local, "wb")  # noqa: SIM115 - closed in close_file/abort
             self._hash, self._bytes = hashlib.sha256(), 0
             self._times: list[int] = []
@@ -54,16 +70,24 @@ class ShardWriter:
         if len(known):
             self._times += [int(known.min()), int(known.max())]
         if self._records >= self.blocks_per_file:
-            self.close_file()
+            self._close_file()
 
     def abort(self) -> None:
         """Drop the file being written (nothing half-written is ever published)."""
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of close(): dropped anyway
+                self._writer.close()
             Path(self._local).unlink(missing_ok=True)
             self._writer = None
 
     def close_file(self) -> None:
+        """Publish the file being written (StorageError naming it on failure)."""
+        try:
+            self._close_file()
+        except OSError as err:
+            raise self._error(err) from None
+
+    def _close_file(self) -> None:
         if self._writer is None:
             return
         self._writer.close()

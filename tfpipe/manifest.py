@@ -5,7 +5,10 @@ last. A file that no manifest lists (a killed run, a temporary name) is never re
 through :func:`read_manifests`, which returns only shards whose manifest exists, and refuses a shard
 set that is not one consistent, complete set: manifests of different ``--num-shards``, or of other
 encode parameters (source, schema, stride, ...), are an error; so are missing shards, unless the
-reader allows a partial set (``--allow-partial``, ``data.allow_partial``), which is logged.
+reader allows a partial set (``--allow-partial``, ``data.allow_partial``), which is logged. Every
+listed file must be there with the size its manifest records (one listing: a stat locally, the
+listing's sizes on gs://), so a truncated or lost file is refused before anything reads it, partial
+set or not; a changed byte of the same size is caught by the records' CRCs when read.
 
 A manifest records what produced it (:meth:`Manifest.producer`), so a re-run with other parameters
 is refused instead of being skipped as complete.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -76,11 +80,15 @@ class Manifest:
     encoder: str | None = None
 
     def producer(self) -> dict:
-        """The parameters that fix this shard's content (None: an older manifest did not record it)."""
+        """The parameters that fix this shard's content (None: an older manifest did not record it).
+
+        ``--src`` is compared resolved (:func:`source_key`): ``raw`` and ``$PWD/raw`` are one source.
+        """
         return {
-            "--src": self.source, "--format": self.format, "--schema": self.schema, "--stride": self.stride,
-            "--num-shards": self.num_shards, "--blocks-per-file": self.blocks_per_file,
-            "--block-size": self.block_size, "--on-bad-values": self.on_bad_values, "encoder": self.encoder,
+            "--src": source_key(self.source), "--format": self.format, "--schema": self.schema,
+            "--stride": self.stride, "--num-shards": self.num_shards,
+            "--blocks-per-file": self.blocks_per_file, "--block-size": self.block_size,
+            "--on-bad-values": self.on_bad_values, "encoder": self.encoder,
         }  # fmt: skip
 
     @property
@@ -107,6 +115,12 @@ class Manifest:
                 f"this tfpipe reads {LAYOUT_VERSION}"
             )
         return manifest
+
+
+def source_key(src: str) -> str:
+    """``src`` as a manifest records and compares it: a local path resolved (absolute, symbolic links
+    followed), a gs:// or hf:// URL as it is."""
+    return src if not src or storage.is_remote(src) else os.path.realpath(src)
 
 
 def manifest_name(shard: int, num_shards: int) -> str:
@@ -157,9 +171,11 @@ def read_manifests(folder: str, schema: str | None = None, allow_partial: bool =
 
     Raises ManifestError when there is none, when the manifests are not one consistent set (another
     ``--num-shards``, schema, source, stride, ...), when shards are missing (unless ``allow_partial``:
-    then a warning names them), or when ``schema`` is given and differs.
+    then a warning names them), when ``schema`` is given and differs, or when a file a manifest
+    lists is missing or not of its recorded size (never excused by ``allow_partial``).
     """
-    paths = sorted(p for p in storage.list_files(folder, suffix=".json") if MANIFEST_RE.search(p))
+    listing = storage.list_file_infos(folder)
+    paths = sorted(i.path for i in listing if i.path.endswith(".json") and MANIFEST_RE.search(i.path))
     if not paths:
         raise _no_shards(folder)
     manifests = [Manifest.from_json(storage.read_bytes(p).decode(), p) for p in paths]
@@ -187,7 +203,31 @@ def read_manifests(folder: str, schema: str | None = None, allow_partial: bool =
         )
     if schema is not None and first.schema != schema:
         raise ManifestError(f"{folder}: data has schema {first.schema!r}, expected {schema!r}")
+    _check_sizes(folder, manifests, paths, {_key(i.path): i.size for i in listing})
     return manifests
+
+
+def _key(path: str) -> str:
+    """``path`` in one spelling (local paths normalised; remote ones have one already)."""
+    return path if storage.is_remote(path) else os.path.normpath(path)
+
+
+def _check_sizes(folder: str, manifests: list[Manifest], paths: list[str], sizes: dict[str, int]) -> None:
+    """ManifestError naming the first file a manifest lists that is missing or not of its recorded size."""
+    for manifest, where in zip(manifests, paths, strict=True):
+        for entry in manifest.files:
+            path = storage.join(folder, entry.name)
+            found = sizes.get(_key(path))
+            if found is None:
+                problem = "missing"
+            elif found != entry.bytes:
+                problem = f"{found} bytes, but {where.rsplit('/', 1)[-1]} records {entry.bytes}"
+            else:
+                continue
+            raise ManifestError(
+                f"{path}: {problem} (damaged or changed since it was encoded): re-encode shard "
+                f"{manifest.shard} (python -m data_prep.encode --overwrite)"
+            )
 
 
 def data_files(folder: str, manifests: list[Manifest]) -> list[str]:
