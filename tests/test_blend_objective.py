@@ -108,45 +108,37 @@ def test_objective_r2_train_var_without_a_training_std_is_an_error() -> None:
         hill_climb(preds, truth, ["good", "poor"], objective="r2_train_var")
 
 
+def hill_climb_cli(tmp_path: Path, preds: dict[str, np.ndarray], truth_path: str) -> tuple[dict, str]:
+    """``tfpipe blend --method hill-climb`` (a real process) on these predictions: (JSON report, stderr)."""
+    ids = np.array([f"s{i}" for i in range(len(next(iter(preds.values()))))])
+    paths = [write_predictions(str(tmp_path / f"{n}.parquet"), ids, p) for n, p in preds.items()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfpipe.cli", "blend", "--pred", *paths, "--truth", truth_path,
+         "--method", "hill-climb", "--out", str(tmp_path / "blend.parquet")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
 def test_tfpipe_blend_uses_the_truths_training_std_and_reports_weights_scores_and_a_warning(
     tmp_path: Path,
 ) -> None:
     truth, preds = period(200, quiet=True, seed=7)
     ids = np.array([f"s{i}" for i in range(len(truth))])
-    paths = [
-        write_predictions(str(tmp_path / f"{n}.parquet"), ids, p)
-        for n, p in zip(["good", "poor"], preds, strict=True)
-    ]
     truth_path = write_truth(
         str(tmp_path / "oof.truth.parquet"), ids, truth, extra={TRAIN_STD_KEY: [1.0] * T}
     )
-    out = str(tmp_path / "blend.parquet")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", "blend", "--pred", *paths, "--truth", truth_path,
-         "--method", "hill-climb", "--out", out],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, stderr = hill_climb_cli(tmp_path, {"good": preds[0], "poor": preds[1]}, truth_path)
     assert report["objective"] == "r2_train_var"
     assert report["fit"]["blend"] >= max(report["fit"]["good"], report["fit"]["poor"])
     assert report["weights"][0] > 0.8
-    assert "held_out" in report
-    assert "weights: good " in proc.stderr
-    assert "fitted rows (r2_train_var): good" in proc.stderr
+    assert report["held_out"]["beats_best"] and "warning" not in report
+    assert "weights: good " in stderr
+    assert "fitted rows (r2_train_var): good" in stderr
     # models each right on one half of the rows (as in the held-out test): the warning, on stderr and in JSON
     a, b = halves(truth, seed=8)
-    paths = [
-        write_predictions(str(tmp_path / f"{n}.parquet"), ids, p)
-        for n, p in zip(["a", "b"], [a, b], strict=True)
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", "blend", "--pred", *paths, "--truth", truth_path,
-         "--method", "hill-climb", "--out", out],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, stderr = hill_climb_cli(tmp_path, {"a": a, "b": b}, truth_path)
     assert not report["held_out"]["beats_best"]
     assert report["warning"].startswith("on held-out rows")
-    assert "tfpipe blend: warning: on held-out rows" in proc.stderr
+    assert "tfpipe blend: warning: on held-out rows" in stderr
