@@ -123,10 +123,34 @@ def choose_runs(root: str, select: str, metric: str = "best_r2") -> list[tuple[s
     return chosen
 
 
+KERAS_MEMBERS = ("config.json", "model.weights.h5")
+"""What a ``.keras`` archive (Keras 3: a zip) must hold to load."""
+
+
+def check_keras_file(local: str, source: str) -> None:
+    """ModelSetError naming ``source`` unless the local copy ``local`` is a whole ``.keras`` archive
+    (a zip whose members all pass their CRC, with a config and weights): a truncated ``best.keras``
+    is refused at export, not found by ``predict`` later. No TensorFlow needed."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(local) as archive:
+            bad = archive.testzip()
+            missing = [m for m in KERAS_MEMBERS if m not in archive.namelist()]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ModelSetError(f"{source}: not a loadable .keras file (truncated or damaged: {err})") from None
+    if bad is not None or missing:
+        what = f"member {bad} fails its CRC" if bad is not None else f"no {', '.join(missing)}"
+        raise ModelSetError(f"{source}: not a loadable .keras file ({what})")
+
+
 def _copy(src: str, dst: str) -> dict:
-    """Copy ``src`` to ``dst`` atomically (local or gs://); ``{file, sha256, bytes}`` of the copy."""
+    """Copy ``src`` to ``dst`` atomically (local or gs://); ``{file, sha256, bytes}`` of the copy
+    (a ``.keras`` file is checked first)."""
     with storage.staged_output(dst) as local:
         storage.download_file(src, local)
+        if src.endswith(".keras"):
+            check_keras_file(local, src)
         record = {"file": dst.rstrip("/").rsplit("/", 1)[-1], "sha256": file_sha256(local)}
         record["bytes"] = os.path.getsize(local)
     return record

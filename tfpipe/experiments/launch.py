@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 
 from tfpipe import storage
 from tfpipe.experiments.progress import Board
-from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result, latest_log
+from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result, latest_log, launcher_gone, wait_for_exit
 from tfpipe.experiments.zoo import RunSpec
 from tfpipe.train.status import live_session
 
@@ -145,17 +146,34 @@ def local_slots(options: LaunchOptions, gpus: list[str] | None = None) -> list[d
     ]  # fmt: skip
 
 
+STOPPING_WAIT_S = 300.0
+"""How long a launch waits for a trainer that a killed launch left stopping (it got SIGTERM and
+ends after its current chunk of steps) before it calls the run busy."""
+
+
 def pre_check(spec: RunSpec, board: Board) -> Outcome | None:
-    """An Outcome for a run that must not start: finished before, or trained by a live session now."""
+    """An Outcome for a run that must not start: finished before, or trained by a live session now.
+
+    A trainer on this host whose launcher is dead is stopping (a relaunch right after a kill -9 of
+    ``tfpipe launch``): it is waited for, at most STOPPING_WAIT_S, and the run then resumes."""
     info = board.read(spec.name)
     if info is not None and info.state == "finished":
         board.set(spec.name, "finished")
         return Outcome(state="skipped", detail="finished before")
     status = live_session(spec.run_dir)
+    waited = ""
+    pid = int(status.get("pid", -1)) if status is not None else -1
+    if status is not None and status.get("host") == socket.gethostname() and launcher_gone(pid):
+        print(f"[launch] {spec.name}: its trainer (pid {pid}) outlived a killed launch and stops after its "
+              f"current chunk; waiting for it (at most {STOPPING_WAIT_S:.0f} s)", file=sys.stderr,
+              flush=True)  # fmt: skip
+        if wait_for_exit(pid, STOPPING_WAIT_S):
+            return pre_check(spec, board)
+        waited = f"; still stopping after {STOPPING_WAIT_S:.0f} s"
     if status is not None:
         board.set(spec.name, "busy")
         host, pid = status.get("host"), status.get("pid")
-        return Outcome(state="busy", detail=f"another session trains it (host {host}, pid {pid})")
+        return Outcome(state="busy", detail=f"another session trains it (host {host}, pid {pid}){waited}")
     return None
 
 

@@ -53,7 +53,9 @@ def train_task(spec: dict[str, Any], config_text: str, cwd: str, counter: Any) -
             run.config = os.path.join(tmp, os.path.basename(run.config) or "config.yaml")
             with open(run.config, "w") as file:  # this node lacks the file: the driver's copy
                 file.write(config_text)
-        result = run_to_end(run.train_args(), run.run_dir, attempt, cwd=cwd if os.path.isdir(cwd) else None)
+        result = run_to_end(  # shielded: an exiting worker SIGKILLs its children; the trainer gets SIGTERM
+            run.train_args(), run.run_dir, attempt, cwd=cwd if os.path.isdir(cwd) else None, shield=True
+        )
     return {"returncode": result.returncode, "attempt": attempt, "log": result.log}
 
 

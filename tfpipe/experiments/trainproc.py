@@ -8,7 +8,10 @@ it runs for a local run dir, published when the attempt ends for a ``gs://`` one
 
 The child gets its own session (Ctrl-C in a terminal reaches only the launcher, which forwards one
 SIGTERM: a clean stop after the current chunk of steps) and, on Linux, SIGTERM when the process that
-started it dies, so a killed launcher or Ray worker leaves no trainer behind to race a retry.
+started it dies, so a killed launcher or Ray worker leaves no trainer behind to race a retry. In a
+Ray task it is started through :mod:`tfpipe.experiments.shield` (an exiting Ray worker SIGKILLs its
+direct children). Its environment names the launcher (``TFPIPE_LAUNCHER_PID``), so that a relaunch
+waits for a trainer that a killed launch left stopping (:func:`launcher_gone`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,45 @@ BAD_INPUT = 2
 """``tfpipe train``'s exit code for a bad input (config, data, a refused resume): never retried."""
 LOG_FOLDER = "launch"
 """``RUN/launch/{UTC time}-attempt{N}.log``: the attempts' logs."""
+LAUNCHER_ENV = "TFPIPE_LAUNCHER_PID"
+"""Set in each trainer's environment: the pid of the process that started it (a launcher, a Ray
+worker), so that a later launch can tell a trainer whose launcher was killed (it is stopping after
+its current chunk: it got SIGTERM) from one that a live launch runs."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def launcher_gone(pid: int) -> bool:
+    """True if the local process ``pid`` is a trainer started by a launcher that is dead (Linux:
+    read from ``/proc``; elsewhere False)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            items = file.read().split(b"\0")
+    except OSError:
+        return False
+    for item in items:
+        key, _, value = item.partition(b"=")
+        if key == LAUNCHER_ENV.encode() and value.isdigit():
+            return not _alive(int(value))
+    return False
+
+
+def wait_for_exit(pid: int, timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Wait until the local process ``pid`` is gone, at most ``timeout_s``; whether it is."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 class TrainProcessDied(RuntimeError):
@@ -83,8 +125,9 @@ class Attempt:
     def __init__(
         self, args: list[str], run_dir: str, attempt: int, env: dict[str, str] | None = None,
         cwd: str | None = None, module: str = "tfpipe.train", folder: str = LOG_FOLDER,
-        pass_fds: tuple[int, ...] = (),
+        pass_fds: tuple[int, ...] = (), shield: bool = False,
     ) -> None:  # fmt: skip
+        """``shield``: start the trainer through :mod:`tfpipe.experiments.shield` (in a Ray task)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.log = storage.join(run_dir, folder, f"{stamp}-attempt{attempt}.log")
         self._local_log = storage.local_temp_for(self.log) if storage.is_remote(self.log) else self.log
@@ -93,10 +136,12 @@ class Attempt:
         command = [sys.executable, "-m", module, *args]
         self._file.write(f"# attempt {attempt}: {' '.join(command)}\n".encode())
         self._file.flush()
+        if shield:
+            command = [sys.executable, "-m", "tfpipe.experiments.shield", *command]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=self._file, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
-            preexec_fn=_death_signal(), pass_fds=pass_fds,
+            env={**os.environ, **(env or {}), LAUNCHER_ENV: str(os.getpid())}, cwd=cwd,
+            start_new_session=True, preexec_fn=_death_signal(), pass_fds=pass_fds,
         )  # fmt: skip
 
     def poll(self) -> int | None:
@@ -135,9 +180,9 @@ def latest_log(run_dir: str, folder: str = LOG_FOLDER) -> str | None:
 
 
 def run_to_end(args: list[str], run_dir: str, attempt: int, env: dict[str, str] | None = None,
-               cwd: str | None = None) -> Result:  # fmt: skip
+               cwd: str | None = None, shield: bool = False) -> Result:  # fmt: skip
     """One attempt, waited for; TrainBadInput on exit code 2, TrainProcessDied on any other failure."""
-    running = Attempt(args, run_dir, attempt, env, cwd)
+    running = Attempt(args, run_dir, attempt, env, cwd, shield=shield)
     try:
         while running.poll() is None:  # not wait(): ray.cancel()'s KeyboardInterrupt must get through
             time.sleep(0.2)
