@@ -18,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,8 +35,10 @@ PY = sys.executable
 TEMPS = "*tfpipe-tmp*"
 
 
-def run(*args: object, cwd: Path = ROOT, preexec_fn: Callable | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run(
+    *args: object, cwd: Path = ROOT, preexec_fn: Callable | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [PY, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env,
         preexec_fn=preexec_fn,
@@ -137,6 +140,20 @@ def test_a_part_file_cut_at_a_record_boundary_is_refused_by_every_reader(
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
+def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(data: Path, tmp_path: Path, gcs, monkeypatch) -> None:
+    from tfpipe import storage
+
+    damaged, victim = damaged_copy(data, tmp_path, cut_at_a_record_boundary)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    gcs.create_bucket(bucket)
+    for path in damaged.iterdir():
+        storage.upload_file(str(path), f"gs://{bucket}/enc/{path.name}")
+    result = run("-m", "data_prep.stats", "--data", f"gs://{bucket}/enc", "--out", tmp_path / "s.json", env=gcs.env())
+    one_line(result, f"gs://{bucket}/enc/{victim.name}", "bytes")
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_a_bit_flip_in_a_part_file_is_one_line_naming_it_in_predict(
     data: Path, run_dir: Path, models: Path, tmp_path: Path
 ) -> None:
@@ -156,9 +173,10 @@ def test_gs_urls_without_a_bucket_are_refused_by_every_command(
     cases = {
         "encode --dst gs://": ["-m", "data_prep.encode", "--src", small_raw_tree, "--dst", "gs://", "--shard", "0",
                                "--num-shards", "1"],
-        "train --run-dir gs://": ["-m", "tfpipe.train", "--config", TINY_CONFIG, *tiny_overrides(data),
+        "train --run-dir gs://": ["-m", "tfpipe.train", "--config", ROOT / TINY_CONFIG, *tiny_overrides(data),
                                   "--run-dir", "gs://"],
-        "train run_dir=gs://": ["-m", "tfpipe.train", "--config", TINY_CONFIG, *tiny_overrides(data, "gs://")],
+        "train run_dir=gs://": ["-m", "tfpipe.train", "--config", ROOT / TINY_CONFIG,
+                                *tiny_overrides(data, "gs://")],
         "predict --out gs:/x": ["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data,
                                 "--out", "gs:/b/p.parquet"],
         "export --out gs://": ["-m", "tfpipe.cli", "export", "--data", data, "--out", "gs:///x.parquet"],

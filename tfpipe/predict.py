@@ -168,6 +168,8 @@ def normalization_of(model, where: str) -> Normalization:
 def _encoded_batches(
     path: str, schema: Schema, batch: int, files: list[str] | None = None, allow_partial: bool = False
 ):
+    import tensorflow as tf
+
     from tfpipe.data import make_predict_dataset
     from tfpipe.export import exact_targets
     from tfpipe.manifest import data_files, read_manifests
@@ -178,10 +180,27 @@ def _encoded_batches(
         with_targets = all(m.has_targets for m in manifests)
     else:
         with_targets = True
-    for b in make_predict_dataset(files, schema, batch, with_targets=with_targets):
+    batches = iter(make_predict_dataset(files, schema, batch, with_targets=with_targets))
+    while True:
+        try:
+            b = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.OpError as err:  # a record that fails its CRC, a file lost while reading
+            raise PredictError(_read_error(files, err)) from None
         ids = [s.decode() for s in b["sample_id"].numpy()]
         truth = exact_targets(b["targets"].numpy(), b["y64"].numpy(), schema) if with_targets else None
         yield ids, b["inputs"], b["x64"].numpy(), truth
+
+
+def _read_error(files: list[str], err) -> str:
+    """One line naming the file ``err`` (a TensorFlow error while reading ``files``) comes from."""
+    from tfpipe.data import diagnose_read_error
+
+    first = (err.message or str(err)).strip().splitlines()[0]
+    if "NaN/Inf" in first:
+        return first
+    return diagnose_read_error(files) or f"{', '.join(files[:3])}: {first}"
 
 
 def _csv_batches(path: str, schema: Schema, batch: int):
