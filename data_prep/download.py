@@ -38,6 +38,7 @@ from pathlib import Path
 
 from data_prep.sharding import COUNT_ENV, SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
+from tfpipe.cli_paths import check_path_arguments
 from tfpipe.cliutil import ArgumentParser
 from tfpipe.rawtree import parse_raw_file_name, partner_path
 
@@ -137,7 +138,7 @@ def build_parser() -> ArgumentParser:
         "--revision", default=None, help="branch, tag or commit of an hf:// source (default main)"
     )
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads")
-    return parser
+    return check_path_arguments(parser)
 
 
 # -- listing --------------------------------------------------------------------------------------------
