@@ -69,6 +69,15 @@ def config_path(name: str | os.PathLike[str]) -> str:
     return text
 
 
+def yaml_error_line(path: str, err: yaml.YAMLError) -> str:
+    """A YAML error in one line: ``PATH: line L, column C: problem`` (PyYAML's own text spans 4-7 lines)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return f"{path}: not valid YAML: {where}{problem}" + (f" ({context})" if context else "")
+
+
 def _read_yaml(path: str) -> dict:
     try:
         if "://" in path:
@@ -78,9 +87,13 @@ def _read_yaml(path: str) -> dict:
         else:
             text = Path(path).read_text()
         tree = yaml.safe_load(text)
-    except (OSError, RuntimeError, yaml.YAMLError) as err:  # storage.StorageError is a RuntimeError
+    except yaml.YAMLError as err:
+        raise ConfigError(yaml_error_line(path, err)) from None
+    except (OSError, RuntimeError, UnicodeDecodeError) as err:  # storage.StorageError is a RuntimeError
         raise ConfigError(f"cannot read config {path}: {err}") from None
-    tree = {} if tree is None else tree
+    if tree is None:
+        # All defaults would train the reference-size model on the demo data: never what was meant.
+        raise ConfigError(f"{path}: the config file is empty (set at least one key, or use --config tiny)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(tree).__name__}")
     return tree

@@ -16,6 +16,7 @@ from tfpipe.stats import StatsError
 def check_train_inputs(config: TrainConfig) -> None:
     """The sources' shard sets, the validation folder, the grid, and statistics to start or resume with."""
     data = config.data
+    check_validation_data(config)
     for source in data.sources:
         if source.path:  # empty: the built-in demo data, prepared later
             read_manifests(source.path, schema=data.schema, allow_partial=data.allow_partial)
@@ -26,6 +27,16 @@ def check_train_inputs(config: TrainConfig) -> None:
     run_copy = storage.join(config.resolved_run_dir, "stats.json")  # what a resumed run uses
     if data.sources[0].path and not storage.exists(data.stats_path) and not storage.exists(run_copy):
         raise StatsError(f"{data.stats_path}: statistics file not found (run python -m data_prep.stats)")
+
+
+def check_validation_data(config: TrainConfig) -> None:
+    """Training scores every sub-epoch on validation data: ``val_fraction=0`` needs a ``val_path``."""
+    data = config.data
+    if data.val_fraction == 0 and not data.val_path:
+        raise ValueError(
+            "data.val_fraction=0 and no data.val_path: training has no validation data (every sub-epoch is "
+            "scored on it to pick the best checkpoint); set data.val_fraction (e.g. 0.05) or data.val_path"
+        )
 
 
 def check_predict_inputs(

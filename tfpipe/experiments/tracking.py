@@ -82,6 +82,9 @@ def preflight(tracking) -> None:
     except ImportError:
         raise _missing() from None
     uri = resolve_uri(tracking.uri)
+    _check_scheme(uri)
+    if uri.startswith("sqlite:"):
+        _check_sqlite(uri)
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -95,6 +98,60 @@ def preflight(tracking) -> None:
         reason = getattr(err, "reason", err)
         raise TrackingError(
             f"tracking.uri {uri}: the MLflow tracking server is unreachable ({reason})"
+        ) from None
+
+
+KNOWN_SCHEMES = ("", "databricks", "databricks-uc", "file", "http", "https", "mssql", "mysql", "postgresql",
+                 "sqlite", "uc")  # fmt: skip
+"""MLflow 3's tracking store schemes (plugins may add more: :func:`_schemes` asks MLflow)."""
+
+
+def _schemes() -> set[str]:
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return set(_tracking_store_registry._registry) | set(KNOWN_SCHEMES)
+    except (ImportError, AttributeError):  # a private name that may move: the known list then
+        return set(KNOWN_SCHEMES)
+
+
+def _check_scheme(uri: str) -> None:
+    """An unknown scheme is a 58-line MLflow traceback at the first call: one line instead."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.split("+")[0]
+    known = _schemes()
+    if scheme not in known:
+        raise TrackingError(
+            f"tracking.uri {uri}: MLflow has no tracking store for {scheme}:// "
+            f"(one of {', '.join(s + '://' for s in sorted(known) if s)}, or a local folder)"
+        )
+
+
+def _check_sqlite(uri: str) -> None:
+    """The database file must open (or its folder take a new file): MLflow's own error is ~200 lines."""
+    import sqlite3
+
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""
+    if not path or path == ":memory:":
+        return
+    if os.path.exists(path):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
+                db.execute("pragma schema_version").fetchall()
+        except sqlite3.Error as err:
+            message = f"tracking.uri {uri}: {path} is not a usable SQLite database ({err})"
+            raise TrackingError(message) from None
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # MLflow creates the missing folders below it
+    try:  # a probe file, not the database: nothing is left behind if training never starts
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tfpipe-probe-"):
+            pass
+    except OSError as err:
+        raise TrackingError(
+            f"tracking.uri {uri}: cannot create the database {path} ({folder}: {err.strerror})"
         ) from None
 
 

@@ -158,6 +158,9 @@ def keep_run_select_metric(config: TrainConfig, state: RunState) -> TrainConfig:
 
 def open_session(config: TrainConfig, resume: str | None, allow: AllowedChanges, prefer: str) -> Session:
     """Strategy, data, statistics, plan and resume point of a session (ValueErrors on bad input)."""
+    from tfpipe.preflight import check_validation_data
+
+    check_validation_data(config)  # (the command line checked it already; a library caller may not have)
     config = _with_demo_data(config)
     run_dir = config.resolved_run_dir
     strategy, kind = choose_strategy(prefer)
