@@ -46,6 +46,8 @@ STEPS = 36  # half a day of 20-minute steps: with notebook 01's 16 blocks per fi
 SAMPLES = STEPS * 384
 TRAIN_OVERRIDES = ["model.name=mlp", "model.mlp_units=[32,32]", "epochs=1"]  # else the tiny config as shipped
 WARNING = re.compile(r"\b\w*Warning: ")  # a Python warning printed in a cell's output
+# TensorFlow's native start-up lines (absl/XLA INFO, oneDNN notices) that would fill a notebook's output
+NATIVE_NOISE = re.compile(r"^[IW]\d{4} \d\d:\d\d|oneDNN custom operations|absl::InitializeLog", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,9 @@ def run_notebook(
     target = out_dir / f"site-{name}{tag}"
     params = {"PIP_ARGS": f"--no-deps --upgrade --target {target}", **params}
     km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel_dirs))
-    km.start_kernel(env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, cwd=str(NOTEBOOKS))
+    # as on Colab or Kaggle: no TF_CPP_MIN_LOG_LEVEL of our own (importing tfpipe sets what the notebooks need)
+    kernel_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    km.start_kernel(env={**kernel_env, **(env or {})}, cwd=str(NOTEBOOKS))
     try:
         done = papermill.execute_notebook(
             nb, str(out_dir / f"{name}{tag}.ipynb"), parameters=params, km=km, kernel_name=KERNEL,
@@ -97,6 +101,7 @@ def run_notebook(
         km.shutdown_kernel(now=True)
     printed = [o.text for c in done.cells for o in c.get("outputs", []) if o.output_type == "stream"]
     assert not [t for t in printed if WARNING.search(t)], [t for t in printed if WARNING.search(t)]
+    assert not [t for t in printed if NATIVE_NOISE.search(t)], [t for t in printed if NATIVE_NOISE.search(t)]
     stdout = [o.text for o in done.cells[-1].outputs if o.output_type == "stream" and o.name == "stdout"]
     install = next(c for c in done.cells if "install" in c.metadata.get("tags", []))
     line = "".join(o.get("text", "") for o in install.outputs if o.output_type == "stream").strip()
