@@ -133,14 +133,17 @@ def test_a_part_file_cut_at_a_record_boundary_is_refused_by_every_reader(
     shutil.copytree(run_dir, oof_run)
     config = oof_run / "config.yaml"
     config.write_text(config.read_text().replace(str(data), str(damaged)))
-    commands["predict --oof"] = ["-m", "tfpipe.predict", "--checkpoint", oof_run, "--oof", "--out", out / "o.parquet"]
+    oof = ["-m", "tfpipe.predict", "--checkpoint", oof_run, "--oof", "--out", out / "o.parquet"]
+    commands["predict --oof"] = oof
     for name, command in commands.items():
         line = one_line(run(*command), str(victim), "bytes")
         assert "re-encode" in line, (name, line)
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
-def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(data: Path, tmp_path: Path, gcs, monkeypatch) -> None:
+def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(
+    data: Path, tmp_path: Path, gcs, monkeypatch
+) -> None:
     from tfpipe import storage
 
     damaged, victim = damaged_copy(data, tmp_path, cut_at_a_record_boundary)
@@ -149,7 +152,9 @@ def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(data: Path, tmp_path
     gcs.create_bucket(bucket)
     for path in damaged.iterdir():
         storage.upload_file(str(path), f"gs://{bucket}/enc/{path.name}")
-    result = run("-m", "data_prep.stats", "--data", f"gs://{bucket}/enc", "--out", tmp_path / "s.json", env=gcs.env())
+    result = run(
+        "-m", "data_prep.stats", "--data", f"gs://{bucket}/enc", "--out", tmp_path / "s.json", env=gcs.env()
+    )
     one_line(result, f"gs://{bucket}/enc/{victim.name}", "bytes")
     assert not (tmp_path / "s.json").exists()
 
@@ -190,7 +195,9 @@ def test_gs_urls_without_a_bucket_are_refused_by_every_command(
 
 
 @pytest.mark.parametrize("content", [b"", b"CDF\x01 not really netCDF"], ids=["empty", "garbage"])
-def test_a_damaged_grid_file_is_refused_by_encode(small_raw_tree: Path, tmp_path: Path, content: bytes) -> None:
+def test_a_damaged_grid_file_is_refused_by_encode(
+    small_raw_tree: Path, tmp_path: Path, content: bytes
+) -> None:
     src = tmp_path / "raw"
     shutil.copytree(small_raw_tree, src)
     (src / "grid-info.nc").write_bytes(content)
@@ -242,7 +249,9 @@ def kill_when(command: list[object], appears: Callable[[], bool]) -> None:
                             stderr=subprocess.PIPE)  # fmt: skip
     try:
         while not appears():
-            assert proc.poll() is None, f"ended ({proc.returncode}) before the kill point: {proc.stderr.read()}"
+            assert proc.poll() is None, (
+                f"ended ({proc.returncode}) before the kill point: {proc.stderr.read()}"
+            )
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -269,7 +278,9 @@ def test_kill_9_at_a_publish_point_leaves_no_temp_after_the_rerun(
         result = run(*command)
         assert result.returncode == 0, (name, result.stderr[-3000:])
         assert not list(folder.glob(TEMPS)), (name, sorted(p.name for p in folder.glob(TEMPS)))
-    assert (out / "p.parquet").is_file() and (out / "a.parquet").is_file() and (model_set / "a.keras").is_file()
+    assert (
+        (out / "p.parquet").is_file() and (out / "a.parquet").is_file() and (model_set / "a.keras").is_file()
+    )
 
 
 def test_publishing_removes_only_dead_writers_temps_and_never_doubles_the_suffix(tmp_path: Path) -> None:
@@ -307,4 +318,6 @@ def test_one_source_folder_spelled_relative_and_absolute_is_one_source(
     assert {m.source for m in manifests} == {os.path.realpath(small_raw_tree)}
     again = run("-m", "data_prep.encode", "--src", f"./{small_raw_tree.name}/", "--dst", dst, "--shard", "0",
                 "--num-shards", "2", "--no-progress", cwd=cwd)  # fmt: skip
-    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["skipped"], again.stderr
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["skipped"], (
+        again.stderr
+    )

@@ -36,7 +36,14 @@ from tfpipe.storage.gcs import (
 from tfpipe.storage.hf import HfBackend, hf_commit
 from tfpipe.storage.local import LocalBackend
 from tfpipe.storage.paths import GS, HF, check_path, is_remote, join, scheme, split_gs
-from tfpipe.storage.staging import fsync_file, is_temp_name, local_temp_for, publish_local, remove_temps
+from tfpipe.storage.staging import (
+    fsync_file,
+    is_temp_name,
+    local_temp_for,
+    publish_local,
+    remove_dead_temps,
+    remove_temps,
+)
 from tfpipe.storage.tf import tf_path
 
 __all__ = [
@@ -222,6 +229,8 @@ def publish(local: str, target: str | os.PathLike[str]) -> None:
         fsync_file(local)
         upload_file(local, target)
         os.unlink(local)
+        # the local temps of this name that killed writers left in the system temp folder
+        remove_dead_temps(os.path.dirname(local), target.rstrip("/").rsplit("/", 1)[-1])
     else:
         publish_local(local, target)
 
