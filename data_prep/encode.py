@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data_prep.encode: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"data_prep.encode: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        where = err.filename or args.dst  # an error without a file name happened while writing DST
+        print(f"data_prep.encode: error: {where}: {err.strerror or err}", file=sys.stderr)
         return 2
     verb = "skipped (complete)" if summary.skipped else "wrote"
     print(

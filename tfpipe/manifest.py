@@ -218,6 +218,11 @@ def _check_sizes(folder: str, manifests: list[Manifest], paths: list[str], sizes
         for entry in manifest.files:
             path = storage.join(folder, entry.name)
             found = sizes.get(_key(path))
+            if found is None:  # not in the listing (below a linked folder, say): ask for the file itself
+                try:
+                    found = storage.size(path)
+                except storage.StorageNotFoundError:
+                    pass
             if found is None:
                 problem = "missing"
             elif found != entry.bytes:
