@@ -7,8 +7,11 @@ check what a reader, and the next run, find. Runs are the tiny 2-sub-epoch MLP o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,130 @@ def test_val_fraction_zero_without_val_path_names_the_keys(tiny_encoded: Path, t
     proc = train("--config", TINY_CONFIG, *tiny_overrides(tiny_encoded, run), "data.val_fraction=0")
     one_line_error(proc, "data.val_fraction=0", "data.val_path")
     assert not run.exists()
+
+
+# -- item 1: the run dir is claimed atomically -----------------------------------------------------------
+
+HOLD_CLAIM = """
+import sys
+import time
+import uuid
+from tfpipe.train.claim import Claim
+claim = Claim(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_claim_of_a_killed_holder_does_not_block_and_a_live_one_refuses(tmp_path: Path) -> None:
+    from tfpipe.train.claim import Claim, RunDirBusy
+
+    run = str(tmp_path / "run")
+    holder = subprocess.Popen(
+        [PY, "-c", HOLD_CLAIM, run], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunDirBusy, match=rf"train\.lock: .* pid {holder.pid}"):
+        Claim(run)
+    holder.kill()  # SIGKILL: the kernel drops its lock
+    holder.wait()
+    with Claim(run):
+        with pytest.raises(RunDirBusy):
+            Claim(run)
+    Claim(run).release()
+
+
+@pytest.fixture
+def gcs_env(gcs, monkeypatch: pytest.MonkeyPatch):
+    from tfpipe import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)
+    monkeypatch.setenv("TFPIPE_GCS_DEADLINE_S", "5")
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    storage.reset_clients()
+    yield gcs
+    storage.reset_clients()
+
+
+def test_gcs_claim_is_exclusive_and_a_dead_owners_claim_is_taken_over(gcs_env) -> None:
+    import socket
+
+    from tfpipe import storage
+    from tfpipe.train.claim import Claim, RunDirBusy, claim_path
+
+    bucket = f"claim-{uuid.uuid4().hex[:8]}"
+    gcs_env.create_bucket(bucket)
+    run = f"gs://{bucket}/runs/a"
+    gone = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"host": socket.gethostname(), "pid": int(gone.stdout), "time": time.time(), "token": "x"}
+    storage.write_bytes(claim_path(run), json.dumps(dead).encode())
+    other = {"host": "elsewhere", "pid": 1, "time": time.time(), "token": "y"}
+    with Claim(run) as claim:  # the dead pid's claim is taken over
+        assert json.loads(storage.read_bytes(claim_path(run)))["token"] == claim.record["token"]
+        with pytest.raises(RunDirBusy, match="is being trained by"):
+            Claim(run)
+    assert not storage.exists(claim_path(run))  # released: deleted
+    storage.write_bytes(claim_path(run), json.dumps(other).encode())  # another host, fresh heartbeat
+    with pytest.raises(RunDirBusy, match="elsewhere pid 1"):
+        Claim(run)
+    storage.write_bytes(claim_path(run), json.dumps(other | {"time": time.time() - 3600}).encode())
+    Claim(run).release()  # an hour without a heartbeat: dead
+
+
+PAUSED_AT_FIRST_CHUNK = """
+import sys, time
+from pathlib import Path
+from tfpipe.cli import train_main
+from tfpipe.train.step import TrainStep
+
+marker, go = Path(sys.argv[1]), Path(sys.argv[2])
+run_steps = TrainStep.run_steps
+
+def paused(self, *args, **kwargs):
+    # the first chunk of steps: this trainer holds the run dir; say so and wait for `go`
+    if not marker.exists():
+        marker.write_text(str(self.step))
+        while not go.exists():
+            time.sleep(0.01)
+    return run_steps(self, *args, **kwargs)
+
+TrainStep.run_steps = paused
+sys.exit(train_main(sys.argv[3:], prog="python -m tfpipe.train"))
+"""
+
+
+def test_two_trainers_started_together_one_refuses_at_once(tiny_encoded: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--config", TINY_CONFIG, *tiny_overrides(tiny_encoded, run), "--quiet"]
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", PAUSED_AT_FIRST_CHUNK, str(tmp_path / f"at{i}"), str(go), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    # the loser exits at the claim; the winner waits at its first chunk of steps until `go`
+    loser = next(iter(wait_any_exit(procs)))
+    winner = procs[1 - procs.index(loser)]
+    out, err = loser.communicate()
+    assert loser.returncode == 2 and not (tmp_path / f"at{procs.index(loser)}").exists(), err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train.lock" in lines[0] and f"pid {winner.pid}" in lines[0], err[-3000:]
+    go.touch()
+    out, err = winner.communicate(timeout=600)
+    assert winner.returncode == 0, err[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert (status["state"], status["pid"]) == ("finished", winner.pid)
+
+
+def wait_any_exit(procs: list[subprocess.Popen], timeout: float = 600) -> list[subprocess.Popen]:
+    """The processes of ``procs`` that have exited, once at least one has (polling their state)."""
+    deadline = time.monotonic() + timeout
+    while not (done := [p for p in procs if p.poll() is not None]):
+        assert time.monotonic() < deadline, "neither trainer ended"
+        time.sleep(0.05)
+    return done

@@ -43,6 +43,7 @@ from tfpipe.train.checkpoints import (
     write_best_record,
     write_state,
 )
+from tfpipe.train.claim import Claim, RunDirBusy
 from tfpipe.train.logs import RunLogs, StageProgress, val_summary
 from tfpipe.train.plan import group_mask
 from tfpipe.train.session import Session, open_session
@@ -397,10 +398,12 @@ def train(
 
 def _session(config, resume, allow, strategy, stop_after, verbose, on_checkpoint) -> dict:
     session = open_session(config, resume, allow, strategy)
+    claim = None
     try:
-        if session.write_dir == session.run_dir:
-            if busy := busy_message(session.run_dir):  # before anything of the live session is touched
-                raise TrainError(busy)
+        if session.write_dir == session.run_dir:  # the chief: take the run dir before touching it
+            claim = Claim(session.run_dir)
+            if busy := busy_message(session.run_dir):  # a session of a tfpipe without claims
+                raise RunDirBusy(busy)
             for path in remove_leftovers(session.run_dir):
                 print(f"[train] removed {path} (left by a killed session)", file=sys.stderr)
         trainer = Trainer(session, stop_after, verbose, on_checkpoint)
@@ -412,6 +415,8 @@ def _session(config, resume, allow, strategy, stop_after, verbose, on_checkpoint
             return trainer.run()
     finally:
         session.close()
+        if claim is not None:
+            claim.release()
 
 
 def _fallback_target(config: TrainConfig, err: CorruptCheckpoint) -> str | None:
