@@ -308,8 +308,11 @@ class ParquetSink:
         def named():
             try:
                 yield
-            except OSError as err:
-                reason = err.strerror or " ".join(str(err).replace(self.tmp, self.out).split())
+            except OSError as err:  # pyarrow's carry their errno only in the text: "[errno 28] ..."
+                import re
+
+                code = err.errno or int((re.search(r"errno (\d+)", str(err)) or [0, 0])[1])
+                reason = os.strerror(code) if code else " ".join(str(err).replace(self.tmp, self.out).split())
                 raise PredictError(f"{self.out}: cannot write it: {reason}") from None
 
         return named()
