@@ -6,8 +6,8 @@ Written atomically by the chief: ``running`` when a session starts, after every 
 ``finished``, ``stopped`` (with the reason: time budget, stop-after-sub-epochs, a signal, pruned by a
 sweep) or ``failed`` (with the first line of the error). A session killed by SIGKILL leaves
 ``running`` behind: :func:`effective_state` tells it from a live one by its pid (same host) or its
-heartbeat's age; :func:`busy_message` refuses a second trainer of a run dir that a tfpipe without claims trains (the
-run dir's claim, :mod:`tfpipe.train.claim`, refuses the others at once).
+heartbeat's age; :func:`busy_message` refuses a second trainer of a run dir that a tfpipe without
+claims trains (the run dir's claim, :mod:`tfpipe.train.claim`, refuses the others at once).
 """
 
 from __future__ import annotations
