@@ -18,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,17 +243,45 @@ def test_encode_on_a_full_disk_is_one_line_naming_the_file(
         assert not list(dst.glob("manifest-*")) and not list(dst.glob(TEMPS))
 
 
-def kill_when(command: list[object], appears: Callable[[], bool]) -> None:
-    """Start ``command``, SIGKILL it as soon as ``appears()`` is true (it must be, before the command ends)."""
+KILLED_AT_PUBLISH = """
+import os, sys, time
+from pathlib import Path
+from tfpipe import storage
+from tfpipe.storage import staging
+
+publish_local = staging.publish_local
+
+def paused(temp, target, overwrite=True):  # the test's SIGKILL comes here, the temps written whole
+    name = os.path.basename(target)
+    if os.path.dirname(os.path.abspath(target)) == sys.argv[2] and (
+        (staging.temp_target(name) or name).endswith((".keras", ".parquet"))
+    ):
+        Path(sys.argv[1]).touch()
+        while True:
+            time.sleep(0.01)
+    return publish_local(temp, target, overwrite)
+
+storage.publish_local = staging.publish_local = paused
+from tfpipe.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def kill_at_publish(command: list[object], folder: Path, marker: Path) -> None:
+    """Run the tfpipe ``command``, paused at its first publish of a .keras or .parquet file in ``folder``;
+    SIGKILL it there."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([PY, *map(str, command)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    argv = [PY, "-c", KILLED_AT_PUBLISH, marker, folder, *command]
+    proc = subprocess.Popen(list(map(str, argv)), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        while not appears():
-            assert proc.poll() is None, (
-                f"ended ({proc.returncode}) before the kill point: {proc.stderr.read()}"
-            )
+        deadline = time.monotonic() + 300
+        while not marker.exists():  # the event: the command reached the publish point
+            assert proc.poll() is None, f"ended ({proc.returncode}) before publishing: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no publish in 300 s"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
     finally:
         proc.kill()
         proc.wait()
@@ -263,24 +292,20 @@ def test_kill_9_at_a_publish_point_leaves_no_temp_after_the_rerun(
     data: Path, run_dir: Path, models: Path, tmp_path: Path
 ) -> None:
     out, model_set = tmp_path / "out", tmp_path / "models"
-    out.mkdir()
     cases = {
-        "predict": (["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data, "--out", out / "p.parquet"],
-                    out),
-        "predict --models": (["-m", "tfpipe.predict", "--models", models, "--data", data, "--out-dir", out],
-                             out),
-        "export-models": (["-m", "tfpipe.cli", "export-models", "--runs", run_dir.parent, "--select", "a",
-                           "--out", model_set], model_set),
+        "predict": (["predict", "--checkpoint", run_dir, "--data", data, "--out", out / "p.parquet"], out),
+        "predict --models": (["predict", "--models", models, "--data", data, "--out-dir", out], out),
+        "export-models": (["export-models", "--runs", run_dir.parent, "--select", "a", "--out", model_set],
+                          model_set),
     }  # fmt: skip
     for name, (command, folder) in cases.items():
-        kill_when(command, lambda f=folder: f.is_dir() and any(f.glob(TEMPS)))
-        assert list(folder.glob(TEMPS)), name  # what the kill left
-        result = run(*command)
+        kill_at_publish(command, folder, tmp_path / f"{name}.published")
+        left = sorted(p.name for p in folder.glob(TEMPS))
+        assert left and all(n.count(staging.TEMP_MARK) == 1 for n in left), (name, left)
+        result = run("-m", "tfpipe.cli", *command)
         assert result.returncode == 0, (name, result.stderr[-3000:])
         assert not list(folder.glob(TEMPS)), (name, sorted(p.name for p in folder.glob(TEMPS)))
-    assert (
-        (out / "p.parquet").is_file() and (out / "a.parquet").is_file() and (model_set / "a.keras").is_file()
-    )
+    assert all(p.is_file() for p in (out / "p.parquet", out / "a.parquet", model_set / "a.keras"))
 
 
 def test_publishing_removes_only_dead_writers_temps_and_never_doubles_the_suffix(tmp_path: Path) -> None:
