@@ -113,12 +113,14 @@ def reader_commands(data: Path, run_dir: Path, models: Path, out: Path) -> dict[
     """Every command that reads encoded data, on ``data``."""
     train = ["-m", "tfpipe.train", "--config", TINY_CONFIG, *tiny_overrides(data, out / "run"), "--quiet"]
     return {
-        "predict": ["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data, "--out", out / "p.parquet"],
+        "predict": ["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data, "--out", out / "p.parquet",
+                    "--quiet"],
         "predict --allow-partial": ["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data,
-                                    "--out", out / "p.parquet", "--allow-partial"],
-        "predict --models": ["-m", "tfpipe.predict", "--models", models, "--data", data, "--out-dir", out / "set"],
+                                    "--out", out / "p.parquet", "--allow-partial", "--quiet"],
+        "predict --models": ["-m", "tfpipe.predict", "--models", models, "--data", data, "--out-dir", out / "set",
+                             "--quiet"],
         "export": ["-m", "tfpipe.cli", "export", "--data", data, "--out", out / "x.parquet"],
-        "stats": ["-m", "data_prep.stats", "--data", data, "--out", out / "stats.json"],
+        "stats": ["-m", "data_prep.stats", "--data", data, "--out", out / "stats.json", "--no-progress"],
         "train": train,
     }  # fmt: skip
 
@@ -134,7 +136,7 @@ def test_a_part_file_cut_at_a_record_boundary_is_refused_by_every_reader(
     shutil.copytree(run_dir, oof_run)
     config = oof_run / "config.yaml"
     config.write_text(config.read_text().replace(str(data), str(damaged)))
-    oof = ["-m", "tfpipe.predict", "--checkpoint", oof_run, "--oof", "--out", out / "o.parquet"]
+    oof = ["-m", "tfpipe.predict", "--checkpoint", oof_run, "--oof", "--out", out / "o.parquet", "--quiet"]
     commands["predict --oof"] = oof
     for name, command in commands.items():
         line = one_line(run(*command), str(victim), "bytes")
@@ -153,9 +155,8 @@ def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(
     gcs.create_bucket(bucket)
     for path in damaged.iterdir():
         storage.upload_file(str(path), f"gs://{bucket}/enc/{path.name}")
-    result = run(
-        "-m", "data_prep.stats", "--data", f"gs://{bucket}/enc", "--out", tmp_path / "s.json", env=gcs.env()
-    )
+    data_url, out = f"gs://{bucket}/enc", tmp_path / "s.json"
+    result = run("-m", "data_prep.stats", "--data", data_url, "--out", out, "--no-progress", env=gcs.env())
     one_line(result, f"gs://{bucket}/enc/{victim.name}", "bytes")
     assert not (tmp_path / "s.json").exists()
 
@@ -184,7 +185,7 @@ def test_gs_urls_without_a_bucket_are_refused_by_every_command(
         "train run_dir=gs://": ["-m", "tfpipe.train", "--config", ROOT / TINY_CONFIG,
                                 *tiny_overrides(data, "gs://")],
         "predict --out gs:/x": ["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data,
-                                "--out", "gs:/b/p.parquet"],
+                                "--out", "gs:/b/p.parquet", "--quiet"],
         "export --out gs://": ["-m", "tfpipe.cli", "export", "--data", data, "--out", "gs:///x.parquet"],
         "stats --data gs:": ["-m", "data_prep.stats", "--data", "gs:", "--out", "s.json"],
     }  # fmt: skip
