@@ -136,9 +136,10 @@ def test_a_bad_gs_runs_dir_is_refused_before_anything_starts(tmp_path: Path) -> 
     assert "--runs-dir" in line and "'Bad!!' is not a valid bucket name" in line
 
 
-def _long_run(tmp_path: Path, encoded: Path) -> Path:
+def _long_run(tmp_path: Path, encoded: Path, epochs: int = 2) -> Path:
+    """A RUNS file of one run ``v`` with 3 sub-epochs per epoch (a window to act while it trains)."""
     runs = tmp_path / "runs.yaml"
-    overrides = tiny_overrides(encoded, None, "epochs=2", "data.sub_epochs=3")
+    overrides = tiny_overrides(encoded, None, f"epochs={epochs}", "data.sub_epochs=3")
     runs.write_text(yaml.safe_dump({"runs": [{"name": "v", "config": TINY_CONFIG, "overrides": overrides}]}))
     return runs
 
@@ -162,7 +163,7 @@ def test_a_relaunch_right_after_kill_9_waits_for_the_stopping_trainer(
 ) -> None:
     """The killed launch's trainer gets SIGTERM and stops after its chunk; it is held stopped (SIGSTOP)
     until the relaunch says it waits, so that the relaunch surely meets it still alive."""
-    runs, zoo = _long_run(tmp_path, tiny_encoded), tmp_path / "zoo"
+    runs, zoo = _long_run(tmp_path, tiny_encoded, epochs=1), tmp_path / "zoo"
     command = [str(TFPIPE), "launch", "--runs", str(runs), "--runs-dir", str(zoo), "--slots", "1"]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: _trainer_running(zoo / "v"), "running trainer", first)
