@@ -25,13 +25,15 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 
 @pytest.fixture(scope="module")
 def folders(tiny_encoded: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Shards without statistics (manifests only: nothing reads the records before TensorFlow) and a
-    run folder whose best.keras exists."""
+    """Shards without statistics (manifests and hard links to their part files) and a run folder whose
+    best.keras exists."""
     root = tmp_path_factory.mktemp("preflight")
     bare = root / "bare"
     bare.mkdir()
     for manifest in tiny_encoded.glob("manifest-*.json"):
         shutil.copy(manifest, bare)
+    for part in tiny_encoded.glob("part-*.tfrecord"):  # readers check that each listed file is whole
+        (bare / part.name).hardlink_to(part)
     run = root / "run"
     run.mkdir()
     (run / "best.keras").write_bytes(b"")
