@@ -8,6 +8,7 @@ check what a reader, and the next run, find. Runs are the tiny 2-sub-epoch MLP o
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +30,9 @@ def train(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
-    """The single stderr line of a refused command (exit 2) that holds every one of ``words``."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    """The single stderr line (besides ``[train]`` progress lines) of a command that failed with exit 2,
+    holding every one of ``words``."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[train] ")]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert all(w in lines[0] for w in words), lines[0]
@@ -207,3 +209,158 @@ def wait_any_exit(procs: list[subprocess.Popen], timeout: float = 600) -> list[s
         assert time.monotonic() < deadline, "neither trainer ended"
         time.sleep(0.05)
     return done
+
+
+# -- kill points and failed writes at a checkpoint (items 2, 13, 18) --------------------------------------
+
+AT_CHECKPOINT = """
+import os, resource, sys, time, uuid
+from pathlib import Path
+import tfpipe.train.loop as loop
+from tfpipe.cli import train_main
+
+mode, run, marker = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+committed = run / "checkpoints" / "ckpt-1.state.json"
+
+
+def stop_here():
+    # the kill point: say so, then wait for the test's SIGKILL
+    marker.write_text(mode)
+    while True:
+        time.sleep(1)
+
+
+if mode == "best-keras":  # best.keras (and best.json) of ckpt-2 written, its state not yet
+    export = loop.export_keras
+    def export_keras(step, target):
+        export(step, target)
+        if committed.exists():
+            stop_here()
+    loop.export_keras = export_keras
+elif mode == "index":  # inside TensorFlow's atomic write of checkpoints/checkpoint for ckpt-2
+    from tensorflow.python.lib.io import file_io
+    atomic = file_io.atomic_write_string_to_file
+    def atomic_write(filename, contents, overwrite=True):
+        if committed.exists() and filename.endswith("checkpoints/checkpoint"):
+            open(filename + ".tmp" + uuid.uuid4().hex, "w").close()  # TF's temp file, not yet written
+            stop_here()
+        return atomic(filename, contents, overwrite)
+    file_io.atomic_write_string_to_file = atomic_write
+elif mode.startswith("state-"):  # right after ckpt-N.state.json, before the rotation's clean-up
+    write_state, last = loop.write_state, int(mode[len("state-"):])
+    def after_state(run_dir, state):
+        write_state(run_dir, state)
+        if state.checkpoint == last:
+            stop_here()
+    loop.write_state = after_state
+elif mode == "full-disk":  # after ckpt-1: no file may grow past 1 MB (a checkpoint's data is 2 MB)
+    write_state = loop.write_state
+    def then_full(run_dir, state):
+        write_state(run_dir, state)
+        if state.checkpoint == 1:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+    loop.write_state = then_full
+sys.exit(train_main(sys.argv[4:], prog="python -m tfpipe.train"))
+"""
+
+
+def train_args(encoded: Path, run: Path, *extra: str) -> list[str]:
+    return ["--config", TINY_CONFIG, *tiny_overrides(encoded, run, *extra), "--quiet", "--deterministic"]
+
+
+def killed_at(mode: str, args: list[str], run: Path, tmp: Path) -> str:
+    """Run the trainer until it reaches kill point ``mode``, SIGKILL it there; its stderr."""
+    marker = tmp / f"at-{mode}"
+    proc = subprocess.Popen(
+        [PY, "-c", AT_CHECKPOINT, mode, str(run), str(marker), *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, f"the trainer ended before {mode}: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"{mode} not reached"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # at the kill point (or, on a failure, wherever it is)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    return err
+
+
+def test_killed_after_best_keras_readers_take_the_committed_best(tiny_encoded: Path, tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from tfpipe.experiments.runs import read_run
+    from tfpipe.predict import _restore_checkpoint, _run_config, load_keras, resolve_checkpoint
+    from tfpipe.train.checkpoints import available_checkpoints
+
+    run = tmp_path / "runs" / "a"
+    args = train_args(tiny_encoded, run)
+    killed_at("best-keras", args, run, tmp_path)
+    assert available_checkpoints(str(run)) == [1]
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == "ckpt-2"  # best.keras: uncommitted
+
+    assert resolve_checkpoint(str(run)) == (
+        str(run),
+        str(run / "best" / "ckpt-1"),
+    )  # predict --checkpoint RUN
+    assert read_run(str(run)).best_checkpoint == "ckpt-1"  # runs ls
+    out = tmp_path / "models"
+    proc = subprocess.run(
+        [PY, "-m", "tfpipe.cli", "export-models", "--runs", str(tmp_path / "runs"), "--select", "a", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entry = json.loads((out / "models.json").read_text())["models"][0]
+    assert entry["best_checkpoint"] == "ckpt-1"
+    committed = _restore_checkpoint(str(run), str(run / "best" / "ckpt-1"), _run_config(str(run)))
+    exported = keras.models.load_model(out / entry["files"]["model"]["file"])
+    uncommitted = load_keras(str(run / "best.keras"))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(committed.get_weights(), exported.get_weights(), strict=True)
+    )
+    pairs = zip(committed.get_weights(), uncommitted.get_weights(), strict=True)
+    assert not all(np.array_equal(a, b) for a, b in pairs)
+
+    proc = train(*args)  # the next start re-exports best.keras from best/ckpt-1, then goes on
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best.keras re-exported from best/ckpt-1" in proc.stderr
+
+
+def test_kills_at_the_index_write_and_after_the_last_state_leave_nothing_after_the_rerun(
+    tiny_encoded: Path, tmp_path: Path
+) -> None:
+    from tfpipe.train.checkpoints import listed_checkpoints, read_state
+
+    run = tmp_path / "run"
+    args = train_args(tiny_encoded, run, "keep_checkpoints=1")
+    killed_at("index", args, run, tmp_path)
+    assert list((run / "checkpoints").glob("checkpoint.tmp*"))  # TF's temp index, as a kill leaves it
+    killed_at("state-2", args, run, tmp_path)  # ckpt-2 committed, ckpt-1 rotated out, its state not dropped
+    assert (run / "checkpoints" / "ckpt-1.state.json").exists()
+    proc = train(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = read_state(str(run), 2).best_checkpoint
+    assert best == 2  # (this deterministic run improves at ckpt-2)
+    states = sorted(p.name for p in (run / "checkpoints").glob("*.state.json"))
+    assert states == [
+        f"ckpt-{n}.state.json" for n in sorted(set(listed_checkpoints(str(run / "checkpoints"))) | {best})
+    ]
+    assert not list(run.rglob("*.tmp*")) and not list(run.rglob("*tfpipe-tmp*")), sorted(run.rglob("*"))
+
+
+def test_failed_checkpoint_write_is_one_line_and_the_rerun_resumes(
+    tiny_encoded: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = train_args(tiny_encoded, run)
+    proc = subprocess.run(
+        [PY, "-c", AT_CHECKPOINT, "full-disk", str(run), str(tmp_path / "unused"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    one_line_error(proc, str(run / "best" / "ckpt-2"), "cannot be written", "ckpt-2 is not committed")
+    proc = train(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["resumed_from"] == "ckpt-1"

@@ -42,7 +42,8 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
     """``(run_dir, model)`` of ``RUN/best.keras``, ``RUN/checkpoints/ckpt-N``, ``RUN/ckpt-N`` or ``RUN``.
 
     ``model`` is a ``.keras`` path or a checkpoint prefix ``RUN/{checkpoints,best}/ckpt-N``; ``RUN``
-    alone means its ``best.keras``.
+    alone means its committed best model: ``best.keras``, or ``RUN/best/ckpt-B`` when a kill left
+    ``best.keras`` holding a checkpoint no state committed (:func:`tfpipe.train.committed.best_model_path`).
     """
     path = checkpoint.rstrip("/")
     name = path.rsplit("/", 1)[-1]
@@ -53,7 +54,12 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
         if parent.rsplit("/", 1)[-1] in ("checkpoints", "best"):
             return _parent(parent), path
         return parent, storage.join(parent, "checkpoints", name)
-    return path, storage.join(path, "best.keras")
+    from tfpipe.train.checkpoints import CHECKPOINTS
+    from tfpipe.train.committed import best_model_path
+
+    if not storage.exists(storage.join(path, CHECKPOINTS)):  # not a run dir (or an older layout)
+        return path, storage.join(path, "best.keras")
+    return path, best_model_path(path)
 
 
 def _run_config(run_dir: str, model_path: str = ""):

@@ -173,8 +173,43 @@ def _best_record(run_dir: str) -> dict:
         return {}
 
 
+def _committed_model(run_dir: str) -> str:
+    """``best.keras``, or ``RUN/best/ckpt-B`` when a kill left best.keras holding an uncommitted model."""
+    from tfpipe.train.checkpoints import TrainError
+    from tfpipe.train.committed import best_model_path
+
+    try:
+        return best_model_path(run_dir)
+    except TrainError as err:
+        raise ModelSetError(str(err)) from None
+
+
+def _export_checkpoint(name: str, run: RunInfo, out: str, metric: str, params: dict, prefix: str) -> dict:
+    """The committed best checkpoint ``prefix`` saved as ``NAME.keras`` (as training exports best.keras)."""
+    import tempfile
+
+    from tfpipe.predict import _restore_checkpoint, _run_config
+
+    names = file_names(name)
+    model = _restore_checkpoint(run.path, prefix, _run_config(run.path))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "best.keras")
+        model.save(local)
+        files = {"model": _copy(local, storage.join(out, names["model"]))}
+    for kind in ("config", "stats"):
+        files[kind] = _copy(storage.join(run.path, SOURCES[kind]), storage.join(out, names[kind]))
+    return {
+        "name": name, "run_dir": run.path, "run_name": run.name, "state": run.state,
+        "best_checkpoint": f"ckpt-{prefix.rsplit('ckpt-', 1)[1]}", "best_r2": run.best_r2,
+        metric: getattr(run, metric), "params": params, "files": files,
+    }  # fmt: skip
+
+
 def _export_one(name: str, run: RunInfo, out: str, metric: str, params: dict) -> dict:
     """Copy one run's files into ``out``; its index entry."""
+    committed = _committed_model(run.path)
+    if not committed.endswith(".keras"):
+        return _export_checkpoint(name, run, out, metric, params, committed)
     names = file_names(name)
     for _attempt in range(3):  # a running run may replace best.keras (then best.json) while it is copied
         before = _best_record(run.path), _best_model_stamp(run.path)

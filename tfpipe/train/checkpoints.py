@@ -9,10 +9,12 @@ Layout of ``RUN`` (local or ``gs://``)::
 ``ckpt-N`` (``tf.train.CheckpointManager``) holds the model (its normalisation statistics included)
 and the optimizer (slots, EMA, step); ``ckpt-N.state.json`` is written last and commits it: a
 checkpoint counts only when the manager's index lists it and its state exists. When a sub-epoch
-improves the validation score, ``best/ckpt-N``, ``best.keras`` and ``best.json`` are written before
-the state that names them, so no state ever points at a best model that is not there. ``best.json``
-says which checkpoint ``best.keras`` holds; a resume that finds it disagreeing with the state (a kill
-between the two) re-exports ``best.keras`` from ``best/`` (which keeps the two latest).
+improves the validation score, ``best/ckpt-N``, ``best.json`` and ``best.keras`` are written (in this
+order) before the state that names them, so no state ever points at a best model that is not there.
+``best.json`` says which checkpoint ``best.keras`` holds (or is being replaced by). Where it disagrees
+with the newest committed state (a kill between the two), ``best.keras`` is not the committed best:
+readers take ``best/ckpt-B`` instead (:func:`tfpipe.train.committed.best_model_path`), and the next
+start re-exports ``best.keras`` from ``best/`` (which keeps the two latest).
 """
 
 from __future__ import annotations
@@ -259,13 +261,17 @@ def numbers(manager) -> list[int]:
     return [int(p.rsplit("ckpt-", 1)[1]) for p in manager.checkpoints]
 
 
-def drop_stale_states(run_dir: str, keep: list[int], best: int | None) -> None:
-    """Delete state records of checkpoints the manager has rotated out (the best one's is kept)."""
+def drop_stale_states(run_dir: str, keep: list[int], best: int | None) -> list[str]:
+    """Delete state records of checkpoints the manager has rotated out (the best one's is kept);
+    the paths deleted."""
     kept = set(keep) | {best}
+    dropped = []
     for path in storage.list_files(ckpt_dir(run_dir), suffix=".state.json"):
         n = int(path.rsplit("ckpt-", 1)[1].split(".")[0])
         if n not in kept:
             storage.delete(path, missing_ok=True)
+            dropped.append(path)
+    return dropped
 
 
 def read_best_record(run_dir: str) -> dict | None:
@@ -288,7 +294,8 @@ def write_best_record(run_dir: str, checkpoint: int, metric: str, value: float) 
 
 def remove_leftovers(run_dir: str) -> list[str]:
     """Delete what a killed session of this run left in a local run dir: TF's ``ckpt-N_temp`` folders
-    and the temporary files of atomic writes. (A ``gs://`` run dir gets only complete uploads.)"""
+    and ``checkpoint.tmp<hex>`` index files (a kill while TF wrote its index), and the temporary files
+    of atomic writes. (A ``gs://`` run dir gets only complete uploads.) Called by the run dir's holder."""
     if storage.is_remote(run_dir) or not os.path.isdir(run_dir):
         return []
     removed = storage.remove_temps(run_dir)
@@ -296,7 +303,7 @@ def remove_leftovers(run_dir: str) -> list[str]:
         folder = os.path.join(run_dir, sub)
         removed += storage.remove_temps(folder)
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            if re.fullmatch(r"ckpt-\d+_temp.*", name):
+            if re.fullmatch(r"ckpt-\d+_temp.*|checkpoint\.tmp[0-9a-f]+", name):
                 path = os.path.join(folder, name)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)

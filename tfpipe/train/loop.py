@@ -2,7 +2,7 @@
 
 :func:`train` opens a session (:mod:`tfpipe.train.session`), builds the :class:`TrainStep`, restores
 the resume checkpoint and runs the remaining stages. After each sub-epoch: validation (EMA weights
-when on), logs, then the writes in commit order: ``best/ckpt-N``, ``best.keras`` and ``best.json``
+when on), logs, then the writes in commit order: ``best/ckpt-N``, ``best.json`` and ``best.keras``
 when the score improved, ``checkpoints/ckpt-N``, and last ``ckpt-N.state.json``.
 
 Stops: ``--stop-after-sub-epochs``, ``--time-budget`` (before a sub-epoch that would not fit),
@@ -40,10 +40,12 @@ from tfpipe.train.checkpoints import (
     numbers,
     read_best_record,
     remove_leftovers,
+    state_path,
     write_best_record,
     write_state,
 )
 from tfpipe.train.claim import Claim, RunDirBusy
+from tfpipe.train.committed import drop_unlisted_states, writing
 from tfpipe.train.logs import RunLogs, StageProgress, val_summary
 from tfpipe.train.plan import group_mask
 from tfpipe.train.session import Session, open_session
@@ -142,11 +144,17 @@ class Trainer:
             ) from None
 
     def _write_best(self, n: int) -> None:
-        self.best_manager.save(checkpoint_number=n, options=self.step.checkpoint_options)
-        self.mirror.push(BEST, numbers(self.best_manager))
-        export_keras(self.step, storage.join(self.s.write_dir, "best.keras"))
+        run = self.s.write_dir
+        with writing(storage.join(run, BEST, f"ckpt-{n}"), n):
+            self.best_manager.save(checkpoint_number=n, options=self.step.checkpoint_options)
+            self.mirror.push(BEST, numbers(self.best_manager))
         value = float(self.best_metric) if self.best_metric is not None else 0.0
-        write_best_record(self.s.write_dir, n, self.config.select_metric, value)
+        # best.json first: once best.keras changes, best.json already disagrees with the committed
+        # state, so readers (and the next start) know best.keras is not the committed best
+        with writing(storage.join(run, "best.json"), n):
+            write_best_record(run, n, self.config.select_metric, value)
+        with writing(storage.join(run, "best.keras"), n):
+            export_keras(self.step, storage.join(run, "best.keras"))
 
     def run(self) -> dict:
         """Run stages until the end or a stop; returns the summary."""
@@ -299,9 +307,10 @@ class Trainer:
         wall = round(self.wall_before + time.time() - self.t_start, 2)
         if improved:
             self._write_best(n_ckpt)
-        self.manager.save(checkpoint_number=n_ckpt, options=self.step.checkpoint_options)
-        keep = numbers(self.manager)
-        self.mirror.push(CHECKPOINTS, keep)
+        with writing(storage.join(s.write_dir, CHECKPOINTS, f"ckpt-{n_ckpt}"), n_ckpt):
+            self.manager.save(checkpoint_number=n_ckpt, options=self.step.checkpoint_options)
+            keep = numbers(self.manager)
+            self.mirror.push(CHECKPOINTS, keep)
         epoch, k = s.plan.after(index)
         state = RunState(
             n_ckpt, epoch, k, self.config.seed, self.step.step, s.model_hash, s.data_hash,
@@ -309,7 +318,8 @@ class Trainer:
             s.segments, self.best_metric, self.best_ckpt, wall, val, config_to_dict(self.config),
             s.plan_steps,
         )  # fmt: skip
-        write_state(s.write_dir, state)
+        with writing(state_path(s.write_dir, n_ckpt), n_ckpt):
+            write_state(s.write_dir, state)
         drop_stale_states(s.write_dir, keep, self.best_ckpt)
 
     def _summary(self, index: int, done_here: int, last_val: dict, stopped: str) -> dict:
@@ -404,7 +414,9 @@ def _session(config, resume, allow, strategy, stop_after, verbose, on_checkpoint
             claim = Claim(session.run_dir)
             if busy := busy_message(session.run_dir):  # a session of a tfpipe without claims
                 raise RunDirBusy(busy)
-            for path in remove_leftovers(session.run_dir):
+            for path in remove_leftovers(session.run_dir) + drop_unlisted_states(
+                session.run_dir, session.state
+            ):
                 print(f"[train] removed {path} (left by a killed session)", file=sys.stderr)
         trainer = Trainer(session, stop_after, verbose, on_checkpoint)
         trainer.restore()
