@@ -110,7 +110,7 @@ def split_files(
     if len(files) < 2:
         raise SamplingError(
             f"{len(files)} file(s) cannot be split into training and validation files: re-encode with "
-            "a smaller --blocks-per-file, or give data.val_path (or data.val_fraction=0: no validation)"
+            "a smaller --blocks-per-file, or give a separate validation folder (data.val_path)"
         )
     if mode == "periodic":
         held = _periodic(files, val_fraction, period_days)
