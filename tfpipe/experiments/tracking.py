@@ -17,7 +17,8 @@ tracking URI and active run are left alone. MLflow's HTTP retries and time-out a
 process. A SQLite store keeps the artefacts of the experiments it creates beside its database file
 (``DIR/mlartifacts/EXPERIMENT`` for ``sqlite:///DIR/mlflow.db``), not in ``./mlruns`` of whatever
 folder the command ran in. :func:`preflight` (called by ``train()`` before anything
-else) turns a missing mlflow package or an unreachable server into one :class:`TrackingError` line;
+else) turns a missing mlflow package, an unreachable server, a URI scheme MLflow has no store for or
+a SQLite database that cannot be opened or created into one :class:`TrackingError` line;
 a logging failure in mid-run is one warning, and training goes on.
 """
 
