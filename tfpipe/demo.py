@@ -20,6 +20,7 @@ from pathlib import Path
 from tfpipe.demo_data import say
 from tfpipe.metrics import TRAIN_VAR_DOC
 from tfpipe.rawtree import ModelTime, steps_for_days
+from tfpipe.train.rundir import BEST_KERAS, CHECKPOINTS, METRICS
 
 ENCODE_SHARDS = 3
 TEST_STEPS = 24
@@ -101,7 +102,7 @@ def _stats(dst: Path) -> None:
 def _train(name: str, data: Path, runs: Path, interrupt_after: int | None, quiet: bool) -> dict:
     base = [sys.executable, "-m", "tfpipe.train", "--config", str(CONFIG), *MODELS[name],
             f"data.sources.0.path={data}", f"name={name}", "--run-dir", str(runs / name)]  # fmt: skip
-    if interrupt_after is not None and not (runs / name / "checkpoints").exists():
+    if interrupt_after is not None and not (runs / name / CHECKPOINTS).exists():
         say(quiet, f"[demo] {name}: training (one line per sub-epoch, with its validation R²)")
         first = _run(base + ["--stop-after-sub-epochs", str(interrupt_after)], quiet)
         say(
@@ -128,7 +129,7 @@ def _plots(workdir: Path, runs: Path, names: list[str]) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name in names:
-        m = pd.read_csv(runs / name / "metrics.csv")
+        m = pd.read_csv(runs / name / METRICS)
         axes[0].plot(m["step"], m["loss"], marker="o", label=name)
         axes[1].plot(m["step"], m["val_r2_train_var"], marker="o", label=name)
     axes[0].set(title="training loss (last chunk of each sub-epoch)", xlabel="step", yscale="log")
@@ -176,7 +177,7 @@ def run_demo(
     summaries, scores, oof = {}, {}, []
     for name in MODELS:
         summaries[name] = _train(name, data, runs, 2 if name == "squeezeformer" else None, quiet)
-        best = str(runs / name / "best.keras")
+        best = str(runs / name / BEST_KERAS)
         test_pred = predict(best, str(data_test), str(preds / f"{name}.parquet"))["out"]
         scores[name] = score_files(test_pred, truth, out_dir=str(root / "report" / f"{name}.score"))["r2"]
         oof.append(predict(best, None, str(preds / f"{name}.oof.parquet"), oof=True))

@@ -25,6 +25,7 @@ import numpy as np
 from tfpipe import storage
 from tfpipe.postprocess import physical_predictions
 from tfpipe.schema import Schema
+from tfpipe.train.rundir import BEST, CHECKPOINTS, RunDir
 
 if TYPE_CHECKING:  # Keras and TensorFlow load only when a command runs, not for --help
     from tfpipe.normalize import Normalization
@@ -51,14 +52,13 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
         return _parent(path), path
     if name.startswith("ckpt-") and name[5:].isdigit():
         parent = _parent(path)
-        if parent.rsplit("/", 1)[-1] in ("checkpoints", "best"):
+        if parent.rsplit("/", 1)[-1] in (CHECKPOINTS, BEST):
             return _parent(parent), path
-        return parent, storage.join(parent, "checkpoints", name)
-    from tfpipe.train.checkpoints import CHECKPOINTS
+        return parent, storage.join(RunDir(parent).checkpoints, name)
     from tfpipe.train.committed import best_model_path
 
-    if not storage.exists(storage.join(path, CHECKPOINTS)):  # not a run dir (or an older layout)
-        return path, storage.join(path, "best.keras")
+    if not storage.exists(RunDir(path).checkpoints):  # not a run dir (or an older layout)
+        return path, RunDir(path).best_keras
     return path, best_model_path(path)
 
 
@@ -68,7 +68,7 @@ def _run_config(run_dir: str, model_path: str = ""):
     from tfpipe.config import load_saved_config
 
     beside = model_path[: -len(".keras")] + ".config.yaml" if model_path.endswith(".keras") else ""
-    for path in (beside, storage.join(run_dir, "config.yaml")):
+    for path in (beside, RunDir(run_dir).config):
         if path and storage.exists(path):
             return load_saved_config(path)
     return None
@@ -121,7 +121,7 @@ def _restore_checkpoint(run_dir: str, prefix: str, config):
     if not storage.exists(prefix + ".index"):
         raise PredictError(f"no such checkpoint: {prefix}.index does not exist")
     data = config.data
-    stats = load_stats(storage.join(run_dir, "stats.json"), schema=data.schema)
+    stats = load_stats(RunDir(run_dir).stats, schema=data.schema)
     layer = Normalization.for_data(data, stats)
     model = build_normalized_model(config.model, layer)
     optimizer = make_optimizer(config.optim, 1)

@@ -11,6 +11,7 @@ from tfpipe import storage
 from tfpipe.config import TrainConfig
 from tfpipe.manifest import read_manifests
 from tfpipe.stats import StatsError
+from tfpipe.train.rundir import RunDir
 
 
 def check_train_inputs(config: TrainConfig) -> None:
@@ -24,7 +25,7 @@ def check_train_inputs(config: TrainConfig) -> None:
         read_manifests(data.val_path, schema=data.schema, allow_partial=data.allow_partial)
     if data.grid and not storage.exists(data.grid):
         raise StatsError(f"{data.grid}: no such grid file (data.grid)")
-    run_copy = storage.join(config.resolved_run_dir, "stats.json")  # what a resumed run uses
+    run_copy = RunDir(config.resolved_run_dir).stats  # what a resumed run uses
     if data.sources[0].path and not storage.exists(data.stats_path) and not storage.exists(run_copy):
         raise StatsError(f"{data.stats_path}: statistics file not found (run python -m data_prep.stats)")
 

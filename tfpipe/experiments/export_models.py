@@ -28,10 +28,11 @@ from tfpipe.experiments.model_set import (
     file_sha256,
 )
 from tfpipe.experiments.runs import RunInfo, differing_keys, find_runs
+from tfpipe.train.rundir import BEST_KERAS, CONFIG, STATS, RunDir
 
 METRICS = ("best_r2", "last_r2")
 """What ``best:K`` ranks by: :class:`~tfpipe.experiments.runs.RunInfo` fields, higher is better."""
-SOURCES = {"model": "best.keras", "config": "config.yaml", "stats": "stats.json"}
+SOURCES = {"model": BEST_KERAS, "config": CONFIG, "stats": STATS}
 """The run file that each file of a model set is a copy of."""
 
 
@@ -65,7 +66,7 @@ def _exportable(root: str) -> list[tuple[str, RunInfo]]:
     root = root.rstrip("/")
     if not storage.exists(root) and not storage.is_remote(root):
         raise ModelSetError(f"--runs {root}: no such folder")
-    with_best = {p[: -len("/best.keras")] for p in storage.list_files(root, suffix="best.keras")}
+    with_best = {p[: -len("/" + BEST_KERAS)] for p in storage.list_files(root, suffix=BEST_KERAS)}
     runs = [(model_name(run, root), run) for run in find_runs(root) if run.path.rstrip("/") in with_best]
     if not runs:
         raise ModelSetError(f"--runs {root}: no run with a best.keras (no run has scored a checkpoint yet)")
@@ -159,7 +160,7 @@ def _copy(src: str, dst: str) -> dict:
 def _best_model_stamp(run_dir: str) -> tuple:
     """What tells one ``best.keras`` from the next (each export replaces the file): its size and
     modification time locally, its size and checksum on GCS."""
-    path = storage.join(run_dir, "best.keras")
+    path = RunDir(run_dir).best_keras
     if not storage.is_remote(path):
         info = os.stat(path)
         return info.st_size, info.st_mtime_ns
@@ -168,7 +169,7 @@ def _best_model_stamp(run_dir: str) -> tuple:
 
 def _best_record(run_dir: str) -> dict:
     try:
-        return json.loads(storage.read_bytes(storage.join(run_dir, "best.json")))
+        return json.loads(storage.read_bytes(RunDir(run_dir).best_record))
     except (OSError, RuntimeError, ValueError):
         return {}
 
@@ -193,7 +194,7 @@ def _export_checkpoint(name: str, run: RunInfo, out: str, metric: str, params: d
     names = file_names(name)
     model = _restore_checkpoint(run.path, prefix, _run_config(run.path))
     with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "best.keras")
+        local = os.path.join(tmp, BEST_KERAS)
         model.save(local)
         files = {"model": _copy(local, storage.join(out, names["model"]))}
     for kind in ("config", "stats"):

@@ -21,6 +21,7 @@ from typing import Any
 
 from tfpipe import storage
 from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints, read_state
+from tfpipe.train.rundir import CONFIG, RunDir
 from tfpipe.train.status import effective_state, read_status
 
 HEADLINE = "val_r2_train_var"
@@ -120,7 +121,7 @@ def read_run(run_dir: str) -> RunInfo:
     """A run's :class:`RunInfo` (ValueError if ``run_dir`` has no ``config.yaml``)."""
     import yaml
 
-    config_file = storage.join(run_dir, "config.yaml")
+    config_file = RunDir(run_dir).config
     if not storage.exists(config_file):
         raise ValueError(f"{run_dir}: not a tfpipe run dir (no config.yaml)")
     try:
@@ -163,7 +164,7 @@ def find_runs(root: str) -> list[RunInfo]:
     """Every run dir at or below ``root`` (a folder with a ``config.yaml`` that is not inside another
     run dir), sorted by path; one recursive listing, also on ``gs://``."""
     root = root.rstrip("/")
-    files = storage.list_files(root, suffix="config.yaml")
+    files = storage.list_files(root, suffix=CONFIG)
     dirs = sorted({path[: -len("/config.yaml")] for path in files if path.endswith("/config.yaml")})
     runs: list[str] = []
     for path in dirs:

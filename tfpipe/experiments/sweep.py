@@ -44,6 +44,7 @@ from tfpipe.experiments.study import (
     worker_id,
 )
 from tfpipe.storage.paths import is_remote
+from tfpipe.train.rundir import RunDir
 from tfpipe.train.status import first_line
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -152,7 +153,7 @@ class Objective:
         values = {key: param.suggest(trial) for key, param in self.space.items()}
         number = original_number(trial)
         run_dir = trial_dir(spec, number)
-        if number == trial.number and storage.exists(storage.join(run_dir, "config.yaml")):
+        if number == trial.number and storage.exists(RunDir(run_dir).config):
             error = f"{run_dir} already holds a run (of an earlier study of this name?)"
             trial.set_user_attr("error", error)
             raise SweepError(error)

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from tfpipe import storage
+from tfpipe.train.rundir import BEST_KERAS, CONFIG, METRICS, STATS
 from tfpipe.train.status import first_line, read_status
 
 MLFLOW_FILE = "mlflow.json"
-ARTIFACTS = ("best.keras", "metrics.csv", "config.yaml", "stats.json")
+ARTIFACTS = (BEST_KERAS, METRICS, CONFIG, STATS)
 SCORE_DIR = "score"
 ARTIFACTS_BESIDE_DB = "mlartifacts"
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}

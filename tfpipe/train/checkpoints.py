@@ -31,9 +31,8 @@ from typing import Any
 
 from tfpipe import storage
 from tfpipe.config import TrainConfig, changed_fields, config_to_dict, resume_conflicts
+from tfpipe.train.rundir import BEST, CHECKPOINTS, RunDir
 
-CHECKPOINTS = "checkpoints"
-BEST = "best"
 BEST_KEEP = 2
 
 
@@ -276,7 +275,7 @@ def drop_stale_states(run_dir: str, keep: list[int], best: int | None) -> list[s
 
 def read_best_record(run_dir: str) -> dict | None:
     """``best.json`` (which checkpoint ``best.keras`` holds), or None."""
-    path = storage.join(run_dir, "best.json")
+    path = RunDir(run_dir).best_record
     if not storage.exists(path):
         return None
     try:
@@ -289,7 +288,7 @@ def write_best_record(run_dir: str, checkpoint: int, metric: str, value: float) 
     """``best.json``: ``{"checkpoint": "ckpt-N", "metric": METRIC, METRIC: value}`` (METRIC: the config's
     ``select_metric``)."""
     record = {"checkpoint": f"ckpt-{checkpoint}", "metric": metric, metric: value}
-    storage.write_bytes(storage.join(run_dir, "best.json"), json.dumps(record).encode())
+    storage.write_bytes(RunDir(run_dir).best_record, json.dumps(record).encode())
 
 
 def remove_leftovers(run_dir: str) -> list[str]:

@@ -26,9 +26,10 @@ import uuid
 
 from tfpipe import storage
 from tfpipe.train.checkpoints import TrainError
+from tfpipe.train.rundir import CLAIM
 from tfpipe.train.status import STALE_AFTER_S, _alive, read_status
 
-CLAIM_FILE = "train.lock"
+CLAIM_FILE = CLAIM
 _HELD: set[str] = set()
 """Tokens of the claims this process holds."""
 

@@ -29,6 +29,7 @@ from tfpipe.train.checkpoints import (
     read_state,
     state_path,
 )
+from tfpipe.train.rundir import RunDir
 
 
 def committed_best(run_dir: str) -> tuple[int, bool]:
@@ -68,7 +69,7 @@ def best_model_path(run_dir: str) -> str:
     run has no committed checkpoint)."""
     best, holds = committed_best(run_dir)
     if holds:
-        return storage.join(run_dir, "best.keras")
+        return RunDir(run_dir).best_keras
     if (run_dir, best) not in _TOLD:
         _TOLD.add((run_dir, best))
         print(f"[tfpipe] {run_dir}/best.keras holds a checkpoint that was never committed (a kill while it "

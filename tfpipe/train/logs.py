@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from tfpipe import storage
+from tfpipe.train.rundir import RunDir
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -64,8 +65,8 @@ class RunLogs:
         import tensorflow as tf
 
         self.run_dir = run_dir
-        self.csv = storage.join(run_dir, "metrics.csv")
-        self.tb_dir = storage.join(run_dir, "tb")
+        self.csv = RunDir(run_dir).metrics
+        self.tb_dir = RunDir(run_dir).tensorboard
         self.remote = storage.is_remote(run_dir)
         self.tb_local = tempfile.mkdtemp(prefix="tfpipe-tb-") if self.remote else self.tb_dir
         self.writer = tf.summary.create_file_writer(self.tb_local)

@@ -48,6 +48,7 @@ from tfpipe.train.claim import Claim, RunDirBusy
 from tfpipe.train.committed import drop_unlisted_states, writing
 from tfpipe.train.logs import RunLogs, StageProgress, val_summary
 from tfpipe.train.plan import group_mask
+from tfpipe.train.rundir import RunDir
 from tfpipe.train.session import Session, open_session
 from tfpipe.train.signals import Signals
 from tfpipe.train.status import Heartbeat, busy_message, first_line, write_status
@@ -151,18 +152,18 @@ class Trainer:
         value = float(self.best_metric) if self.best_metric is not None else 0.0
         # best.json first: once best.keras changes, best.json already disagrees with the committed
         # state, so readers (and the next start) know best.keras is not the committed best
-        with writing(storage.join(run, "best.json"), n):
+        with writing(RunDir(run).best_record, n):
             write_best_record(run, n, self.config.select_metric, value)
-        with writing(storage.join(run, "best.keras"), n):
-            export_keras(self.step, storage.join(run, "best.keras"))
+        with writing(RunDir(run).best_keras, n):
+            export_keras(self.step, RunDir(run).best_keras)
 
     def run(self) -> dict:
         """Run stages until the end or a stop; returns the summary."""
         s = self.s
         storage.makedirs(s.write_dir)
-        dump_config(self.config, storage.join(s.write_dir, "config.yaml"))
+        dump_config(self.config, RunDir(s.write_dir).config)
         if s.start is None:
-            storage.write_bytes(storage.join(s.write_dir, "stats.json"), s.stats_text.encode())
+            storage.write_bytes(RunDir(s.write_dir).stats, s.stats_text.encode())
         self.logs = RunLogs(s.write_dir)
         index, done_here, longest, last_val, stopped = s.start_index, 0, 0.0, {}, "finished"
         self._status("running", index)

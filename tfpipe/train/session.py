@@ -31,6 +31,7 @@ from tfpipe.train.checkpoints import (
     resume_target,
 )
 from tfpipe.train.plan import TrainPlan, make_plan, peak_ratio, phase_at, phase_segments, plan_hash, reanchor
+from tfpipe.train.rundir import RunDir
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _run_stats(config: TrainConfig, run_dir: str, resuming: bool) -> tuple[Stats
     if storage.exists(configured):
         config_sha = stats_sha256(_read_stats(configured, "statistics")[0])
     if resuming:
-        stats, text = _read_stats(storage.join(run_dir, "stats.json"), "the run's copy of its statistics")
+        stats, text = _read_stats(RunDir(run_dir).stats, "the run's copy of its statistics")
     else:
         stats, text = _read_stats(configured, "statistics file")
     if stats.schema != schema:

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 
 from tfpipe import storage
+from tfpipe.train.rundir import STATUS
 
-STATUS_FILE = "status.json"
+STATUS_FILE = STATUS
 HEARTBEAT_S = 60.0
 """Seconds between the rewrites of a ``running`` status while a sub-epoch trains."""
 STALE_AFTER_S = 5 * HEARTBEAT_S
