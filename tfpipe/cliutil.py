@@ -72,10 +72,13 @@ def stop_on_signals(prog: str) -> None:
 
 
 _NATIVE_NOISE = re.compile(
-    rb"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} \d\d:\d\d:\d+\.\d+ )"
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} \d\d:\d\d:\d+\.\d+ "
+    rb"|E\d{4} [^\]]*node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool )"
 )
 """Native start-up lines of TensorFlow/XLA: absl's pre-initialisation warning and its INFO lines
-(``I0000 00:00:... service.cc] XLA service ... initialized``, ``Compiled cluster using XLA!``)."""
+(``I0000 00:00:... service.cc] XLA service ... initialized``, ``Compiled cluster using XLA!``), and
+TF 2.18+'s harmless error-level note that a ``MapDataset`` node carries ``use_unbounded_threadpool``
+(printed when tf.data graphs are built; the pipeline runs as it should)."""
 _FILTER = """
 import os, re, signal, sys
 for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
