@@ -28,10 +28,11 @@ zoo-demo: install  ## the experiment loop in miniature: sweep, zoo, runs ls, exp
 test: install  ## the whole test suite (what CI runs); -v names each test as it starts
 	$(BIN)/python -m pytest -v --durations=20 $(PYTEST_ARGS)
 
-# The end-to-end runs of the README's commands (marker e2e: demo, the pipeline block, the zoo demo) run
-# once, in .venv (what `make demo` installs): each of their steps is also tested on its own in both stacks.
-test-latest:  ## the suite in a current notebook image's stack (requirements-latest.txt, .venv-latest), less e2e
-	$(MAKE) test VENV=.venv-latest REQUIREMENTS=requirements-latest.txt PYTEST_ARGS='-m "not e2e"'
+# The end-to-end runs of the README's commands (marker e2e: demo, the pipeline block, the zoo demo) and of
+# the train and predict benchmarks (marker bench) run once, in .venv (what `make demo` installs): each of
+# their steps is also tested on its own in both stacks.
+test-latest:  ## the suite in a current notebook image's stack (requirements-latest.txt, .venv-latest), less e2e, bench
+	$(MAKE) test VENV=.venv-latest REQUIREMENTS=requirements-latest.txt PYTEST_ARGS='-m "not e2e and not bench"'
 
 wheel:  ## dist/tfpipe-<version>-py3-none-any.whl: what the notebooks install (e.g. as a Kaggle dataset)
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(DIST) .

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_predict_benchmark_prints_its_json_line():
     env = {**os.environ, "TFPIPE_BENCH_QUICK": "1"}
     result = subprocess.run(

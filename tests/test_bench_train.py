@@ -25,6 +25,7 @@ def numbers(value, key: str = "") -> list[tuple[str, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_train_benchmark_prints_its_json_line():
     env = {**os.environ, "TFPIPE_BENCH_QUICK": "1"}
     result = subprocess.run(
