@@ -9,8 +9,7 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.blend.core import BlendError, blend_equal, combine
-from tfpipe.blend.hill_climbing import held_out_check, hill_climb
-from tfpipe.blend.objective import resolve, scores
+from tfpipe.blend.hill_climbing import HillClimbResult, held_out_check, hill_climb
 from tfpipe.blend.spec import apply_blend, load_spec, save_spec, spec_path_for
 from tfpipe.blend.stacking import stack_apply, stack_fit
 from tfpipe.metrics import r2_scores
@@ -103,15 +102,13 @@ def training_std(truth: str | None, stats: str | None, schema: Schema) -> np.nda
 
 
 def _fit_report(
-    values: list[np.ndarray], truth: np.ndarray, names: list[str], w: np.ndarray | None, per_group: bool,
-    schema: Schema, objective: str, train_std: np.ndarray | None, blended: np.ndarray,
+    fitted: HillClimbResult, values: list[np.ndarray], truth: np.ndarray, w: np.ndarray | None,
+    per_group: bool, schema: Schema, train_std: np.ndarray | None,
 ) -> dict:  # fmt: skip
-    """The objective of every input and of the blend on the fitted rows, the held-out check, a warning."""
-    objective = resolve(objective, train_std)
-    fit = {
-        name: float(scores(objective, v, truth, w, schema, train_std).mean())
-        for name, v in [*zip(names, values, strict=True), ("blend", blended)]
-    }
+    """The objective of every input and of the blend on the fitted rows (from the fit itself), the
+    held-out check, a warning."""
+    names, objective = fitted.names, fitted.objective
+    fit = fitted.single_scores | {"blend": fitted.score}
     report = {"objective": objective, "fit": fit}
     if len(values) > 1 and len(truth) >= 4:
         held = held_out_check(values, truth, names, w, per_group, schema, objective, train_std)
@@ -185,8 +182,7 @@ def blend_files(
             fitted = hill_climb(values, truth_values, names, w, per_group=per_group, schema=schema,
                                 objective=objective, train_std=train_std)  # fmt: skip
             blended = combine(values, fitted.column_weights(schema))
-            report |= _fit_report(values, truth_values, names, w, per_group, schema, objective, train_std,
-                                  blended)  # fmt: skip
+            report |= _fit_report(fitted, values, truth_values, w, per_group, schema, train_std)
         elif method == "stack":
             fitted = stack_fit(values, truth_values, stack_method)
             blended = stack_apply(fitted, values)
