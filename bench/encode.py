@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_prep.encode import EncodeConfig, encode_shard, list_raw_pairs  # noqa: E402
 from data_prep.raw import read_variables  # noqa: E402
 from data_prep.synth import synthesize  # noqa: E402
-from tfpipe.schema import NCOL, get_schema  # noqa: E402
+from tfpipe.data.schema import NCOL, get_schema  # noqa: E402
 
 QUICK = os.environ.get("TFPIPE_BENCH_QUICK", "") not in ("", "0")
 STEPS = 6 if QUICK else 216

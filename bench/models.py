@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfpipe.data.schema import AUX_TARGETS, KAGGLE, NLEV  # noqa: E402
 from tfpipe.losses import LossConfig, total_loss  # noqa: E402
 from tfpipe.models import MODELS, ModelConfig, build_model  # noqa: E402
-from tfpipe.schema import AUX_TARGETS, KAGGLE, NLEV  # noqa: E402
 
 CHANNELS = 75
 """Placeholder input channels per level: 3 representations x 25 Kaggle input variables."""

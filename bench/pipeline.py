@@ -8,7 +8,7 @@ plus ``stats.json``), then measures, alternating and several times (best run of 
 - the training pipeline ``make_train_dataset`` (parse, shuffle, batch 1024 of raw float32 columns
   and the space-time targets; one sub-epoch, 10 % of the samples held out) with default threading
   and with a private tf.data thread pool of 1 and of 2 threads. Normalisation is not here: it is
-  the model's first layer (``tfpipe.normalize.Normalization``) and runs on the accelerator;
+  the model's first layer (``tfpipe.data.normalize.Normalization``) and runs on the accelerator;
 - the upper bound: the same arrays (the pipeline's own first batches) from memory,
   ``tf.data.Dataset.from_tensor_slices(...).batch(1024)``;
 - what Kaggle notebooks did: ``pandas.read_csv`` of the same samples (written to CSV beforehand,
@@ -43,7 +43,8 @@ from data_prep.encode import EncodeConfig, encode_shard  # noqa: E402
 from data_prep.stats import compute_stats  # noqa: E402
 from data_prep.synth import synthesize  # noqa: E402
 from tfpipe.config import DataConfig, SourceConfig  # noqa: E402
-from tfpipe.data import (  # noqa: E402
+from tfpipe.data.normalize import Normalization, channel_layout, soft_clip64  # noqa: E402
+from tfpipe.data.pipeline import (  # noqa: E402
     TRAIN_KEYS,
     Source,
     aux_targets,
@@ -52,11 +53,10 @@ from tfpipe.data import (  # noqa: E402
     resolve_sources,
     shuffle_samples,
 )
-from tfpipe.export import export_parquet  # noqa: E402
-from tfpipe.normalize import Normalization, channel_layout, soft_clip64  # noqa: E402
-from tfpipe.records import parse_block  # noqa: E402
-from tfpipe.sampling import plan_stage  # noqa: E402
-from tfpipe.schema import NCOL, get_schema  # noqa: E402
+from tfpipe.data.records import parse_block  # noqa: E402
+from tfpipe.data.sampling import plan_stage  # noqa: E402
+from tfpipe.data.schema import NCOL, get_schema  # noqa: E402
+from tfpipe.evaluate.export import export_parquet  # noqa: E402
 
 QUICK = os.environ.get("TFPIPE_BENCH_QUICK", "") not in ("", "0")
 STEPS = 16 if QUICK else 144

@@ -53,15 +53,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-import tfpipe.predict as predict_module  # noqa: E402
+import tfpipe.predict.batches  # noqa: E402
+import tfpipe.predict.core  # noqa: E402
+
+STAGE_HOMES = {
+    "load_for_inference": tfpipe.predict.core, "ParquetSink": tfpipe.predict.core,
+    "_encoded_batches": tfpipe.predict.batches, "physical_predictions": tfpipe.predict.batches,
+}  # fmt: skip
+"""Each wrapped name and the module of ``tfpipe.predict`` that looks it up at call time."""
 from data_prep.encode import EncodeConfig, encode_shard  # noqa: E402
 from data_prep.stats import compute_stats  # noqa: E402
 from data_prep.synth import synthesize  # noqa: E402
 from tfpipe.config import load_config  # noqa: E402
-from tfpipe.data import make_predict_dataset  # noqa: E402
-from tfpipe.manifest import data_files, read_manifests  # noqa: E402
+from tfpipe.data.manifest import data_files, read_manifests  # noqa: E402
+from tfpipe.data.pipeline import make_predict_dataset  # noqa: E402
+from tfpipe.data.schema import NCOL  # noqa: E402
 from tfpipe.predict import load_for_inference, predict  # noqa: E402
-from tfpipe.schema import NCOL  # noqa: E402
 from tfpipe.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,10 +135,10 @@ class StageClock:
         self.start = self.load_s = 0.0
 
     def _wrappers(self) -> dict:
-        mod, clock = predict_module, self
+        clock = self
         out = {}
-        if hasattr(mod, "load_for_inference"):
-            load = mod.load_for_inference
+        if hasattr(STAGE_HOMES["load_for_inference"], "load_for_inference"):
+            load = STAGE_HOMES["load_for_inference"].load_for_inference
 
             def timed_load(*args, **kwargs):
                 t0 = time.perf_counter()
@@ -141,8 +148,8 @@ class StageClock:
                     clock.load_s = time.perf_counter() - t0
 
             out["load_for_inference"] = timed_load
-        if hasattr(mod, "_encoded_batches"):
-            batches = mod._encoded_batches
+        if hasattr(STAGE_HOMES["_encoded_batches"], "_encoded_batches"):
+            batches = STAGE_HOMES["_encoded_batches"]._encoded_batches
 
             def timed_batches(*args, **kwargs) -> Iterator:
                 it = batches(*args, **kwargs)
@@ -156,8 +163,8 @@ class StageClock:
                     yield item
 
             out["_encoded_batches"] = timed_batches
-        if hasattr(mod, "physical_predictions"):
-            physical = mod.physical_predictions
+        if hasattr(STAGE_HOMES["physical_predictions"], "physical_predictions"):
+            physical = STAGE_HOMES["physical_predictions"].physical_predictions
 
             def timed_physical(*args, **kwargs):
                 t0 = time.perf_counter()
@@ -168,7 +175,7 @@ class StageClock:
 
             out["physical_predictions"] = timed_physical
 
-        class TimedSink(mod.ParquetSink):
+        class TimedSink(STAGE_HOMES["ParquetSink"].ParquetSink):
             def write(self, ids, values) -> None:
                 t0 = time.perf_counter()
                 super().write(ids, values)
@@ -184,15 +191,15 @@ class StageClock:
     @contextlib.contextmanager
     def attached(self) -> Iterator[StageClock]:
         wrappers = self._wrappers()
-        saved = {name: getattr(predict_module, name) for name in wrappers}
+        saved = {name: getattr(STAGE_HOMES[name], name) for name in wrappers}
         for name, fn in wrappers.items():
-            setattr(predict_module, name, fn)
+            setattr(STAGE_HOMES[name], name, fn)
         try:
             self.start = time.perf_counter()
             yield self
         finally:
             for name, fn in saved.items():
-                setattr(predict_module, name, fn)
+                setattr(STAGE_HOMES[name], name, fn)
 
     def stages(self, i: int) -> dict[str, float]:
         """Seconds of each stage of batch ``i`` (missing stamps: the time falls into ``forward``)."""

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_prep import physics  # noqa: E402
 from data_prep.climate import SyntheticClimate  # noqa: E402
 from data_prep.synth import write_raw_file  # noqa: E402
-from tfpipe.grid import make_grid  # noqa: E402
-from tfpipe.rawtree import ModelTime, raw_file_path  # noqa: E402
-from tfpipe.schema import MLI_VARIABLES, MLO_VARIABLES  # noqa: E402
+from tfpipe.data.grid import make_grid  # noqa: E402
+from tfpipe.data.rawtree import ModelTime, raw_file_path  # noqa: E402
+from tfpipe.data.schema import MLI_VARIABLES, MLO_VARIABLES  # noqa: E402
 
 STEPS = 36
 

@@ -35,7 +35,7 @@ Setup, in a temporary folder: ``prepare_demo_data(days=0.5)`` (36 time steps x 3
   ``build_normalized_model``, ``tf.train.Checkpoint.restore``, ``make_train_dataset``,
   ``StageProgress``, and, called only while the train step is traced, ``total_loss`` and
   ``AdamW.apply_gradients``) to print wall-clock stamps on stderr, then calls
-  ``tfpipe.cli.train_main`` with the same arguments (the package is not changed). The XLA lines that
+  ``tfpipe.cli.main.train_main`` with the same arguments (the package is not changed). The XLA lines that
   TensorFlow logs on stderr with ``TF_CPP_MIN_LOG_LEVEL=0`` (``XLA service ... initialized`` when the
   first compilation starts, ``Compiled cluster using XLA!`` when it is done) split tracing from
   compiling.
@@ -139,9 +139,9 @@ def progress_clock(stop_after_updates: int | None = None) -> Iterator[list[dict]
 
 def normalization_of(config):
     """The Normalization layer ``train`` builds for ``config`` (from the first source's statistics)."""
-    from tfpipe.normalize import Normalization
-    from tfpipe.schema import get_schema
-    from tfpipe.stats import load_stats
+    from tfpipe.data.normalize import Normalization
+    from tfpipe.data.schema import get_schema
+    from tfpipe.data.stats import load_stats
 
     data = config.data
     stats = load_stats(data.stats_path, schema=data.schema)
@@ -259,8 +259,8 @@ def mark(name, value=""):
 mark("python_up")
 import keras
 import tensorflow as tf
-import tfpipe.config, tfpipe.data, tfpipe.predict
-import tfpipe.cli, tfpipe.train.loop, tfpipe.train.session, tfpipe.train.step
+import tfpipe.config, tfpipe.data.pipeline, tfpipe.predict
+import tfpipe.cli.main, tfpipe.train.loop, tfpipe.train.session, tfpipe.train.step
 mark("imports_done")
 def wrap(owner, name, label):
     fn = getattr(owner, name)
@@ -275,7 +275,7 @@ wrap(tfpipe.train.session, "choose_strategy", "strategy")
 wrap(tfpipe.train.session, "resolve_sources", "data")
 wrap(tfpipe.train.step, "build_normalized_model", "model")
 wrap(tf.train.Checkpoint, "restore", "restore")
-wrap(tfpipe.data, "make_train_dataset", "dataset")
+wrap(tfpipe.data.pipeline, "make_train_dataset", "dataset")
 wrap(tfpipe.train.step, "total_loss", "loss")  # called once, while tracing the forward pass
 wrap(keras.optimizers.AdamW, "apply_gradients", "apply")  # traced once, after the backward pass
 class MarkedProgress(tfpipe.train.loop.StageProgress):
@@ -286,7 +286,7 @@ class MarkedProgress(tfpipe.train.loop.StageProgress):
         mark("update", done)
         super().update(done, *args)
 tfpipe.train.loop.StageProgress = MarkedProgress
-sys.exit(tfpipe.cli.train_main(sys.argv[1:], prog="python -m tfpipe.train"))
+sys.exit(tfpipe.cli.main.train_main(sys.argv[1:], prog="python -m tfpipe.train"))
 """
 XLA_START = "XLA service"
 XLA_DONE = "Compiled cluster using XLA"

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep import thermo
-from tfpipe.grid import Grid
-from tfpipe.rawtree import DAYS_PER_YEAR, SECONDS_PER_DAY, ModelTime
+from tfpipe.data.grid import Grid
+from tfpipe.data.rawtree import DAYS_PER_YEAR, SECONDS_PER_DAY, ModelTime
 
 FILL_VALUE = 1.0e30  # E3SM's fill value, seen in real cam_in_SNOWHICE
 

@@ -38,9 +38,8 @@ from pathlib import Path
 
 from data_prep.sharding import COUNT_ENV, SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
-from tfpipe.cli_paths import check_path_arguments
-from tfpipe.cliutil import ArgumentParser
-from tfpipe.rawtree import parse_raw_file_name, partner_path
+from tfpipe.console import ArgumentParser, check_path_arguments
+from tfpipe.data.rawtree import parse_raw_file_name, partner_path
 
 PROG = "data_prep.download"
 SPLIT = "train"

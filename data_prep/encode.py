@@ -28,10 +28,9 @@ from data_prep.raw_blocks import list_raw_pairs, raw_blocks
 from data_prep.shard_writer import BackgroundWriter, ShardWriter
 from data_prep.sharding import SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
-from tfpipe.cli_paths import check_path_arguments
-from tfpipe.cliutil import ArgumentParser, stop_on_signals
-from tfpipe.kaggle_csv import CsvError, csv_blocks, read_header
-from tfpipe.manifest import (
+from tfpipe.console import ArgumentParser, check_path_arguments, stop_on_signals
+from tfpipe.data.kaggle_csv import CsvError, csv_blocks, read_header
+from tfpipe.data.manifest import (
     ENCODER,
     MANIFEST_RE,
     Manifest,
@@ -41,8 +40,8 @@ from tfpipe.manifest import (
     source_key,
     verify,
 )
-from tfpipe.records import Block
-from tfpipe.schema import NCOL, SCHEMAS, Schema, get_schema
+from tfpipe.data.records import Block
+from tfpipe.data.schema import NCOL, SCHEMAS, Schema, get_schema
 
 FORMATS = ("raw", "kaggle-csv")
 BAD_VALUE_POLICIES = ("error", "drop-sample")
@@ -181,7 +180,7 @@ def _source_grid(config: EncodeConfig) -> tuple[str, bytes] | None:
     data = storage.read_bytes(src)
     if not data:
         raise EncodeError(f"{src}: empty grid file (0 bytes): copy it again, or pass --grid FILE")
-    from tfpipe.grid import read_grid
+    from tfpipe.data.grid import read_grid
 
     try:
         read_grid(src, memory=data)

@@ -34,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from data_prep import thermo
-from tfpipe.grid import Grid
-from tfpipe.schema import TIMESTEP_S
+from tfpipe.data.grid import Grid
+from tfpipe.data.schema import TIMESTEP_S
 
 DT = float(TIMESTEP_S)
 TAU_CONVECTION = 7200.0

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import netCDF4
 import numpy as np
 
-from tfpipe.rawtree import ModelTime, parse_raw_file_name
-from tfpipe.schema import DERIVED_INPUTS, NCOL, NLEV, TIMESTEP_S, VARIABLES, Schema, target_source
+from tfpipe.data.rawtree import ModelTime, parse_raw_file_name
+from tfpipe.data.schema import DERIVED_INPUTS, NCOL, NLEV, TIMESTEP_S, VARIABLES, Schema, target_source
 
 
 class RawDataError(ValueError):
@@ -105,7 +105,7 @@ _DERIVE = {"state_rh": relative_humidity}
 
 
 def with_derived(values: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """``values`` plus the derived inputs among ``names`` (:data:`tfpipe.schema.DERIVED_INPUTS`)."""
+    """``values`` plus the derived inputs among ``names`` (:data:`tfpipe.data.schema.DERIVED_INPUTS`)."""
     return values | {
         n: _DERIVE[n](*(values[s] for s in DERIVED_INPUTS[n])) for n in names if n in DERIVED_INPUTS
     }

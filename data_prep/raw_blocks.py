@@ -11,9 +11,9 @@ import numpy as np
 
 from data_prep.raw import PairVariables, RawDataError, float32_samples_of, read_pair_variables
 from tfpipe import storage
-from tfpipe.rawtree import parse_raw_file_name, partner_path
-from tfpipe.records import FLOAT64_TARGET, FLOAT64_VARIABLE, Block
-from tfpipe.schema import NCOL, Schema, get_schema
+from tfpipe.data.rawtree import parse_raw_file_name, partner_path
+from tfpipe.data.records import FLOAT64_TARGET, FLOAT64_VARIABLE, Block
+from tfpipe.data.schema import NCOL, Schema, get_schema
 
 
 def list_raw_pairs(src: str, stride: int) -> list[tuple[str, str]]:

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 from tfpipe import storage
-from tfpipe.manifest import FileEntry
-from tfpipe.records import Block, block_pieces, frame_pieces
+from tfpipe.data.manifest import FileEntry
+from tfpipe.data.records import Block, block_pieces, frame_pieces
 
 
 class ShardWriter:

@@ -6,7 +6,7 @@
 Each block's mean and sum of squared deviations are computed in float64 and combined with Chan's
 parallel formula, so results are numerically stable and shards merge into the one-pass result (to
 float64 round-off: the merge order differs). ``state_q0002`` uses the exact float64 copy in the
-records. The statistics themselves and the ``stats.json`` format are :mod:`tfpipe.stats`.
+records. The statistics themselves and the ``stats.json`` format are :mod:`tfpipe.data.stats`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import time
 from tqdm import tqdm
 
 from tfpipe import storage
-from tfpipe.cli_paths import check_path_arguments
-from tfpipe.cliutil import ArgumentParser, stop_on_signals
-from tfpipe.export import block_columns
-from tfpipe.manifest import ManifestError, data_files, read_manifests
-from tfpipe.records import read_blocks
-from tfpipe.schema import Schema, get_schema
-from tfpipe.stats import MIN_STD, Moments, Stats, StatsError, load_stats
+from tfpipe.console import ArgumentParser, check_path_arguments, stop_on_signals
+from tfpipe.data.manifest import ManifestError, data_files, read_manifests
+from tfpipe.data.records import read_blocks
+from tfpipe.data.schema import Schema, get_schema
+from tfpipe.data.stats import MIN_STD, Moments, Stats, StatsError, load_stats
+from tfpipe.evaluate.export import block_columns
 
 
 def compute_stats(

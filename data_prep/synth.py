@@ -25,10 +25,10 @@ import numpy as np
 
 from data_prep import physics
 from data_prep.climate import SyntheticClimate
-from tfpipe.cliutil import ArgumentParser
-from tfpipe.grid import NE, NPG, Grid, make_grid
-from tfpipe.rawtree import ModelTime, raw_file_path, steps_for_days
-from tfpipe.schema import MLI_VARIABLES, MLO_VARIABLES, NCOL, NLEV, VARIABLES
+from tfpipe.console import ArgumentParser
+from tfpipe.data.grid import NE, NPG, Grid, make_grid
+from tfpipe.data.rawtree import ModelTime, raw_file_path, steps_for_days
+from tfpipe.data.schema import MLI_VARIABLES, MLO_VARIABLES, NCOL, NLEV, VARIABLES
 
 GRID_FILE = "grid-info.nc"
 SOURCE = "tfpipe data_prep.synth: synthetic climate and toy column physics (not E3SM output)"

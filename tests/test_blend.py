@@ -21,9 +21,9 @@ from tfpipe.blend import (
     stack_apply,
     stack_fit,
 )
-from tfpipe.metrics import kaggle_score
-from tfpipe.prediction_files import load_predictions, write_predictions, write_truth
-from tfpipe.schema import KAGGLE
+from tfpipe.data.schema import KAGGLE
+from tfpipe.evaluate.metrics import kaggle_score
+from tfpipe.evaluate.prediction_files import load_predictions, write_predictions, write_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 T = KAGGLE.n_targets
@@ -32,7 +32,7 @@ NAMES = ["a", "b", "c"]
 
 def tfpipe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tfpipe.cli.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
 
 

@@ -14,9 +14,9 @@ import pytest
 from tfpipe.blend import BlendError, combine, hill_climb
 from tfpipe.blend.hill_climbing import held_out_check
 from tfpipe.blend.objective import scores
-from tfpipe.metrics import kaggle_score, r2_train_var_scores
-from tfpipe.prediction_files import TRAIN_STD_KEY, write_predictions, write_truth
-from tfpipe.schema import KAGGLE
+from tfpipe.data.schema import KAGGLE
+from tfpipe.evaluate.metrics import kaggle_score, r2_train_var_scores
+from tfpipe.evaluate.prediction_files import TRAIN_STD_KEY, write_predictions, write_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 T = KAGGLE.n_targets
@@ -113,7 +113,7 @@ def hill_climb_cli(tmp_path: Path, preds: dict[str, np.ndarray], truth_path: str
     ids = np.array([f"s{i}" for i in range(len(next(iter(preds.values()))))])
     paths = [write_predictions(str(tmp_path / f"{n}.parquet"), ids, p) for n, p in preds.items()]
     proc = subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", "blend", "--pred", *paths, "--truth", truth_path,
+        [sys.executable, "-m", "tfpipe.cli.main", "blend", "--pred", *paths, "--truth", truth_path,
          "--method", "hill-climb", "--out", str(tmp_path / "blend.parquet")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tfpipe.schema import KAGGLE
+from tfpipe.data.schema import KAGGLE
 
 TFPIPE = Path(sys.executable).parent / "tfpipe"  # the console script installed with the package
 
@@ -37,13 +37,13 @@ def test_unknown_subcommand_is_a_one_line_error():
 
 
 HELP = [
-    ["tfpipe.cli", "train", "--help"], ["tfpipe.cli", "predict", "--help"], ["tfpipe.cli", "score", "--help"],
-    ["tfpipe.cli", "blend", "--help"], ["tfpipe.cli", "export", "--help"], ["tfpipe.cli", "schema", "--help"],
-    ["tfpipe.cli", "demo", "--help"], ["tfpipe.train", "--help"], ["tfpipe.predict", "--help"],
+    ["tfpipe.cli.main", "train", "--help"], ["tfpipe.cli.main", "predict", "--help"], ["tfpipe.cli.main", "score", "--help"],
+    ["tfpipe.cli.main", "blend", "--help"], ["tfpipe.cli.main", "export", "--help"], ["tfpipe.cli.main", "schema", "--help"],
+    ["tfpipe.cli.main", "demo", "--help"], ["tfpipe.train", "--help"], ["tfpipe.predict", "--help"],
     ["tfpipe.config", "--help"], ["data_prep.encode", "--help"], ["data_prep.stats", "--help"],
-    ["data_prep.synth", "--help"], ["data_prep.download", "--help"], ["tfpipe.cli", "sweep", "--help"],
-    ["tfpipe.cli", "launch", "--help"], ["tfpipe.cli", "runs", "ls", "--help"],
-    ["tfpipe.cli", "export-models", "--help"],
+    ["data_prep.synth", "--help"], ["data_prep.download", "--help"], ["tfpipe.cli.main", "sweep", "--help"],
+    ["tfpipe.cli.main", "launch", "--help"], ["tfpipe.cli.main", "runs", "ls", "--help"],
+    ["tfpipe.cli.main", "export-models", "--help"],
 ]  # fmt: skip
 HELP_PROBE = """
 import json, runpy, sys
@@ -70,7 +70,7 @@ def test_help_of_every_command_loads_no_tensorflow() -> None:
             if f"  {option} " in text:
                 block = text[text.index(f"  {option} ") :].split("\n  -")[0]
                 assert "default:" in " ".join(block.split()), (args, option, block)
-        if args[:2] in (["tfpipe.cli", "score"], ["tfpipe.cli", "blend"], ["tfpipe.cli", "demo"]):
+        if args[:2] in (["tfpipe.cli.main", "score"], ["tfpipe.cli.main", "blend"], ["tfpipe.cli.main", "demo"]):
             assert text.split("\n\n")[1].strip(), f"{args}: no description"  # description paragraph
 
 

@@ -1,4 +1,4 @@
-"""tfpipe.climsim_metrics (the ClimSim paper's weighting and metrics) against hand-computed values."""
+"""tfpipe.evaluate.climsim_metrics (the ClimSim paper's weighting and metrics) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tfpipe.climsim_metrics import GRAV, LV, ClimSimMetricError, climsim_scores, output_weighting
-from tfpipe.grid import grid_to_dict, make_grid
-from tfpipe.metrics import ScoreError
-from tfpipe.prediction_files import arrow_metadata, truth_metadata, write_predictions
-from tfpipe.schema import KAGGLE, NCOL
-from tfpipe.score import score_files
+from tfpipe.data.grid import grid_to_dict, make_grid
+from tfpipe.data.schema import KAGGLE, NCOL
+from tfpipe.evaluate.climsim_metrics import GRAV, LV, ClimSimMetricError, climsim_scores, output_weighting
+from tfpipe.evaluate.metrics import ScoreError
+from tfpipe.evaluate.prediction_files import arrow_metadata, truth_metadata, write_predictions
+from tfpipe.evaluate.score import score_files
 
 ROOT = Path(__file__).resolve().parents[1]
 T_STEPS = 3
@@ -110,7 +110,7 @@ def test_tfpipe_score_reports_both_metrics_with_the_grid_the_truth_carries(case,
         tmp_path / "t.parquet", ids, truth, ncol, time, ps, grid_to_dict(make_grid(), "ne4")
     )
     result = subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", "score", "--pred", str(tmp_path / "p.parquet"), "--truth",
+        [sys.executable, "-m", "tfpipe.cli.main", "score", "--pred", str(tmp_path / "p.parquet"), "--truth",
          str(tmp_path / "t.parquet"), "--metric", "climsim"], cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

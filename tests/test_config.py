@@ -23,13 +23,13 @@ from tfpipe.config import (
     dump_config,
     is_resume_mutable,
     load_config,
-    main,
     parse_duration,
     resume_conflicts,
 )
-from tfpipe.config_reference import config_reference_markdown
+from tfpipe.config.__main__ import main
+from tfpipe.config.reference import config_reference_markdown
 from tfpipe.losses import LossConfig
-from tfpipe.models.registry import ModelConfig
+from tfpipe.models.configs import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "configs" / "reference.yaml"
@@ -214,7 +214,7 @@ def test_dump_and_load_round_trip_atomically(tmp_path):
 
 def test_values_are_assigned_as_their_declared_type_so_omegaconf_24_does_not_warn(tmp_path):
     """OmegaConf 2.4 warns (FutureWarning) on every implicit int->float or list->tuple assignment."""
-    from tfpipe.config_tree import as_declared
+    from tfpipe.config.tree import as_declared
 
     assert type(as_declared(1000, float)) is float and type(as_declared(1, float | None)) is float
     assert as_declared(True, float) is True  # no widening of bools: OmegaConf refuses them
@@ -307,7 +307,7 @@ def test_cli_prints_resolved_config_or_an_error(tmp_path, capsys):
 
 
 def test_each_model_has_its_own_config_class():
-    from tfpipe.model_config import CNNConfig, MLPConfig, SqueezeformerConfig
+    from tfpipe.models.configs import CNNConfig, MLPConfig, SqueezeformerConfig
 
     assert type(load_config(TINY).model) is SqueezeformerConfig
     mlp = load_config(TINY, ["model.name=mlp", "model.mlp_units=[8,8]"]).model  # the file's sizes are dropped
@@ -338,8 +338,8 @@ def test_a_saved_config_of_an_older_tfpipe_with_every_models_fields_still_resume
 
 def test_the_normalization_layer_is_the_one_the_data_config_asks_for(tiny_encoded):
     """Training and predict-from-checkpoint build the layer through one helper, from the config."""
-    from tfpipe.normalize import Normalization
-    from tfpipe.stats import load_stats
+    from tfpipe.data.normalize import Normalization
+    from tfpipe.data.stats import load_stats
 
     data = load_config(TINY, ["data.representations=[column, log]", "data.feature_clip=3",
                               "data.target_clip=5", "data.q0002_replacement_levels=[0, 1]"]).data  # fmt: skip

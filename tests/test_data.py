@@ -1,4 +1,4 @@
-"""tfpipe.data: raw batches, exact mixing of sources, padded validation, determinism, graph purity, tf.distribute."""
+"""tfpipe.data.pipeline: raw batches, exact mixing of sources, padded validation, determinism, graph purity, tf.distribute."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ import tensorflow as tf
 from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import compute_stats
 from tfpipe.config import DataConfig, SourceConfig
-from tfpipe.data import diagnose_read_error, make_train_dataset, make_validation_dataset, resolve_sources
-from tfpipe.sampling import plan_stage
-from tfpipe.schema import AUX_TARGETS, KAGGLE, NCOL, NLEV
+from tfpipe.data.pipeline import (
+    diagnose_read_error,
+    make_train_dataset,
+    make_validation_dataset,
+    resolve_sources,
+)
+from tfpipe.data.sampling import plan_stage
+from tfpipe.data.schema import AUX_TARGETS, KAGGLE, NCOL, NLEV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,8 +216,8 @@ DISTRIBUTED = textwrap.dedent(
     configure_logical_cpus(8)
     import tensorflow as tf
     from tfpipe.config import DataConfig, SourceConfig
-    from tfpipe.data import make_train_dataset, resolve_sources
-    from tfpipe.sampling import plan_stage
+    from tfpipe.data.pipeline import make_train_dataset, resolve_sources
+    from tfpipe.data.sampling import plan_stage
     cfg = DataConfig(sources=[SourceConfig(path=sys.argv[1])], batch_size=8, sub_epochs=2,
                      shuffle_buffer=512, deterministic=True)
     sources = resolve_sources(cfg)

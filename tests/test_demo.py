@@ -69,8 +69,8 @@ def test_the_demo_cache_of_another_record_layout_is_not_read(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A cache written by an older tfpipe (record layout 1) sits beside the new one, never read."""
+    from tfpipe.data.records import LAYOUT_VERSION
     from tfpipe.demo_data import demo_cache_dir
-    from tfpipe.records import LAYOUT_VERSION
 
     monkeypatch.setenv("TFPIPE_CACHE", str(tmp_path))
     assert demo_cache_dir(2.0, 0) == tmp_path / f"demo-v1-l{LAYOUT_VERSION}-d2-s0"

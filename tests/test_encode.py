@@ -19,9 +19,9 @@ import pytest
 
 from data_prep.encode import EncodeConfig, EncodeError, encode_shard, list_raw_pairs
 from data_prep.raw import read_pair
-from tfpipe.export import export_parquet
-from tfpipe.manifest import Manifest, read_manifests
-from tfpipe.schema import KAGGLE, NCOL
+from tfpipe.data.manifest import Manifest, read_manifests
+from tfpipe.data.schema import KAGGLE, NCOL
+from tfpipe.evaluate.export import export_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 

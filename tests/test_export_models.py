@@ -309,9 +309,9 @@ def test_export_and_predict_a_set_on_gcs(
 
 HELP_PROBE = """
 import json, runpy, sys
-sys.argv = ["tfpipe.cli", *sys.argv[1:]]
+sys.argv = ["tfpipe.cli.main", *sys.argv[1:]]
 try:
-    runpy.run_module("tfpipe.cli", run_name="__main__", alter_sys=True)
+    runpy.run_module("tfpipe.cli.main", run_name="__main__", alter_sys=True)
 except SystemExit as exit:
     code = exit.code
 print(json.dumps({"code": code, "heavy": [m for m in ("tensorflow", "keras", "optuna", "ray", "mlflow") if m in sys.modules]}))

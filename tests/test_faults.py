@@ -28,7 +28,7 @@ import pytest
 
 from data_prep.encode import EncodeConfig, encode_shard, list_raw_pairs
 from data_prep.stats import compute_stats
-from tfpipe.manifest import read_manifests
+from tfpipe.data.manifest import read_manifests
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -71,8 +71,8 @@ def good(small_raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="module")
 def csv_files(small_raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A Kaggle-layout test.csv and its broken variants (an extra field, a NaN, swapped columns)."""
-    from tfpipe.export import export_parquet
-    from tfpipe.schema import KAGGLE
+    from tfpipe.data.schema import KAGGLE
+    from tfpipe.evaluate.export import export_parquet
 
     folder = tmp_path_factory.mktemp("csv")
     frame = pd.read_parquet(
@@ -161,7 +161,7 @@ CASES = [
          lambda p: ["-m", "data_prep.stats", "--data", p["mixed"], "--out", p["mixed"] + "/s.json"],
          lambda p: ["not one shard set", "--num-shards 2 vs 3"], "mixed"),
     Case("export of a folder that does not exist",
-         lambda p: ["-m", "tfpipe.cli", "export", "--data", p["fresh"] + "/nope", "--out", p["fresh"] + "/x.parquet"],
+         lambda p: ["-m", "tfpipe.cli.main", "export", "--data", p["fresh"] + "/nope", "--out", p["fresh"] + "/x.parquet"],
          lambda p: ["/nope: no such folder"], "fresh"),
     Case("train on an incomplete shard set",
          lambda p: ["-m", "tfpipe.train", *train_args(Path(p["partial"]), Path(p["fresh"]) / "run")],
@@ -324,7 +324,7 @@ STARTUP_PAUSED = """
 import sys, time
 from pathlib import Path
 import tfpipe.train.loop as loop
-from tfpipe.cli import train_main
+from tfpipe.cli.main import train_main
 
 def open_session(*args, **kwargs):  # start-up: TensorFlow loaded, nothing written; the test's SIGTERM comes here
     Path(sys.argv[1]).touch()
@@ -355,7 +355,7 @@ def test_sigterm_during_start_up_is_one_line(good: Path, tmp_path: Path) -> None
 
 SIGNALS_AFTER_MAIN = """
 import json, signal, sys
-from tfpipe import cli
+from tfpipe.cli import main as cli
 
 def mine(signum, frame):
     pass
@@ -380,7 +380,7 @@ def test_cli_main_puts_back_the_callers_signal_handlers(tmp_path: Path) -> None:
 
 SIGTERM_IN_NATIVE_IMPORT = """
 import os, signal, sys
-import tfpipe.cli as cli, tfpipe.config as config
+import tfpipe.cli.main as cli, tfpipe.config as config
 
 def load_config(*args, **kwargs):  # a SIGTERM while TensorFlow's native module initialises:
     try:                           # pybind11 turns the handler's SystemExit into an ImportError

@@ -28,7 +28,7 @@ from tiny_runs import TINY_CONFIG, tiny_overrides
 
 from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import compute_stats
-from tfpipe.manifest import read_manifests
+from tfpipe.data.manifest import read_manifests
 from tfpipe.storage import staging
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def run_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def models(run_dir: Path) -> Path:
     """``export-models`` of the run: a one-model set."""
     out = run_dir.parent.parent / "models"
-    result = run("-m", "tfpipe.cli", "export-models", "--runs", run_dir.parent, "--select", "a", "--out", out)
+    result = run("-m", "tfpipe.cli.main", "export-models", "--runs", run_dir.parent, "--select", "a", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -119,7 +119,7 @@ def reader_commands(data: Path, run_dir: Path, models: Path, out: Path) -> dict[
                                     "--out", out / "p.parquet", "--allow-partial", "--quiet"],
         "predict --models": ["-m", "tfpipe.predict", "--models", models, "--data", data, "--out-dir", out / "set",
                              "--quiet"],
-        "export": ["-m", "tfpipe.cli", "export", "--data", data, "--out", out / "x.parquet"],
+        "export": ["-m", "tfpipe.cli.main", "export", "--data", data, "--out", out / "x.parquet"],
         "stats": ["-m", "data_prep.stats", "--data", data, "--out", out / "stats.json", "--no-progress"],
         "train": train,
     }  # fmt: skip
@@ -186,7 +186,7 @@ def test_gs_urls_without_a_bucket_are_refused_by_every_command(
                                 *tiny_overrides(data, "gs://")],
         "predict --out gs:/x": ["-m", "tfpipe.predict", "--checkpoint", run_dir, "--data", data,
                                 "--out", "gs:/b/p.parquet", "--quiet"],
-        "export --out gs://": ["-m", "tfpipe.cli", "export", "--data", data, "--out", "gs:///x.parquet"],
+        "export --out gs://": ["-m", "tfpipe.cli.main", "export", "--data", data, "--out", "gs:///x.parquet"],
         "stats --data gs:": ["-m", "data_prep.stats", "--data", "gs:", "--out", "s.json"],
     }  # fmt: skip
     for name, command in cases.items():
@@ -263,7 +263,7 @@ def paused(temp, target, overwrite=True):  # the test's SIGKILL comes here, the 
     return publish_local(temp, target, overwrite)
 
 storage.publish_local = staging.publish_local = paused
-from tfpipe.cli import main
+from tfpipe.cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -303,7 +303,7 @@ def test_kill_9_at_a_publish_point_leaves_no_temp_after_the_rerun(
         kill_at_publish(command, folder, tmp_path / f"{name}.published")
         left = sorted(p.name for p in folder.glob(TEMPS))
         assert left and all(n.count(staging.TEMP_MARK) == 1 for n in left), (name, left)
-        result = run("-m", "tfpipe.cli", *command)
+        result = run("-m", "tfpipe.cli.main", *command)
         assert result.returncode == 0, (name, result.stderr[-3000:])
         assert not list(folder.glob(TEMPS)), (name, sorted(p.name for p in folder.glob(TEMPS)))
     assert all(p.is_file() for p in (out / "p.parquet", out / "a.parquet", model_set / "a.keras"))

@@ -266,7 +266,7 @@ KILLED_AT_PUBLISH = """
 import sys, time
 from pathlib import Path
 from tfpipe import storage
-from tfpipe.cli import predict_main
+from tfpipe.cli.main import predict_main
 
 publish = storage.publish
 

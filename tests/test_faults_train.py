@@ -155,7 +155,7 @@ def test_gcs_claim_is_exclusive_and_a_dead_owners_claim_is_taken_over(gcs_env) -
 PAUSED_AT_FIRST_CHUNK = """
 import sys, time
 from pathlib import Path
-from tfpipe.cli import train_main
+from tfpipe.cli.main import train_main
 from tfpipe.train.step import TrainStep
 
 marker, go = Path(sys.argv[1]), Path(sys.argv[2])
@@ -217,7 +217,7 @@ AT_CHECKPOINT = """
 import os, resource, sys, time, uuid
 from pathlib import Path
 import tfpipe.train.loop as loop
-from tfpipe.cli import train_main
+from tfpipe.cli.main import train_main
 
 mode, run, marker = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 committed = run / "checkpoints" / "ckpt-1.state.json"
@@ -293,7 +293,7 @@ def test_killed_after_best_keras_readers_take_the_committed_best(tiny_encoded: P
     import numpy as np
 
     from tfpipe.experiments.runs import read_run
-    from tfpipe.predict import _restore_checkpoint, _run_config, load_keras, resolve_checkpoint
+    from tfpipe.predict.loading import _restore_checkpoint, _run_config, load_keras, resolve_checkpoint
     from tfpipe.train.checkpoints import available_checkpoints
 
     run = tmp_path / "runs" / "a"
@@ -309,7 +309,7 @@ def test_killed_after_best_keras_readers_take_the_committed_best(tiny_encoded: P
     assert read_run(str(run)).best_checkpoint == "ckpt-1"  # runs ls
     out = tmp_path / "models"
     proc = subprocess.run(
-        [PY, "-m", "tfpipe.cli", "export-models", "--runs", str(tmp_path / "runs"), "--select", "a", "--out", str(out)],
+        [PY, "-m", "tfpipe.cli.main", "export-models", "--runs", str(tmp_path / "runs"), "--select", "a", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -87,8 +87,8 @@ _TF_SCRIPT = textwrap.dedent(
 
 
 def _tfrecord_bytes(payloads: list[bytes]) -> bytes:
-    """TFRecord files built by tfpipe.records' pure-Python framing: the pytest process needs no TensorFlow."""
-    from tfpipe.records import frame_record
+    """TFRecord files built by tfpipe.data.records' pure-Python framing: the pytest process needs no TensorFlow."""
+    from tfpipe.data.records import frame_record
 
     return b"".join(frame_record(p) for p in payloads)
 

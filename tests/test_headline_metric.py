@@ -12,9 +12,9 @@ import pytest
 from tiny_runs import TINY_CONFIG, tiny_overrides
 
 from tfpipe.config import load_config
-from tfpipe.metrics import r2_train_var_scores
+from tfpipe.evaluate.metrics import r2_train_var_scores
+from tfpipe.evaluate.prediction_files import TRAIN_STD_KEY, load_predictions, load_truth, read_tfpipe_metadata
 from tfpipe.predict import predict
-from tfpipe.prediction_files import TRAIN_STD_KEY, load_predictions, load_truth, read_tfpipe_metadata
 from tfpipe.train import train
 
 

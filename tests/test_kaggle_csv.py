@@ -1,4 +1,4 @@
-"""tfpipe.kaggle_csv: the Kaggle CSV reader shared by data_prep.encode and tfpipe predict (no TensorFlow)."""
+"""tfpipe.data.kaggle_csv: the Kaggle CSV reader shared by data_prep.encode and tfpipe predict (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfpipe.kaggle_csv import CsvError, check_header, count_rows, csv_blocks, read_header
-from tfpipe.schema import KAGGLE, NCOL
+from tfpipe.data.kaggle_csv import CsvError, check_header, count_rows, csv_blocks, read_header
+from tfpipe.data.schema import KAGGLE, NCOL
 
 
 def write_csv(path: Path, rows: int, with_targets: bool, seed: int = 0) -> pd.DataFrame:

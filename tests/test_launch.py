@@ -268,7 +268,7 @@ HELP_PROBE = """
 import runpy, sys
 sys.argv = ["tfpipe", "launch", "--help"]
 try:
-    runpy.run_module("tfpipe.cli", run_name="__main__", alter_sys=True)
+    runpy.run_module("tfpipe.cli.main", run_name="__main__", alter_sys=True)
 except SystemExit:
     pass
 print([m for m in ("tensorflow", "keras", "optuna", "ray", "mlflow") if m in sys.modules], file=sys.stderr)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpipe.data.schema import NLEV
 from tfpipe.losses import (
     LossConfig,
     aux_loss,
@@ -15,7 +16,6 @@ from tfpipe.losses import (
     masked_smooth_l1,
     total_loss,
 )
-from tfpipe.schema import NLEV
 
 RNG = np.random.default_rng(0)
 

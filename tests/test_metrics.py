@@ -1,4 +1,4 @@
-"""tfpipe.metrics (the LEAP R²) and ``tfpipe score`` as a real subprocess."""
+"""tfpipe.evaluate.metrics (the LEAP R²) and ``tfpipe score`` as a real subprocess."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import r2_score
 
-from tfpipe.metrics import ScoreError, StreamingR2, kaggle_score, r2_scores
-from tfpipe.prediction_files import (
+from tfpipe.data.schema import KAGGLE, NLEV
+from tfpipe.evaluate.metrics import ScoreError, StreamingR2, kaggle_score, r2_scores
+from tfpipe.evaluate.prediction_files import (
     arrow_metadata,
     load_predictions,
     load_truth,
@@ -24,8 +25,7 @@ from tfpipe.prediction_files import (
     write_predictions,
     write_truth,
 )
-from tfpipe.schema import KAGGLE, NLEV
-from tfpipe.score import plot_r2_heatmap, r2_by_level, r2_table
+from tfpipe.evaluate.score import plot_r2_heatmap, r2_by_level, r2_table
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = list(KAGGLE.target_columns)
@@ -36,7 +36,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def tfpipe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tfpipe.cli.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
 
 

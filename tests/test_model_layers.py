@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpipe.data.schema import KAGGLE, NLEV
 from tfpipe.models import ModelConfig, build_model
 from tfpipe.models.squeezeformer_blocks import ConvModule, TransformerBlock
-from tfpipe.schema import KAGGLE, NLEV
 
 D = 16
 BATCH = 4

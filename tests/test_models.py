@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpipe.data.schema import AUX_TARGETS, KAGGLE, NLEV, V1, Schema
 from tfpipe.losses import LossConfig, total_loss
-from tfpipe.models import MODELS, ModelConfig, build_model, register
-from tfpipe.schema import AUX_TARGETS, KAGGLE, NLEV, V1, Schema
+from tfpipe.models import MODELS, ModelConfig, build_model, register_model
+from tfpipe.models.registry import model_config_class
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = sorted(MODELS)
@@ -44,7 +45,12 @@ def test_registry_names_and_errors():
     with pytest.raises(ValueError, match="known models.*squeezeformer"):
         build_model(ModelConfig(name="nope"), CHANNELS, KAGGLE)
     with pytest.raises(ValueError, match="already registered"):
-        register("mlp")(lambda *a: None)
+        register_model("mlp", builder="tfpipe.models.mlp:build_mlp")(type(ModelConfig.tiny("mlp")))
+    with pytest.raises(ValueError, match="module:function"):
+        register_model("mine", builder="tfpipe.models.mlp.build_mlp")
+    # one registry: each name gives its config class and its builder
+    assert {n: e.config for n, e in MODELS.items()} == {n: model_config_class(n) for n in MODELS}
+    assert MODELS["mlp"].builder == "tfpipe.models.mlp:build_mlp"
     assert ModelConfig().d_model == 384 and ModelConfig().n_blocks == 12
     with pytest.raises(ValueError, match="n_aux"):
         build_model(ModelConfig.tiny("mlp"), CHANNELS, KAGGLE, n_aux=0)

@@ -34,7 +34,7 @@ from gcs_emulator import HAS_TF_GCS_PLUGIN, NO_TF_GCS_PLUGIN, GcsEmulator
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from tfpipe.schema import get_schema
+from tfpipe.data.schema import get_schema
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -197,8 +197,8 @@ def test_train_notebook_resumes_local(local_run: dict) -> None:
 def test_the_notebook_defaults_on_half_a_day_leave_fewer_files_than_sub_epochs(local_run: dict) -> None:
     """What the chain above proves: sub-epochs no longer need one training file each."""
     from tfpipe.config import load_config
-    from tfpipe.manifest import read_manifests
-    from tfpipe.sampling import DataFile, split_files
+    from tfpipe.data.manifest import read_manifests
+    from tfpipe.data.sampling import DataFile, split_files
 
     data = load_config("tiny").data
     manifests = read_manifests(str(local_run["encoded"]))

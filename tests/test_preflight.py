@@ -41,19 +41,19 @@ def folders(tiny_encoded: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 CASES = [
-    (["tfpipe.cli", "train", "--config", "tiny", "data.sources.0.path={nope}", "run_dir={run}/t"], "nope: no such folder"),
+    (["tfpipe.cli.main", "train", "--config", "tiny", "data.sources.0.path={nope}", "run_dir={run}/t"], "nope: no such folder"),
     (["tfpipe.train", "--config", "tiny", "data.sources.0.path={bare}", "run_dir={run}/t"],
      "bare/stats.json: statistics file not found"),
-    (["tfpipe.cli", "train", "--config", "tiny", "data.sources.0.path={enc}", "data.val_path={nope}"], "nope: no such folder"),
-    (["tfpipe.cli", "predict", "--checkpoint", "{nope}", "--data", "{enc}", "--out", "{run}/p.parquet"],
+    (["tfpipe.cli.main", "train", "--config", "tiny", "data.sources.0.path={enc}", "data.val_path={nope}"], "nope: no such folder"),
+    (["tfpipe.cli.main", "predict", "--checkpoint", "{nope}", "--data", "{enc}", "--out", "{run}/p.parquet"],
      "nope/best.keras: no such model file"),
     (["tfpipe.predict", "--checkpoint", "{run}/checkpoints/ckpt-3", "--data", "{enc}", "--out", "{run}/p.parquet"],
      "ckpt-3: no such checkpoint"),
-    (["tfpipe.cli", "predict", "--checkpoint", "{run}", "--data", "{nope}", "--out", "{run}/p.parquet"], "nope: no such folder"),
-    (["tfpipe.cli", "predict", "--checkpoint", "{run}", "--data", "{nope}.csv", "--out", "{run}/p.parquet"], "nope.csv: no such file"),
-    (["tfpipe.cli", "predict", "--models", "{run}", "--data", "{enc}", "--out-dir", "{run}/p"], "no models.json"),
-    (["tfpipe.cli", "export", "--data", "{nope}", "--out", "{run}/x.parquet"], "nope: no such folder"),
-    (["tfpipe.cli", "blend", "--pred", "{nope}/a.parquet", "--method", "equal", "--out", "{run}/b.parquet"], "a.parquet: no such file"),
+    (["tfpipe.cli.main", "predict", "--checkpoint", "{run}", "--data", "{nope}", "--out", "{run}/p.parquet"], "nope: no such folder"),
+    (["tfpipe.cli.main", "predict", "--checkpoint", "{run}", "--data", "{nope}.csv", "--out", "{run}/p.parquet"], "nope.csv: no such file"),
+    (["tfpipe.cli.main", "predict", "--models", "{run}", "--data", "{enc}", "--out-dir", "{run}/p"], "no models.json"),
+    (["tfpipe.cli.main", "export", "--data", "{nope}", "--out", "{run}/x.parquet"], "nope: no such folder"),
+    (["tfpipe.cli.main", "blend", "--pred", "{nope}/a.parquet", "--method", "equal", "--out", "{run}/b.parquet"], "a.parquet: no such file"),
     (["data_prep.stats", "--data", "{nope}", "--out", "{run}/s.json"], "nope: no such folder"),
 ]  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""tfpipe.records: block layout, TFRecord framing, numpy and tf.data parsing agree."""
+"""tfpipe.data.records: block layout, TFRecord framing, numpy and tf.data parsing agree."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpipe.records import decode_block, encode_block, frame_record, iter_records, make_block, parse_block
-from tfpipe.schema import KAGGLE, NLEV
+from tfpipe.data.records import (
+    decode_block,
+    encode_block,
+    frame_record,
+    iter_records,
+    make_block,
+    parse_block,
+)
+from tfpipe.data.schema import KAGGLE, NLEV
 
 
 def random_block(n: int = 5, with_targets: bool = True, seed: int = 0):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ls(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tfpipe.cli", "runs", "ls", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tfpipe.cli.main", "runs", "ls", *args], capture_output=True,
                           text=True, timeout=120, cwd=cwd)  # fmt: skip
 
 
@@ -103,7 +103,7 @@ def test_a_folder_without_runs_is_one_error(tmp_path: Path) -> None:
 def test_help_loads_none_of_the_engines() -> None:
     probe = (
         "import sys, runpy; sys.argv = ['tfpipe', 'runs', 'ls', '--help']\n"
-        "try:\n    runpy.run_module('tfpipe.cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "try:\n    runpy.run_module('tfpipe.cli.main', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'mlflow', 'optuna', 'ray') if m in sys.modules]\n"
         "print(code, heavy, file=sys.stderr)"
     )

@@ -1,11 +1,11 @@
-"""tfpipe.sampling: validation hold-outs in samples, balanced sub-epochs, exact per-batch source mixes."""
+"""tfpipe.data.sampling: validation hold-outs in samples, balanced sub-epochs, exact per-batch source mixes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tfpipe.sampling import (
+from tfpipe.data.sampling import (
     DataFile,
     Piece,
     SamplingError,

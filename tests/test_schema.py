@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tfpipe import schema
-from tfpipe.schema import KAGGLE, NLEV, V1, V2, get_schema, target_source
+from tfpipe.data import schema
+from tfpipe.data.schema import KAGGLE, NLEV, V1, V2, get_schema, target_source
 
 REFERENCE_COLUMNS = Path(__file__).resolve().parents[2] / "shared" / "climsim_ref" / "kaggle_columns.txt"
 

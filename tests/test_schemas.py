@@ -14,9 +14,9 @@ from data_prep.encode import EncodeConfig, encode_shard, list_raw_pairs
 from data_prep.raw import read_pair, relative_humidity
 from data_prep.stats import compute_stats
 from tfpipe.config import load_config
-from tfpipe.export import export_parquet
+from tfpipe.data.schema import SCHEMAS, get_schema
+from tfpipe.evaluate.export import export_parquet
 from tfpipe.predict import predict
-from tfpipe.schema import SCHEMAS, get_schema
 from tfpipe.train import train
 
 SIZES = {"v1": (124, 128), "v2": (557, 368), "v2_rh": (557, 368), "kaggle": (556, 368)}
@@ -109,7 +109,7 @@ def test_blocks_built_in_float32_equal_the_float64_samples_cast(name: str, small
     """Encode builds each block's float32 matrices directly (no float64 matrix): the same bytes as
     casting read_pair's float64 samples, and the same float64 state_q0002/ptend_q0002 columns."""
     from data_prep.raw_blocks import _read_step, _step_block
-    from tfpipe.records import make_block
+    from tfpipe.data.records import make_block
 
     schema = get_schema(name)
     for mli, mlo in list_raw_pairs(str(small_raw_tree), 1)[:2]:

@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 
 from tfpipe.blend import blend_files
-from tfpipe.export import export_parquet
-from tfpipe.metrics import ScoreError, r2_scores
-from tfpipe.prediction_files import (
+from tfpipe.data.schema import SCHEMAS, V1
+from tfpipe.evaluate.export import export_parquet
+from tfpipe.evaluate.metrics import ScoreError, r2_scores
+from tfpipe.evaluate.prediction_files import (
     load_predictions,
     load_truth,
     read_tfpipe_metadata,
     write_predictions,
     write_truth,
 )
-from tfpipe.schema import SCHEMAS, V1
-from tfpipe.score import score_files
+from tfpipe.evaluate.score import score_files
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT.parent / "shared" / "climsim_ref"
@@ -35,7 +35,7 @@ needs_ref = pytest.mark.skipif(
 
 def tfpipe(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "tfpipe.cli.main", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
 

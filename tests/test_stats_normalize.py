@@ -1,4 +1,4 @@
-"""data_prep.stats (streaming float64 moments, sharded merge) and tfpipe.normalize (TF transforms)."""
+"""data_prep.stats (streaming float64 moments, sharded merge) and tfpipe.data.normalize (TF transforms)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import tensorflow as tf
 
 from data_prep.encode import EncodeConfig, encode_shard
 from data_prep.stats import compute_stats, merge_files
-from tfpipe.export import export_parquet
-from tfpipe.normalize import (
+from tfpipe.data.normalize import (
     Normalization,
     NormalizeError,
     channel_layout,
@@ -25,8 +24,9 @@ from tfpipe.normalize import (
     soft_unclip64,
     stats_sha256,
 )
-from tfpipe.schema import KAGGLE, NLEV, V1
-from tfpipe.stats import MIN_STD, Moments, Stats, StatsError, load_stats
+from tfpipe.data.schema import KAGGLE, NLEV, V1
+from tfpipe.data.stats import MIN_STD, Moments, Stats, StatsError, load_stats
+from tfpipe.evaluate.export import export_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ def _overrides(encoded: Path) -> list[str]:
 def _sweep_cmd(overrides: list[str], tmp: Path, study: str, trials: int, *extra: str,
                storage: str | None = None) -> list[str]:  # fmt: skip
     return [
-        sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, *overrides,
+        sys.executable, "-m", "tfpipe.cli.main", "sweep", "--config", TINY_CONFIG, *overrides,
         "--space", str(tmp / "space.yaml"), "--trials", str(trials), "--study", study,
         "--storage", storage or f"sqlite:///{tmp}/sweeps.db", "--runs-dir", str(tmp / "runs"), "--seed", "0",
         *extra,
@@ -201,7 +201,7 @@ def test_bad_space_is_one_line_naming_the_file_and_key(tmp_path: Path) -> None:
     assert f"{space}: expected a mapping" in _bad(tmp_path, "- just a list")
 
     result = subprocess.run(
-        [sys.executable, "-m", "tfpipe.cli", "sweep", "--config", TINY_CONFIG, "epochs=1", "--space", str(space),
+        [sys.executable, "-m", "tfpipe.cli.main", "sweep", "--config", TINY_CONFIG, "epochs=1", "--space", str(space),
          "--trials", "2", "--study", "bad", "--storage", f"sqlite:///{tmp_path}/bad.db", "model.d_model=8"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -230,7 +230,7 @@ def test_space_values_round_trip_through_overrides(tmp_path: Path) -> None:
 
 def test_sweep_help_loads_no_engine() -> None:
     probe = (
-        "import sys; from tfpipe.cli import main\n"
+        "import sys; from tfpipe.cli.main import main\n"
         "try:\n    main(['sweep', '--help'])\nexcept SystemExit as exit:\n    code = exit.code\n"
         "print([m for m in ('tensorflow', 'keras', 'optuna', 'ray', 'mlflow', 'sqlalchemy') if m in sys.modules],"
         " code, file=sys.stderr)"
@@ -268,8 +268,8 @@ def test_bad_storage_sampler_or_runs_of_another_study_are_refused(tmp_path: Path
 def test_a_missing_engine_is_one_line_with_the_install_command(tiny_encoded: Path, tmp_path: Path) -> None:
     """tfpipe sweep without Optuna installed (hidden here): exit 2, one line naming the extra."""
     (tmp_path / "space.yaml").write_text(LR)
-    argv = _sweep_cmd(tiny_overrides(tiny_encoded), tmp_path, "nope", 1)[3:]  # after `-m tfpipe.cli`
-    code = f"import sys; sys.modules['optuna'] = None; from tfpipe.cli import main; sys.exit(main({argv!r}))"
+    argv = _sweep_cmd(tiny_overrides(tiny_encoded), tmp_path, "nope", 1)[3:]  # after `-m tfpipe.cli.main`
+    code = f"import sys; sys.modules['optuna'] = None; from tfpipe.cli.main import main; sys.exit(main({argv!r}))"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -19,9 +19,9 @@ from data_prep import physics
 from data_prep.climate import SyntheticClimate
 from data_prep.raw import RawDataError, read_pair, read_variables
 from data_prep.synth import synthesize
-from tfpipe.grid import make_grid
-from tfpipe.rawtree import ModelTime, parse_raw_file_name, partner_path
-from tfpipe.schema import KAGGLE, MLI_VARIABLES, MLO_VARIABLES, NCOL, NLEV, V1, V2, VARIABLES
+from tfpipe.data.grid import make_grid
+from tfpipe.data.rawtree import ModelTime, parse_raw_file_name, partner_path
+from tfpipe.data.schema import KAGGLE, MLI_VARIABLES, MLO_VARIABLES, NCOL, NLEV, V1, V2, VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 REF = REPO.parent / "shared" / "climsim_ref"

@@ -40,8 +40,8 @@ def _closed_port() -> int:
 def tracked(tiny_encoded: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One tracked run trained in two sessions (stopped after one sub-epoch, then resumed with another
     tracking.experiment, which must not count as a config change); what MLflow held after each."""
-    from tfpipe.experiments.tracking import read_record
     from tfpipe.train import train
+    from tfpipe.train.tracking import read_record
 
     tmp = tmp_path_factory.mktemp("tracked")
     store, run = tmp / "mlruns", tmp / "runs" / "a"
@@ -113,8 +113,8 @@ def test_runs_trained_inside_a_study_run_are_nested_under_it(
     import mlflow
 
     from tfpipe.experiments.study_tracking import study_run
-    from tfpipe.experiments.tracking import nested_under, read_record
     from tfpipe.train import train
+    from tfpipe.train.tracking import nested_under, read_record
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = tmp_path / "mlruns"
@@ -153,8 +153,8 @@ def test_study_run_is_a_no_op_without_tracking(tmp_path: Path, monkeypatch: pyte
 
 def test_an_unreachable_server_is_one_error_before_training(tiny_encoded: Path, tmp_path: Path) -> None:
     from tfpipe.experiments.study_tracking import study_run
-    from tfpipe.experiments.tracking import TrackingError
     from tfpipe.train import train
+    from tfpipe.train.tracking import TrackingError
 
     uri = f"http://127.0.0.1:{_closed_port()}"
     config = _config(tiny_encoded, tmp_path / "run", "tracking.backend=mlflow", f"tracking.uri={uri}")
@@ -196,8 +196,8 @@ def test_a_sqlite_store_keeps_artifacts_beside_its_database(
 ) -> None:
     """tracking.uri sqlite:///DIR/mlflow.db: the files go to DIR/mlartifacts/EXPERIMENT, not ./mlruns of
     the current folder; MLflow's HTTP settings are not left in the environment."""
-    from tfpipe.experiments.tracking import HTTP_LIMITS, read_record
     from tfpipe.train import train
+    from tfpipe.train.tracking import HTTP_LIMITS, read_record
 
     for name in HTTP_LIMITS:
         monkeypatch.delenv(name, raising=False)

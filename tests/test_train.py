@@ -160,14 +160,14 @@ def test_predict_checkpoint_and_keras_agree_and_ptend_rule(
     pd.testing.assert_frame_equal(pa_, pb)
     assert pa_.columns[0] == "sample_id" and pa_.shape[1] == 369
     assert pq.ParquetFile(tmp_path / "a.parquet").num_row_groups >= 2  # streamed in row groups
-    from tfpipe.export import export_parquet
+    from tfpipe.evaluate.export import export_parquet
 
     truth = pd.read_parquet(export_parquet(str(encoded), str(tmp_path / "t.parquet"))["out"])
     assert list(truth["sample_id"]) == list(pa_["sample_id"])  # input order
     # the replacement rule reproduces the float64 truth of the raw files exactly, 1e-50 traces included
     from data_prep.encode import list_raw_pairs
     from data_prep.raw import read_pair
-    from tfpipe.schema import KAGGLE
+    from tfpipe.data.schema import KAGGLE
 
     cols = [f"ptend_q0002_{k}" for k in range(12, 28)]
     index = [KAGGLE.target_columns.index(c) for c in cols]
@@ -182,8 +182,8 @@ def test_predict_checkpoint_and_keras_agree_and_ptend_rule(
 
 
 def test_predict_csv_equals_encoded(encoded: Path, straight_run: Path, tmp_path: Path) -> None:
-    from tfpipe.export import export_parquet
-    from tfpipe.schema import KAGGLE
+    from tfpipe.data.schema import KAGGLE
+    from tfpipe.evaluate.export import export_parquet
 
     frame = pd.read_parquet(export_parquet(str(encoded), str(tmp_path / "t.parquet"))["out"]).iloc[:1500]
     frame[["sample_id", *KAGGLE.input_columns]].to_csv(
@@ -275,7 +275,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 PAUSED_TRAIN = """
 import sys, time
 from pathlib import Path
-from tfpipe.cli import train_main
+from tfpipe.cli.main import train_main
 from tfpipe.train.step import TrainStep
 
 state, marker, go = (Path(p) for p in sys.argv[1:4])
@@ -375,7 +375,7 @@ def test_group_finetune_after_the_main_epochs(encoded: Path, tmp_path: Path) -> 
 
 
 def test_predict_multiplies_by_submission_weights(encoded: Path, straight_run: Path, tmp_path: Path) -> None:
-    from tfpipe.schema import KAGGLE
+    from tfpipe.data.schema import KAGGLE
 
     weights = np.linspace(0.5, 2.0, KAGGLE.n_targets)
     sub = pd.DataFrame([weights, weights], columns=list(KAGGLE.target_columns))
@@ -441,9 +441,9 @@ def test_two_sources_squeezeformer_interrupted_and_resumed_equals_straight(
 
 def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path: Path) -> None:
     """Validation, best/, best.keras and predict use the same (EMA) weights."""
-    from tfpipe.metrics import kaggle_score
-    from tfpipe.prediction_files import load_predictions, load_truth
-    from tfpipe.score import score_files
+    from tfpipe.evaluate.metrics import kaggle_score
+    from tfpipe.evaluate.prediction_files import load_predictions, load_truth
+    from tfpipe.evaluate.score import score_files
 
     state = json.loads((mixed_run / "checkpoints" / "ckpt-2.state.json").read_text())
     best = state["best_checkpoint"]
@@ -472,7 +472,7 @@ def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path
     tf.train.Checkpoint(model=model).restore(str(mixed_run / "best" / f"ckpt-{best}")).expect_partial()
     ids, raw_pred = load_predictions(str(tmp_path / "ckpt.parquet"))
     from tfpipe.config import load_config as load
-    from tfpipe.data import resolve_sources
+    from tfpipe.data.pipeline import resolve_sources
     from tfpipe.predict import iter_predictions
 
     source = resolve_sources(load(str(mixed_run / "config.yaml")).data)[0]

@@ -98,10 +98,10 @@ def test_one_file_feeds_every_sub_epoch_and_each_sample_is_read_once_per_epoch(
     import numpy as np
 
     from data_prep.encode import EncodeConfig, encode_shard
-    from tfpipe.data import make_train_dataset, resolve_sources
-    from tfpipe.manifest import data_files, read_manifests
-    from tfpipe.records import read_blocks
-    from tfpipe.schema import KAGGLE
+    from tfpipe.data.manifest import data_files, read_manifests
+    from tfpipe.data.pipeline import make_train_dataset, resolve_sources
+    from tfpipe.data.records import read_blocks
+    from tfpipe.data.schema import KAGGLE
     from tfpipe.train.plan import make_plan
 
     enc = tmp_path / "enc"

@@ -130,7 +130,7 @@ def test_old_run_configs_with_clipnorm_keep_clipping_per_weight() -> None:
 
 ABORT_AFTER_NATIVE_LINES = """
 import ctypes, os
-from tfpipe.cliutil import quiet_native_logs
+from tfpipe.console import quiet_native_logs
 quiet_native_logs()
 import tensorflow
 libc = ctypes.CDLL(None)

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from tfpipe.data.rawtree import ModelTime, steps_for_days
 from tfpipe.demo_data import say
-from tfpipe.metrics import TRAIN_VAR_DOC
-from tfpipe.rawtree import ModelTime, steps_for_days
+from tfpipe.evaluate.metrics import TRAIN_VAR_DOC
 from tfpipe.train.rundir import BEST_KERAS, CHECKPOINTS, METRICS
 
 ENCODE_SHARDS = 3
@@ -66,7 +66,7 @@ def _run(cmd: list[str], quiet: bool = True) -> dict:
 
 def encode_with_a_kill(raw: Path, dst: Path, quiet: bool) -> dict:
     """Encode all shards; shard 1 is killed once a file of it is published, then run again."""
-    from tfpipe.manifest import read_manifests
+    from tfpipe.data.manifest import read_manifests
 
     events = {}
     for shard in range(ENCODE_SHARDS):
@@ -150,9 +150,9 @@ def run_demo(
     """Run the whole chain in ``workdir``; returns the summary (also written to ``workdir/summary.json``)."""
     from data_prep.synth import synthesize
     from tfpipe.blend import blend_files
-    from tfpipe.export import export_parquet
+    from tfpipe.evaluate.export import export_parquet
+    from tfpipe.evaluate.score import score_files
     from tfpipe.predict import predict
-    from tfpipe.score import score_files
 
     t0 = time.time()
     root = Path(workdir).absolute()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tfpipe import storage
-from tfpipe.records import LAYOUT_VERSION
+from tfpipe.data.records import LAYOUT_VERSION
 
 DEMO_VERSION = 1
 """Bumped when the synthetic data change; the cache folder also names the record layout, so a cache

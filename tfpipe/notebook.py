@@ -70,7 +70,7 @@ def stats_when_complete(data: str, num_shards: int) -> dict:
     ``{"stats": path, "written": bool, "missing_shards": [...]}``.
     """
     from data_prep.stats import compute_stats
-    from tfpipe.manifest import manifest_name
+    from tfpipe.data.manifest import manifest_name
 
     path = storage.join(data, STATS_FILE)
     missing = [

@@ -7,6 +7,8 @@
 - :mod:`~tfpipe.blend.stacking`: ridge stacking and an MLP stacker.
 - :mod:`~tfpipe.blend.spec`: the blend spec JSON: save, load, apply.
 - :mod:`~tfpipe.blend.files`: ``tfpipe blend`` on prediction files.
+
+May import :mod:`tfpipe.evaluate`, :mod:`tfpipe.predict` (its parquet writer) and :mod:`tfpipe.data`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfpipe.schema import Schema
+from tfpipe.data.schema import Schema
 
 ALL = "all"
 """The group name of weights shared by all targets."""

@@ -12,8 +12,9 @@ from tfpipe.blend.core import BlendError, blend_equal, combine
 from tfpipe.blend.hill_climbing import HillClimbResult, held_out_check, hill_climb
 from tfpipe.blend.spec import apply_blend, load_spec, save_spec, spec_path_for
 from tfpipe.blend.stacking import stack_apply, stack_fit
-from tfpipe.metrics import r2_scores
-from tfpipe.prediction_files import (
+from tfpipe.data.schema import Schema, get_schema
+from tfpipe.evaluate.metrics import r2_scores
+from tfpipe.evaluate.prediction_files import (
     TRAIN_STD_KEY,
     align,
     load_predictions,
@@ -23,7 +24,6 @@ from tfpipe.prediction_files import (
     strip_parquet,
     write_predictions,
 )
-from tfpipe.schema import Schema, get_schema
 
 
 def model_names(paths: Sequence[str]) -> list[str]:
@@ -84,7 +84,7 @@ def training_std(truth: str | None, stats: str | None, schema: Schema) -> np.nda
     """The training std per target: from ``stats`` (a stats.json) if given, else from the truth file's
     metadata (``tfpipe predict --oof`` stores its model's), else None."""
     if stats is not None:
-        from tfpipe.stats import StatsError, load_stats
+        from tfpipe.data.stats import StatsError, load_stats
 
         try:
             loaded = load_stats(stats, schema.name)

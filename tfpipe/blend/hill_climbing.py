@@ -30,8 +30,8 @@ import numpy as np
 from tfpipe.blend.core import ALL, BlendError, check_inputs, combine, weights_per_column
 from tfpipe.blend.gram import gram_matrices
 from tfpipe.blend.objective import active_and_scale, resolve, scores
-from tfpipe.metrics import default_schema
-from tfpipe.schema import Schema
+from tfpipe.data.schema import Schema
+from tfpipe.evaluate.metrics import default_schema
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(-0.5 + 0.05 * i, 2) for i in range(31) if i != 10)
 """Hill-climbing steps w: -0.50, -0.45, ..., 0.95, 1.00 (without 0)."""

@@ -7,12 +7,12 @@ error makes it -1e5. Fitted on the raw Kaggle R², hill climbing then optimises 
 
 - ``r2_train_var`` (the default when the training std is known: the truth of ``tfpipe predict --oof``
   carries its model's, or ``--stats stats.json``): per target ``1 - MSE / train_var``
-  (:func:`tfpipe.metrics.r2_train_var_scores`), the number ``tfpipe train`` reports as its headline.
+  (:func:`tfpipe.evaluate.metrics.r2_train_var_scores`), the number ``tfpipe train`` reports as its headline.
   On a long test period it equals the Kaggle R², and a target that is constant in the scored rows
   weighs what it weighs in training. Chosen over ``r2_near_constant_as_1`` because that rule is a
   threshold: targets just above it (a std of 1e-2 of their variable's other levels) still rule it.
 - ``r2_near_constant_as_1`` (the default without the training std): the Kaggle R² with nearly
-  constant truth columns (:func:`tfpipe.metrics.near_constant_targets`) fixed at 1.
+  constant truth columns (:func:`tfpipe.evaluate.metrics.near_constant_targets`) fixed at 1.
 - ``r2``: the Kaggle R² of the rows as it is (right when the out-of-fold rows span a long period).
 
 Every objective is, per target column, affine in the blend's squared error, so hill climbing runs on
@@ -24,14 +24,14 @@ from __future__ import annotations
 import numpy as np
 
 from tfpipe.blend.core import BlendError
-from tfpipe.metrics import (
+from tfpipe.data.schema import Schema
+from tfpipe.evaluate.metrics import (
     MIN_TRAIN_STD,
     near_constant_mask,
     r2_scores,
     r2_train_var_scores,
     zero_weight_mask,
 )
-from tfpipe.schema import Schema
 
 OBJECTIVES = ("auto", "r2_train_var", "r2_near_constant_as_1", "r2")
 

@@ -20,9 +20,9 @@ from tfpipe import storage
 from tfpipe.blend.core import ALL, BlendError, check_inputs, combine, weights_per_column
 from tfpipe.blend.hill_climbing import HillClimbResult
 from tfpipe.blend.stacking import StackModel, stack_apply
-from tfpipe.metrics import default_schema
-from tfpipe.prediction_files import strip_parquet
-from tfpipe.schema import Schema, get_schema
+from tfpipe.data.schema import Schema, get_schema
+from tfpipe.evaluate.metrics import default_schema
+from tfpipe.evaluate.prediction_files import strip_parquet
 
 
 def spec_path_for(out: str) -> str:

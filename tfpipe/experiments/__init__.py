@@ -1,4 +1,10 @@
-"""The experiment loop around ``tfpipe train``: run tables, sweeps, the model zoo, tracking, exports."""
+"""The experiment loop around ``tfpipe train``: run tables (``runs ls``), sweeps (Optuna), the model
+zoo and ``tfpipe launch`` (local or Ray), model sets (``export-models``, ``predict --models``).
+
+Each run is a ``tfpipe train`` child process on its own run dir (:mod:`~tfpipe.experiments.trainproc`).
+May import :mod:`tfpipe.train`, :mod:`tfpipe.predict` and everything below them; training never imports
+this package (MLflow tracking is :mod:`tfpipe.train.tracking`).
+"""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def _export_checkpoint(name: str, run: RunInfo, out: str, metric: str, params: d
     """The committed best checkpoint ``prefix`` saved as ``NAME.keras`` (as training exports best.keras)."""
     import tempfile
 
-    from tfpipe.predict import _restore_checkpoint, _run_config
+    from tfpipe.predict.loading import _restore_checkpoint, _run_config
 
     names = file_names(name)
     model = _restore_checkpoint(run.path, prefix, _run_config(run.path))

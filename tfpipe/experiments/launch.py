@@ -36,7 +36,16 @@ from typing import Any, TextIO
 
 from tfpipe import storage
 from tfpipe.experiments.progress import Board
-from tfpipe.experiments.trainproc import BAD_INPUT, Attempt, Result, latest_log, launcher_gone, wait_for_exit
+from tfpipe.experiments.trainproc import (
+    BAD_INPUT,
+    Attempt,
+    Outcome,
+    Result,
+    final_state,
+    latest_log,
+    launcher_gone,
+    wait_for_exit,
+)
 from tfpipe.experiments.zoo import RunSpec
 from tfpipe.train.status import live_session
 
@@ -55,17 +64,6 @@ class LaunchOptions:
     """Local: concurrent trainers; None: one per GPU group, else ``cpus // cpus_per_run`` (at least 1)."""
     max_retries: int = 2
     poll_s: float = 0.2
-
-
-@dataclass
-class Outcome:
-    """What the launcher did with one run."""
-
-    attempts: int = 0
-    result: Result | None = None
-    state: str = "queued"
-    """queued, skipped (finished before), busy (another session trains it), done, failed, bad-input."""
-    detail: str = ""
 
 
 @dataclass
@@ -244,17 +242,6 @@ def _reap(spec: RunSpec, result: Result, outcome: Outcome, options: LaunchOption
             return
     board.read(spec.name)
     board.set(spec.name, final_state(outcome, board.info[spec.name]))
-
-
-def final_state(outcome: Outcome, info: Any) -> str:
-    """finished, stopped (time budget or a signal), failed, busy or queued (never started)."""
-    if info is not None and info.state == "finished":
-        return "finished"
-    if outcome.state == "done":
-        return "stopped"
-    if outcome.state in ("failed", "bad-input"):
-        return "failed"
-    return outcome.state if outcome.state == "busy" else "queued"
 
 
 def summary(specs: list[RunSpec], outcomes: dict[str, Outcome], board: Board, options: LaunchOptions,

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tfpipe import storage
-from tfpipe.experiments.trainproc import Result, TrainBadInput, TrainProcessDied, run_to_end
+from tfpipe.experiments.trainproc import (
+    Outcome,
+    Result,
+    TrainBadInput,
+    TrainProcessDied,
+    final_state,
+    run_to_end,
+)
 from tfpipe.experiments.zoo import RunSpec
 
 
@@ -114,7 +121,6 @@ def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check
     import logging
 
     from tfpipe.experiments import require
-    from tfpipe.experiments.launch import Outcome
 
     outcomes: dict[str, Outcome] = {spec.name: pre_check(spec, board) or Outcome() for spec in specs}
     if all(outcome.state != "queued" for outcome in outcomes.values()):
@@ -149,7 +155,6 @@ def run_ray(specs: list[RunSpec], options: Any, board: Any, stop: Any, pre_check
 
 def _follow(ray: Any, pending: dict, outcomes: dict, counter: Any, board: Any, stop: Any) -> None:
     """Wait for the tasks, keeping the board's states and attempt counts current."""
-    from tfpipe.experiments.launch import final_state
 
     cancelled = 0
     while pending:

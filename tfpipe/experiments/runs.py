@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfpipe import storage
+from tfpipe.config import flatten_tree
 from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints, read_state
 from tfpipe.train.rundir import CONFIG, RunDir
 from tfpipe.train.status import effective_state, read_status
@@ -71,21 +72,6 @@ class RunInfo:
             "total": self.total, "best_checkpoint": self.best_checkpoint, "resumable": self.resumable,
             "config": self.config,
         }  # fmt: skip
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested config tree (list elements by index)."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
-        out = {}
-        for i, value in enumerate(tree):
-            out |= flatten(value, f"{prefix}.{i}")
-        return out
-    return {prefix: tree}
 
 
 def _json(path: str) -> dict | None:
@@ -148,7 +134,7 @@ def read_run(run_dir: str) -> RunInfo:
     best = _number(state.best_metric) if state else None
     return RunInfo(
         path=run_dir, name=str(config.get("name", run_dir.rstrip("/").rsplit("/", 1)[-1])),
-        config=flatten(config), state=kind, detail=detail, best_r2=best,
+        config=flatten_tree(config), state=kind, detail=detail, best_r2=best,
         last_r2=_number(last_val.get(select)),
         r2=_number(best_val.get(headline)) if headline != select or best_val.get(headline) is not None
         else best,  # an old run's best state may be gone: its recorded best_metric is the same number

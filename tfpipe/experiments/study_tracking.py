@@ -1,6 +1,6 @@
 """The parent MLflow run of a study (``tfpipe sweep``): :func:`study_run`.
 
-Its trials are MLflow runs of their own (:mod:`tfpipe.experiments.tracking`), nested under it.
+Its trials are MLflow runs of their own (:mod:`tfpipe.train.tracking`), nested under it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from tfpipe.experiments.tracking import (
+from tfpipe.train.status import first_line
+from tfpipe.train.tracking import (
     TrackingError,
     get_experiment_id,
     http_limits,
@@ -17,7 +18,6 @@ from tfpipe.experiments.tracking import (
     preflight,
     resolve_uri,
 )
-from tfpipe.train.status import first_line
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from tfpipe import storage
 
@@ -196,3 +196,25 @@ def run_to_end(args: list[str], run_dir: str, attempt: int, env: dict[str, str] 
     if result.returncode != 0:
         raise TrainProcessDied(result.detail())
     return result
+
+
+@dataclass
+class Outcome:
+    """What the launcher did with one run."""
+
+    attempts: int = 0
+    result: Result | None = None
+    state: str = "queued"
+    """queued, skipped (finished before), busy (another session trains it), done, failed, bad-input."""
+    detail: str = ""
+
+
+def final_state(outcome: Outcome, info: Any) -> str:
+    """finished, stopped (time budget or a signal), failed, busy or queued (never started)."""
+    if info is not None and info.state == "finished":
+        return "finished"
+    if outcome.state == "done":
+        return "stopped"
+    if outcome.state in ("failed", "bad-input"):
+        return "failed"
+    return outcome.state if outcome.state == "busy" else "queued"

@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The child: train with the reporting hook; exit 0, 2 (bad input), 130 (aborted) or 1."""
-    from tfpipe.cliutil import stop_on_signals
+    from tfpipe.console import stop_on_signals
 
     prog = f"python -m {MODULE}"
     stop_on_signals(prog)  # until train() installs its own handlers
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfpipe import storage
     from tfpipe.config import ConfigError, load_config
-    from tfpipe.experiments.tracking import nested_under
     from tfpipe.train.status import first_line
+    from tfpipe.train.tracking import nested_under
 
     try:
         config = load_config(args.config, args.overrides)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfpipe.data.schema import Schema
+from tfpipe.models.build import model_input
+from tfpipe.models.configs import ModelConfig
 from tfpipe.models.layers import level_head
-from tfpipe.models.registry import ModelConfig, model_input, register
-from tfpipe.schema import Schema
 
 
 def res_block(x, filters: int, kernel: int, name: str):
@@ -21,7 +22,6 @@ def res_block(x, filters: int, kernel: int, name: str):
     return layers.Activation("swish", name=f"{name}_act2")(x)
 
 
-@register("cnn")
 def build_cnn(config: ModelConfig, n_channels: int, schema: Schema, n_aux: int) -> keras.Model:
     """``Dense(filters)`` stem, ``cnn_blocks`` residual blocks, then the per-level head.
 

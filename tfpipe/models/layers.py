@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from tfpipe.schema import NLEV, VARIABLES, Schema
+from tfpipe.data.schema import NLEV, VARIABLES, Schema
 
 F32 = "float32"
 """Output layers run in float32 whatever the mixed-precision policy."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfpipe.data.schema import Schema
+from tfpipe.models.build import model_input
+from tfpipe.models.configs import ModelConfig
 from tfpipe.models.layers import level_head
-from tfpipe.models.registry import ModelConfig, model_input, register
-from tfpipe.schema import Schema
 
 
-@register("lstm")
 def build_lstm(config: ModelConfig, n_channels: int, schema: Schema, n_aux: int) -> keras.Model:
     """``Dense(2u)`` + LayerNorm, then ``lstm_layers`` x [BiLSTM(u), residual add, LayerNorm], then
     the per-level head.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfpipe.data.schema import Schema
+from tfpipe.models.build import model_input
+from tfpipe.models.configs import ModelConfig
 from tfpipe.models.layers import flat_head
-from tfpipe.models.registry import ModelConfig, model_input, register
-from tfpipe.schema import Schema
 
 
-@register("mlp")
 def build_mlp(config: ModelConfig, n_channels: int, schema: Schema, n_aux: int) -> keras.Model:
     """Flatten ``[B, 60, C]`` -> Dense(u, LeakyReLU) for u in ``mlp_units`` -> linear outputs.
 

@@ -1,89 +1,68 @@
-"""Model configuration and the one registry that builds every architecture by name.
+"""The one model registry: model name → its config class and its Keras builder (no Keras here).
 
-Every model maps a float32 tensor ``[batch, 60, C]`` (level 0 at the top; C input channels per
-level, scalars broadcast over levels) to a dict of float32 tensors::
+A model is one entry, registered on its config class::
 
-    {"pred": [B, n_targets], "conf": [B, n_targets], "aux": [B, n_aux]}
+    @register_model("mlp", builder="tfpipe.models.mlp:build_mlp")
+    @dataclass
+    class MLPConfig(ModelConfig): ...
 
-with ``pred`` columns in ``schema.target_columns`` order and ``conf`` (>= 0) an estimate of
-``|pred - y|`` per target.
+Config loading reads the classes without loading TensorFlow; :func:`tfpipe.models.build.build_model`
+imports the builder (``module:function``) only when a model is built. The built-in models register
+in :mod:`tfpipe.models.configs`, which the package imports first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
-import keras
-
-from tfpipe.model_config import ModelConfig
-from tfpipe.schema import AUX_TARGETS, NLEV, Schema
-
-Builder = Callable[[ModelConfig, int, Schema, int], keras.Model]
-"""``builder(config, n_channels, schema, n_aux) -> keras.Model``."""
-
-MODELS: dict[str, Builder] = {}
+if TYPE_CHECKING:
+    from tfpipe.models.configs import ModelConfig
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: add a builder to :data:`MODELS` under ``name``.
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model."""
 
-    Args:
-        name: the value of ``ModelConfig.name`` that selects this builder.
-    """
+    config: type[ModelConfig]
+    """Its config class (holds only this model's fields)."""
+    builder: str
+    """``module:function`` of ``builder(config, n_channels, schema, n_aux) -> keras.Model``."""
 
-    def wrap(builder: Builder) -> Builder:
+
+MODELS: dict[str, ModelEntry] = {}
+"""Model name → :class:`ModelEntry`, in registration order (the flagship first)."""
+
+C = TypeVar("C", bound="type[ModelConfig]")
+
+
+def register_model(name: str, builder: str) -> Callable[[C], C]:
+    """Class decorator: ``cls`` is the config of model ``name``, built by ``builder`` (``mod:function``)."""
+    if builder.count(":") != 1:
+        raise ValueError(f"builder of model {name!r} must be 'module:function', got {builder!r}")
+
+    def wrap(cls: C) -> C:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = builder
-        return builder
+        MODELS[name] = ModelEntry(cls, builder)
+        return cls
 
     return wrap
 
 
-def build_model(
-    config: ModelConfig, n_channels: int, schema: Schema, n_aux: int = len(AUX_TARGETS)
-) -> keras.Model:
-    """Build the model ``config.name`` for inputs ``[batch, 60, n_channels]``.
-
-    Args:
-        config: model hyper-parameters.
-        n_channels: input channels per level.
-        schema: gives the targets (profiles first, then scalars) and so the output layout.
-        n_aux: width of the auxiliary space-time output.
-
-    Raises:
-        ValueError: for an unknown model name or a non-positive n_channels or n_aux.
-    """
-    import tfpipe.models  # noqa: F401  (registers every builder)
-
-    if config.name not in MODELS:
-        raise ValueError(f"unknown model {config.name!r}; known models: {sorted(MODELS)}")
-    if n_channels < 1:
-        raise ValueError(f"n_channels must be positive, got {n_channels}")
-    if n_aux < 1:
-        raise ValueError(f"n_aux must be positive, got {n_aux}")
-    return MODELS[config.name](config, n_channels, schema, n_aux)
+def model_entry(name: str) -> ModelEntry:
+    """The entry of model ``name``; ValueError naming the known models."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    return MODELS[name]
 
 
-def build_normalized_model(
-    config: ModelConfig, normalization: keras.layers.Layer, n_aux: int = len(AUX_TARGETS)
-):
-    """What training and prediction use: raw input columns → ``normalization`` → the model ``config.name``.
-
-    Args:
-        config: model hyper-parameters.
-        normalization: a :class:`tfpipe.normalize.Normalization` (it carries the schema and statistics).
-        n_aux: width of the auxiliary space-time output.
-
-    The result takes ``[batch, n_inputs]`` float32 and has the outputs of :func:`build_model`;
-    ``model.get_layer("normalization")`` gives the statistics back (e.g. for the float64 inverse).
-    """
-    schema = normalization.schema
-    core = build_model(config, normalization.n_channels, schema, n_aux)
-    raw = keras.Input(shape=(schema.n_inputs,), dtype="float32", name="inputs")
-    return keras.Model(raw, core(normalization(raw)), name=f"normalized_{core.name}")
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class of model ``name``; ValueError naming the known models."""
+    return model_entry(name).config
 
 
-def model_input(n_channels: int) -> keras.KerasTensor:
-    """The common input: ``[batch, NLEV, n_channels]`` float32."""
-    return keras.Input(shape=(NLEV, n_channels), dtype="float32", name="levels")
+def model_config_classes() -> dict[str, type[ModelConfig]]:
+    """Model name → config class, for every registered model."""
+    return {name: entry.config for name, entry in MODELS.items()}

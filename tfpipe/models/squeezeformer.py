@@ -17,13 +17,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfpipe.data.schema import Schema
+from tfpipe.models.build import model_input
+from tfpipe.models.configs import ModelConfig
 from tfpipe.models.layers import LevelEmbedding, level_head
-from tfpipe.models.registry import ModelConfig, model_input, register
 from tfpipe.models.squeezeformer_blocks import ConvModule, TransformerBlock
-from tfpipe.schema import Schema
 
 
-@register("squeezeformer")
 def build_squeezeformer(config: ModelConfig, n_channels: int, schema: Schema, n_aux: int) -> keras.Model:
     """Build the Squeezeformer; see the module docstring.
 

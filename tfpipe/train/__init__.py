@@ -9,9 +9,10 @@ One room per concern, in the spirit of orbit (tensorflow/models):
 - :mod:`~tfpipe.train.session`: strategy, data, statistics and the resume point of a session.
 - :mod:`~tfpipe.train.validation`: scores from the gathered validation predictions.
 - :mod:`~tfpipe.train.loop`: sub-epochs, the time budget, signals, and the commit order of writes.
-- :mod:`~tfpipe.train.logs`: ``metrics.csv``, TensorBoard (MLflow: :mod:`tfpipe.experiments.tracking`).
+- :mod:`~tfpipe.train.logs`: ``metrics.csv``, TensorBoard (MLflow: :mod:`tfpipe.train.tracking`).
 
-The command line (``tfpipe train``, ``python -m tfpipe.train``) is :func:`tfpipe.cli.train_main`.
+The command line (``tfpipe train``, ``python -m tfpipe.train``) is :mod:`tfpipe.cli.train`; this package
+never imports it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tfpipe.cli import train_main as main
     from tfpipe.train.checkpoints import RunState, TrainError, available_checkpoints, export_keras
     from tfpipe.train.loop import train
 
 _LAZY = {
-    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.checkpoints", "main": "tfpipe.cli:train_main",
+    "train": "tfpipe.train.loop", "export_keras": "tfpipe.train.checkpoints",
     "RunState": "tfpipe.train.checkpoints", "TrainError": "tfpipe.train.checkpoints",
     "available_checkpoints": "tfpipe.train.checkpoints",
 }  # fmt: skip
@@ -42,4 +42,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'tfpipe.train' has no attribute {name!r}")
 
 
-__all__ = ["RunState", "TrainError", "available_checkpoints", "export_keras", "main", "train"]
+__all__ = ["RunState", "TrainError", "available_checkpoints", "export_keras", "train"]

@@ -2,10 +2,10 @@
 
 import sys
 
-from tfpipe.cliutil import stop_on_signals
+from tfpipe.console import stop_on_signals
 
 stop_on_signals("python -m tfpipe.train")  # before anything heavy is imported
 
-from tfpipe.cli import train_main  # noqa: E402
+from tfpipe.cli.train import train_main  # noqa: E402
 
 sys.exit(train_main(prog="python -m tfpipe.train"))

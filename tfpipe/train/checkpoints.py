@@ -62,7 +62,7 @@ class RunState:
     model_hash: str
     """Model config and statistics."""
     data_hash: str
-    """The sources' files (names and sample counts per split; see ``tfpipe.data.data_fingerprint``)."""
+    """The sources' files (names and sample counts per split; ``tfpipe.data.pipeline.data_fingerprint``)."""
     stats_sha256: str
     replicas: int
     global_batch: int

@@ -4,7 +4,7 @@
 from that checkpoint on are dropped before the new one is appended). TensorBoard events go to
 ``RUN/tb`` (for a ``gs://`` run dir: a local folder uploaded after each flush, since TF's event writer
 appends and object stores cannot). MLflow gets the same rows through the checkpoint hook when
-``tracking.backend: mlflow`` (:mod:`tfpipe.experiments.tracking`).
+``tracking.backend: mlflow`` (:mod:`tfpipe.train.tracking`).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class StageProgress:
     """
 
     def __init__(self, label: str, steps: int, verbose: int) -> None:
-        from tfpipe.cliutil import terminal_stderr
+        from tfpipe.console import terminal_stderr
 
         self.label, self.steps, self.verbose = label, steps, verbose
         self.stream = terminal_stderr()

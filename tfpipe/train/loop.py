@@ -23,8 +23,7 @@ import numpy as np
 
 from tfpipe import storage
 from tfpipe.config import TrainConfig, dump_config
-from tfpipe.experiments.tracking import preflight, tracked_session
-from tfpipe.metrics import TRAIN_VAR_DOC
+from tfpipe.evaluate.metrics import TRAIN_VAR_DOC
 from tfpipe.train.checkpoints import (
     BEST,
     BEST_KEEP,
@@ -53,6 +52,7 @@ from tfpipe.train.session import Session, open_session
 from tfpipe.train.signals import Signals
 from tfpipe.train.status import Heartbeat, busy_message, first_line, write_status
 from tfpipe.train.step import TrainStep
+from tfpipe.train.tracking import preflight, tracked_session
 
 CheckpointHook = Callable[[dict], "str | None"]
 """Called with each sub-epoch's ``metrics.csv`` row; a non-empty string stops the run with that reason."""
@@ -88,7 +88,7 @@ class Trainer:
 
     @property
     def _schema(self):
-        from tfpipe.schema import get_schema
+        from tfpipe.data.schema import get_schema
 
         return get_schema(self.config.data.schema)
 
@@ -229,7 +229,7 @@ class Trainer:
 
     def _train_stage(self, index: int, signals: Signals) -> dict:
 
-        from tfpipe.data import diagnose_read_error, make_train_dataset
+        from tfpipe.data.pipeline import diagnose_read_error, make_train_dataset
 
         tf, s, stage = self._tf, self.s, self.s.plan.stages[index]
         if self._precision_for(stage.epoch) != self.step.precision:
@@ -270,7 +270,7 @@ class Trainer:
         return parts
 
     def _finish_stage(self, index: int, parts: dict, t0: float) -> dict:
-        from tfpipe.data import make_validation_dataset
+        from tfpipe.data.pipeline import make_validation_dataset
         from tfpipe.train.validation import validate
 
         s, stage = self.s, self.s.plan.stages[index]
@@ -376,7 +376,7 @@ def train(
             pruner: ``"pruned"``).
 
     With ``tracking.backend: mlflow`` the chief logs the session to MLflow
-    (:mod:`tfpipe.experiments.tracking`); TrackingError (a ValueError) at once if it cannot.
+    (:mod:`tfpipe.train.tracking`); TrackingError (a ValueError) at once if it cannot.
 
     Keras' global dtype policy is restored afterwards.
     """

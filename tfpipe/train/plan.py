@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfpipe.config import TrainConfig
-from tfpipe.data import Source
-from tfpipe.sampling import SubEpochPlan, plan_stage
+from tfpipe.data.pipeline import Source
+from tfpipe.data.sampling import SubEpochPlan, plan_stage
 from tfpipe.schedule import Segment
 from tfpipe.train.checkpoints import TrainError
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from tfpipe import storage
 from tfpipe.config import TrainConfig, config_hash
-from tfpipe.data import Source, data_fingerprint, resolve_sources
+from tfpipe.data.normalize import Normalization, stats_sha256
+from tfpipe.data.pipeline import Source, data_fingerprint, resolve_sources
+from tfpipe.data.stats import Stats, StatsError
 from tfpipe.distribute import choose_strategy, resolve_precision
-from tfpipe.normalize import Normalization, stats_sha256
-from tfpipe.stats import Stats, StatsError
 from tfpipe.train.checkpoints import (
     AllowedChanges,
     ResumeFacts,
@@ -159,7 +159,7 @@ def keep_run_select_metric(config: TrainConfig, state: RunState) -> TrainConfig:
 
 def open_session(config: TrainConfig, resume: str | None, allow: AllowedChanges, prefer: str) -> Session:
     """Strategy, data, statistics, plan and resume point of a session (ValueErrors on bad input)."""
-    from tfpipe.preflight import check_validation_data
+    from tfpipe.train.preflight import check_validation_data
 
     check_validation_data(config)  # (the command line checked it already; a library caller may not have)
     config = _with_demo_data(config)

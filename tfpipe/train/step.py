@@ -5,7 +5,7 @@ One :class:`TrainStep` per precision (a switch to float32 mid-run builds a secon
 weights and optimizer slots over). Under a ``tf.distribute`` strategy:
 
 - training: ``strategy.run`` of the per-replica step. The forward and backward pass (the targets
-  normalised by the model's own :class:`tfpipe.normalize.Normalization`, on the device) is compiled
+  normalised by the model's own :class:`tfpipe.data.normalize.Normalization`, on the device) is compiled
   with XLA. With clipping on, the gradients are summed over the replicas (one all-reduce) for their
   norms, each replica's share is scaled by the factors that clip the sum
   (:func:`tfpipe.schedule.clip_factors`: ``optim.clipnorm`` per weight, then ``optim.global_clipnorm``
@@ -32,11 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe.config import TrainConfig
+from tfpipe.data.normalize import Normalization
 from tfpipe.distribute import checkpoint_options
-from tfpipe.export import exact_targets
+from tfpipe.evaluate.export import exact_targets
 from tfpipe.losses import total_loss
 from tfpipe.models import build_normalized_model
-from tfpipe.normalize import Normalization
 from tfpipe.schedule import SegmentedSchedule, clip_factors, make_optimizer
 
 LOSS_PARTS = ("main", "confidence", "aux", "level_diff", "total")

@@ -2,7 +2,7 @@
 
 The forward pass runs through the strategy (:meth:`TrainStep.validation_batch`); this module turns the
 gathered predictions into scores on the host, in float64, with the same post-processing as
-``tfpipe predict`` (:func:`tfpipe.postprocess.physical_predictions`), so that predicting the
+``tfpipe predict`` (:func:`tfpipe.data.postprocess.physical_predictions`), so that predicting the
 validation files with the saved checkpoint reproduces ``val_r2``.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfpipe.metrics import StreamingR2, near_constant_mask, r2_from_mse
-from tfpipe.postprocess import physical_predictions
+from tfpipe.data.postprocess import physical_predictions
+from tfpipe.evaluate.metrics import StreamingR2, near_constant_mask, r2_from_mse
 from tfpipe.train.step import TrainStep
 
 
@@ -19,10 +19,11 @@ def validate(step: TrainStep, dist_batches) -> dict:
     """Scores of the inference weights (EMA when on) over a distributed validation dataset.
 
     Returns ``val_r2_train_var`` (the headline: R² per target with the training variance as
-    denominator, :func:`tfpipe.metrics.r2_train_var_scores`, from the model's own target scale),
+    denominator, :func:`tfpipe.evaluate.metrics.r2_train_var_scores`, from the model's own target scale),
     ``val_r2`` (Kaggle metric: physical scale, submission weights, zero-weight targets count
     as 1), ``val_near_constant`` (how many scored targets have a nearly constant truth in the
-    validation rows, :func:`tfpipe.metrics.near_constant_targets`: their R² is hugely negative for any
+    validation rows, :func:`tfpipe.evaluate.metrics.near_constant_targets`: their R² is hugely negative for
+    any
     error and can dominate ``val_r2`` on a short validation period), ``val_r2_near_constant_as_1``
     (``val_r2`` with those counted as 1, as ``tfpipe score`` reports it), ``val_r2_normalized`` (mean
     over the targets in the loss), ``val_mae_normalized`` and ``val_samples``.
