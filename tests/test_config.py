@@ -27,9 +27,9 @@ from tfpipe.config import (
     resume_conflicts,
 )
 from tfpipe.config.__main__ import main
+from tfpipe.config.models import ModelConfig
 from tfpipe.config.reference import config_reference_markdown
 from tfpipe.losses import LossConfig
-from tfpipe.models.configs import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "configs" / "reference.yaml"
@@ -307,7 +307,7 @@ def test_cli_prints_resolved_config_or_an_error(tmp_path, capsys):
 
 
 def test_each_model_has_its_own_config_class():
-    from tfpipe.models.configs import CNNConfig, MLPConfig, SqueezeformerConfig
+    from tfpipe.config.models import CNNConfig, MLPConfig, SqueezeformerConfig
 
     assert type(load_config(TINY).model) is SqueezeformerConfig
     mlp = load_config(TINY, ["model.name=mlp", "model.mlp_units=[8,8]"]).model  # the file's sizes are dropped

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpipe.config.models import model_config_class
 from tfpipe.data.schema import AUX_TARGETS, KAGGLE, NLEV, V1, Schema
 from tfpipe.losses import LossConfig, total_loss
 from tfpipe.models import MODELS, ModelConfig, build_model, register_model
-from tfpipe.models.registry import model_config_class
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = sorted(MODELS)

@@ -16,8 +16,8 @@ from typing import Any
 
 from keras import ops
 
+from tfpipe.config.models import LOSS_KINDS, LossConfig  # noqa: F401  (re-exported)
 from tfpipe.data.schema import NLEV
-from tfpipe.models.configs import LOSS_KINDS, LossConfig  # noqa: F401  (re-exported)
 
 
 def _f32(x):

@@ -4,7 +4,7 @@ plus dotted ``key=value`` overrides, with the config hashes and resume rules of 
 Owns :mod:`~tfpipe.config.schema` (the dataclasses), :mod:`~tfpipe.config.tree` (placing overrides),
 :mod:`~tfpipe.config.loading` (files, hashes, resume rules; re-exported here) and
 :mod:`~tfpipe.config.reference` (the generator of ``docs/configuration.md``, run only by
-``python -m tfpipe.config --reference``). May import :mod:`tfpipe.models.configs` (each model's own
+``python -m tfpipe.config --reference``). May import :mod:`tfpipe.config.models` (each model's own
 config class) and nothing that loads TensorFlow: ``--help`` and config errors stay instant.
 """
 
@@ -24,6 +24,7 @@ from tfpipe.config.loading import (
     resume_conflicts,
     yaml_error_line,
 )
+from tfpipe.config.models import LossConfig, ModelConfig
 from tfpipe.config.schema import (
     PRECISIONS,
     REPRESENTATIONS,
@@ -39,7 +40,6 @@ from tfpipe.config.schema import (
     TrainConfig,
     parse_duration,
 )
-from tfpipe.models.configs import LossConfig, ModelConfig
 
 __all__ = [
     "PACKAGED_CONFIGS", "PRECISIONS", "REPRESENTATIONS", "RESUME_MUTABLE", "SESSION_KEYS", "VAL_SPLITS",

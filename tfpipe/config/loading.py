@@ -10,7 +10,7 @@ Type checking and conversion are OmegaConf's (structured configs: the dataclasse
 ``1e-3`` becomes a float although YAML 1.1 reads it as a string, ``13.0`` is not an int). This module
 only places values: overrides are parsed with ``yaml.safe_load``; a list index one past the end
 appends an element (``data.sources.1.path=...`` adds a second source); ``model.name`` selects the
-model's own config class (:mod:`tfpipe.models.configs`), and a file's keys that belong to another model
+model's own config class (:mod:`tfpipe.config.models`), and a file's keys that belong to another model
 are dropped (so ``model.name=mlp`` on a Squeezeformer file works). Unknown keys and wrong types raise
 :class:`ConfigError` naming the key, the file or override, the expected type and the value.
 
@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from tfpipe.config.models import LossConfig, ModelConfig, model_config_class, model_config_classes  # noqa: F401
 from tfpipe.config.schema import (  # noqa: F401  (re-exported: the public names of the configuration)
     PRECISIONS,
     REPRESENTATIONS,
@@ -48,8 +49,6 @@ from tfpipe.config.schema import (  # noqa: F401  (re-exported: the public names
     upgrade_legacy_keys,
 )
 from tfpipe.config.tree import ConfigTree, join_key, plain, resolve, type_name  # noqa: F401  (plain, type_name)
-from tfpipe.models.configs import LossConfig, ModelConfig  # noqa: F401
-from tfpipe.models.registry import model_config_class, model_config_classes
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The configs shipped with the package (``tiny``, ``reference``); ``configs/`` of a checkout links here."""

@@ -11,9 +11,8 @@ import typing
 from dataclasses import MISSING
 
 from tfpipe.config import RESUME_MUTABLE, SESSION_KEYS, TrainConfig
+from tfpipe.config.models import ModelConfig, model_config_classes
 from tfpipe.config.tree import plain, type_name
-from tfpipe.models.configs import ModelConfig
-from tfpipe.models.registry import model_config_classes
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 :mod:`tfpipe.config` loads them from YAML with dotted overrides (OmegaConf structured configs);
 ``python -m tfpipe.config --reference`` renders every field to ``docs/configuration.md``. The model's
-own fields live in :mod:`tfpipe.models.configs`, one class per model.
+own fields live in :mod:`tfpipe.config.models`, one class per model.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import re
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
+from tfpipe.config.models import LossConfig, ModelConfig
 from tfpipe.data.schema import NLEV, Q0002_REPLACEMENT_LEVELS, SCHEMAS
-from tfpipe.models.configs import LossConfig, ModelConfig
 
 VAL_SPLITS = ("last", "periodic", "random")
 

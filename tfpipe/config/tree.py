@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
+from tfpipe.config.models import ModelConfig, model_config_class, model_config_classes
 from tfpipe.config.schema import ConfigError, TrainConfig, upgrade_legacy_keys
-from tfpipe.models.configs import ModelConfig
-from tfpipe.models.registry import model_config_class, model_config_classes
 
 
 def join_key(prefix: str, key: str) -> str:

@@ -1,29 +1,15 @@
-"""Keras 3 models, each built by name: :mod:`~tfpipe.models.registry` (the one registry: name → config
-class and builder, no Keras), :mod:`~tfpipe.models.configs` (every model's config class, no Keras),
-:mod:`~tfpipe.models.build` (:func:`build_model`, :func:`build_normalized_model`) and one module per
-architecture with its layers.
+"""Keras 3 models, each built by name (:func:`build_model`, :func:`build_normalized_model` in
+:mod:`~tfpipe.models.build`) from its config; the registry (name → config class and builder) and the
+config classes are :mod:`tfpipe.config.models`, which loads without TensorFlow.
 
-May import :mod:`tfpipe.data` (the schema, the normalisation layer); nothing of training, evaluation or
-the command line. The Keras parts load on first use: configs read without TensorFlow.
+Importing this package imports every architecture, and so registers its Keras layers for
+``keras.models.load_model`` (``best.keras`` loads in a fresh process after ``import tfpipe.models``).
+May import :mod:`tfpipe.config` and :mod:`tfpipe.data`; nothing of training, evaluation or the command
+line.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from tfpipe.models.configs import ModelConfig
-from tfpipe.models.registry import MODELS, ModelEntry, register_model
-
-if TYPE_CHECKING:
-    from tfpipe.models.build import build_model, build_normalized_model
-
-
-def __getattr__(name: str):
-    if name in ("build_model", "build_normalized_model"):
-        from tfpipe.models import build
-
-        return getattr(build, name)
-    raise AttributeError(f"module 'tfpipe.models' has no attribute {name!r}")
-
+from tfpipe.config.models import MODELS, ModelConfig, ModelEntry, register_model
+from tfpipe.models import cnn, lstm, mlp, squeezeformer  # noqa: F401  (registers their Keras layers)
+from tfpipe.models.build import build_model, build_normalized_model
 
 __all__ = ["MODELS", "ModelConfig", "ModelEntry", "build_model", "build_normalized_model", "register_model"]

@@ -1,4 +1,4 @@
-"""Building a registered model (:mod:`tfpipe.models.registry`) into Keras, by name.
+"""Building a registered model (:mod:`tfpipe.config.models`) into Keras, by name.
 
 Every model maps a float32 tensor ``[batch, 60, C]`` (level 0 at the top; C input channels per
 level, scalars broadcast over levels) to a dict of float32 tensors::
@@ -15,13 +15,12 @@ from collections.abc import Callable
 
 import keras
 
+from tfpipe.config.models import ModelConfig, model_entry
 from tfpipe.data.schema import AUX_TARGETS, NLEV, Schema
-from tfpipe.models.configs import ModelConfig
-from tfpipe.models.registry import model_entry
 
 Builder = Callable[[ModelConfig, int, Schema, int], keras.Model]
 """``builder(config, n_channels, schema, n_aux) -> keras.Model``; registered by name in
-:mod:`tfpipe.models.registry`."""
+:mod:`tfpipe.config.models`."""
 
 
 def build_model(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfpipe.config.models import ModelConfig
 from tfpipe.data.schema import Schema
 from tfpipe.models.build import model_input
-from tfpipe.models.configs import ModelConfig
 from tfpipe.models.layers import level_head
 
 

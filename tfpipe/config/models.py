@@ -1,17 +1,71 @@
-"""What a model and its losses are: plain dataclasses, no Keras (so configs load without TensorFlow).
+"""The models' configs and the one model registry: plain dataclasses, no Keras (so configs load without
+TensorFlow).
 
 One config class per model, holding only that model's fields (so changing an ``lstm_units`` never
-touches a Squeezeformer run). ``ModelConfig(name=..., **fields)`` builds the class that ``name``
-selects (:data:`tfpipe.models.registry.MODELS`); :func:`tfpipe.models.build_model` builds it.
+touches a Squeezeformer run), registered with its Keras builder in :data:`MODELS`::
+
+    @register_model("mlp", builder="tfpipe.models.mlp:build_mlp")
+    @dataclass
+    class MLPConfig(ModelConfig): ...
+
+``ModelConfig(name=..., **fields)`` builds the class that ``name`` selects;
+:func:`tfpipe.models.build_model` imports the builder (``module:function``) and builds the model.
 :class:`LossConfig` is read by :func:`tfpipe.losses.total_loss`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from tfpipe.models.registry import MODELS, model_config_class, register_model
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model."""
+
+    config: type[ModelConfig]
+    """Its config class (holds only this model's fields)."""
+    builder: str
+    """``module:function`` of ``builder(config, n_channels, schema, n_aux) -> keras.Model``."""
+
+
+MODELS: dict[str, ModelEntry] = {}
+"""Model name → :class:`ModelEntry`, in registration order (the flagship first)."""
+
+C = TypeVar("C", bound=type)
+
+
+def register_model(name: str, builder: str) -> Callable[[C], C]:
+    """Class decorator: ``cls`` is the config of model ``name``, built by ``builder`` (``mod:function``)."""
+    if builder.count(":") != 1:
+        raise ValueError(f"builder of model {name!r} must be 'module:function', got {builder!r}")
+
+    def wrap(cls: C) -> C:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = ModelEntry(cls, builder)
+        return cls
+
+    return wrap
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The entry of model ``name``; ValueError naming the known models."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class of model ``name``; ValueError naming the known models."""
+    return model_entry(name).config
+
+
+def model_config_classes() -> dict[str, type[ModelConfig]]:
+    """Model name → config class, for every registered model."""
+    return {name: entry.config for name, entry in MODELS.items()}
+
 
 LOSS_KINDS = ("mae", "smooth_l1")
 
@@ -26,7 +80,7 @@ class ModelConfig:
     """
 
     name: str = "squeezeformer"
-    """The model: one of :data:`tfpipe.models.registry.MODELS` (``squeezeformer``, ``mlp``, ...)."""
+    """The model: one of :data:`tfpipe.config.models.MODELS` (``squeezeformer``, ``mlp``, ...)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ModelConfig:
         if cls is ModelConfig:
