@@ -11,10 +11,15 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo zoo-demo test test-latest wheel lint bench clean
 
+# uv installs the same pinned wheels as pip, in parallel: 20 s instead of 160-450 s per environment.
+UV_VERSION ?= 0.13.10
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+
 $(VENV)/.installed: $(REQUIREMENTS) setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) -r $(REQUIREMENTS)
+	$(UV) --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv with the pinned CPU stack and tfpipe itself
