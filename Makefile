@@ -8,8 +8,9 @@ ZOO_WORKDIR ?= zoo-demo
 DIST ?= dist
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 
-.PHONY: install demo zoo-demo test test-latest wheel lint bench clean
+.PHONY: install demo zoo-demo test test-tfio wheel lint bench clean
 
 # uv installs the same pinned wheels as pip, in parallel: 20 s instead of 160-450 s per environment.
 UV_VERSION ?= 0.13.10
@@ -30,14 +31,15 @@ demo: install  ## run the main job on built-in synthetic data
 zoo-demo: install  ## the experiment loop in miniature: sweep, zoo, runs ls, export, predict, blend, score
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/zoo-demo.sh $(ZOO_WORKDIR)
 
-test: install  ## the whole test suite (what CI runs); -v names each test as it starts
-	$(BIN)/python -m pytest -v --durations=20 $(PYTEST_ARGS)
+test: install  ## the whole test suite (what CI runs), on PYTEST_WORKERS processes; -v names each test
+	$(BIN)/python -m pytest -v --durations=20 -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
-# The end-to-end runs of the README's commands (marker e2e: demo, the pipeline block, the zoo demo) and of
-# the train and predict benchmarks (marker bench) run once, in .venv (what `make demo` installs): each of
-# their steps is also tested on its own in both stacks.
-test-latest:  ## the suite in a current notebook image's stack (requirements-latest.txt, .venv-latest), less e2e, bench
-	$(MAKE) test VENV=.venv-latest REQUIREMENTS=requirements-latest.txt PYTEST_ARGS='-m "not e2e and not bench"'
+# TF 2.17 with the tensorflow-io plugin: the plugin's gs:// tests and every test of the library's own steps.
+# The README's end-to-end runs (marker e2e), the benchmark runs (bench) and the multi-process scenarios
+# (scenario: kills, signals, sweeps, launches, notebooks) run once, in `make test`: each step they chain is
+# tested here too, and their engines (Keras, Optuna, Ray, MLflow) are the same versions in both sets.
+test-tfio:  ## the library's own tests on TF 2.17 + tensorflow-io (requirements-tfio.txt, .venv-tfio)
+	$(MAKE) test VENV=.venv-tfio REQUIREMENTS=requirements-tfio.txt PYTEST_ARGS='-m "not e2e and not bench and not scenario"'
 
 wheel:  ## dist/tfpipe-<version>-py3-none-any.whl: what the notebooks install (e.g. as a Kaggle dataset)
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(DIST) .
@@ -49,4 +51,4 @@ lint: install
 	$(BIN)/ruff check tfpipe data_prep tests bench
 
 clean:
-	rm -rf $(VENV) .venv-latest $(WORKDIR) $(ZOO_WORKDIR) $(DIST) .pytest_cache
+	rm -rf $(VENV) .venv-tfio $(WORKDIR) $(ZOO_WORKDIR) $(DIST) .pytest_cache

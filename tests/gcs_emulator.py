@@ -74,14 +74,14 @@ __all__ = [
 ]
 
 #: Whether TensorFlow can reach the emulator here: TF plus the tensorflow-io GCS plugin, which only
-#: requirements.txt installs (TF 2.17 + tensorflow-io 0.37.1; no plugin build loads into TF >= 2.18).
+#: requirements-tfio.txt installs (TF 2.17 + tensorflow-io 0.37.1; no plugin build loads into TF >= 2.18).
 HAS_TF_GCS_PLUGIN = all(
     importlib.util.find_spec(name) is not None
     for name in ("tensorflow", "tensorflow_io", "tensorflow_io_gcs_filesystem")
 )
 NO_TF_GCS_PLUGIN = (
-    "TensorFlow reaches the GCS emulator only through the tensorflow-io plugin (requirements.txt: "
-    "TF 2.17 + tensorflow-io 0.37.1); this environment has none (requirements-latest.txt)"
+    "TensorFlow reaches the GCS emulator only through the tensorflow-io plugin (requirements-tfio.txt: "
+    "TF 2.17 + tensorflow-io 0.37.1, make test-tfio); this environment has none"
 )
 
 _LOOPBACK = "127.0.0.1"

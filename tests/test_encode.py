@@ -120,6 +120,7 @@ def test_rerun_skips_and_overwrite_is_byte_identical(small_raw_tree: Path, tmp_p
     )
 
 
+@pytest.mark.scenario
 def test_killed_shard_rerun_equals_uninterrupted(raw_tree: Path, tmp_path: Path) -> None:
     args = ["--src", str(raw_tree), "--shard", "0", "--num-shards", "1", "--blocks-per-file", "2"]
     clean = tmp_path / "clean"

@@ -299,6 +299,7 @@ def processes_with(marker: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find processes")
+@pytest.mark.scenario
 def test_kill_9_of_encode_with_workers_leaves_no_process(raw_tree: Path, tmp_path: Path) -> None:
     marker = f"TFPIPE_FAULT_MARK={uuid.uuid4().hex}"
     key, value = marker.split("=")
@@ -336,6 +337,7 @@ sys.exit(train_main(sys.argv[2:], prog="python -m tfpipe.train"))
 """
 
 
+@pytest.mark.scenario
 def test_sigterm_during_start_up_is_one_line(good: Path, tmp_path: Path) -> None:
     marker = tmp_path / "starting"
     proc = subprocess.Popen([PY, "-c", STARTUP_PAUSED, str(marker), *train_args(good, tmp_path / "run")], cwd=ROOT,
@@ -393,6 +395,7 @@ sys.exit(cli.train_main(["--config", "tiny"], prog="tfpipe train"))
 """
 
 
+@pytest.mark.scenario
 def test_sigterm_inside_a_native_import_is_still_one_line() -> None:
     """The CI race of the test above, made deterministic: the signal's exit, not an ImportError traceback."""
     result = subprocess.run([PY, "-c", SIGTERM_IN_NATIVE_IMPORT], cwd=ROOT, capture_output=True, text=True,
@@ -404,6 +407,7 @@ def test_sigterm_inside_a_native_import_is_still_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.scenario
 def test_leftovers_of_killed_runs_are_removed_by_the_next_run(good: Path, trained: Path, small_raw_tree: Path,
                                                              tmp_path: Path) -> None:  # fmt: skip
     # encode: a manifest temp, a file temp and a published file of an abandoned attempt

@@ -289,6 +289,7 @@ def kill_at_publish(command: list[object], folder: Path, marker: Path) -> None:
         proc.stderr.close()
 
 
+@pytest.mark.scenario
 def test_kill_9_at_a_publish_point_leaves_no_temp_after_the_rerun(
     data: Path, run_dir: Path, models: Path, tmp_path: Path
 ) -> None:

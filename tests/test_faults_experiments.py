@@ -25,6 +25,8 @@ from tiny_runs import TINY_CONFIG, tiny_overrides
 from tfpipe.experiments.model_set import INDEX, ModelSetError, read_index
 from tfpipe.train.status import read_status
 
+pytestmark = pytest.mark.scenario  # multi-process choreography: runs in `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 TFPIPE = Path(sys.executable).parent / "tfpipe"
 
@@ -267,6 +269,7 @@ import sys, time
 from pathlib import Path
 from tfpipe import storage
 from tfpipe.cli.main import predict_main
+
 
 publish = storage.publish
 

@@ -97,6 +97,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.scenario
 def test_claim_of_a_killed_holder_does_not_block_and_a_live_one_refuses(tmp_path: Path) -> None:
     from tfpipe.train.claim import Claim, RunDirBusy
 
@@ -174,6 +175,7 @@ sys.exit(train_main(sys.argv[3:], prog="python -m tfpipe.train"))
 """
 
 
+@pytest.mark.scenario
 def test_two_trainers_started_together_one_refuses_at_once(tiny_encoded: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["--config", TINY_CONFIG, *tiny_overrides(tiny_encoded, run), "--quiet"]
@@ -288,6 +290,7 @@ def killed_at(mode: str, args: list[str], run: Path, tmp: Path) -> str:
     return err
 
 
+@pytest.mark.scenario
 def test_killed_after_best_keras_readers_take_the_committed_best(tiny_encoded: Path, tmp_path: Path) -> None:
     import keras
     import numpy as np
@@ -329,6 +332,7 @@ def test_killed_after_best_keras_readers_take_the_committed_best(tiny_encoded: P
     assert "best.keras re-exported from best/ckpt-1" in proc.stderr
 
 
+@pytest.mark.scenario
 def test_kills_at_the_index_write_and_after_the_last_state_leave_nothing_after_the_rerun(
     tiny_encoded: Path, tmp_path: Path
 ) -> None:

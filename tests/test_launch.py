@@ -23,6 +23,8 @@ from tfpipe.experiments.progress import Board
 from tfpipe.experiments.zoo import RunSpec, ZooError, load_runs
 from tfpipe.train.status import effective_state, read_status
 
+pytestmark = pytest.mark.scenario  # multi-process choreography: runs in `make test` only
+
 REPO = Path(__file__).resolve().parents[1]
 TFPIPE = Path(sys.executable).parent / "tfpipe"
 LONG = ["epochs=2", "keep_checkpoints=5"]  # the run that is killed: a window after its ckpt-1
@@ -266,6 +268,7 @@ def test_a_bad_runs_file_is_one_line_naming_the_file_and_the_entry(tmp_path: Pat
 
 HELP_PROBE = """
 import runpy, sys
+
 sys.argv = ["tfpipe", "launch", "--help"]
 try:
     runpy.run_module("tfpipe.cli.main", run_name="__main__", alter_sys=True)

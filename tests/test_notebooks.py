@@ -109,6 +109,7 @@ def run_notebook(
     return json.loads("".join(stdout)) | {"installed_from": line}
 
 
+@pytest.mark.scenario
 def test_notebook_structure() -> None:
     """A literal-only parameters cell first, the install cell next, then calls only (no logic)."""
     for name in NAMES:
@@ -170,6 +171,7 @@ def local_run(
     return res
 
 
+@pytest.mark.scenario
 def test_encode_notebook_local(local_run: dict) -> None:
     first, last, enc = local_run["encode0"], local_run["encode1"], local_run["encoded"]
     assert first["stats"] == {"stats": str(enc / "stats.json"), "written": False, "missing_shards": [1]}
@@ -183,6 +185,7 @@ def test_encode_notebook_local(local_run: dict) -> None:
     assert (enc / "grid-info.nc").is_file() and json.loads((enc / "stats.json").read_text())
 
 
+@pytest.mark.scenario
 def test_train_notebook_resumes_local(local_run: dict) -> None:
     first, second, run = local_run["train1"], local_run["train2"], local_run["run"]
     assert first["resumed_from"] is None and first["sub_epochs_run"] == 1 and not first["finished"]
@@ -194,6 +197,7 @@ def test_train_notebook_resumes_local(local_run: dict) -> None:
     assert len((run / "metrics.csv").read_text().splitlines()) == 5  # header + one row per sub-epoch
 
 
+@pytest.mark.scenario
 def test_the_notebook_defaults_on_half_a_day_leave_fewer_files_than_sub_epochs(local_run: dict) -> None:
     """What the chain above proves: sub-epochs no longer need one training file each."""
     from tfpipe.config import load_config
@@ -215,6 +219,7 @@ def _check_submission(table, rows: int) -> None:
     assert values.dtype == np.float64 and np.isfinite(values).all()
 
 
+@pytest.mark.scenario
 def test_predict_notebook_local(local_run: dict) -> None:
     summary = local_run["predict"]
     assert summary["out"] == str(local_run["out"]) and summary["rows"] == SAMPLES

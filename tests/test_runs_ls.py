@@ -14,6 +14,8 @@ import pytest
 from tests.tiny_runs import TINY_CONFIG, tiny_overrides
 from tfpipe.config import load_config
 
+pytestmark = pytest.mark.scenario  # multi-process choreography: runs in `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -21,6 +21,8 @@ from tfpipe.experiments.runs import read_run
 from tfpipe.experiments.space import SpaceError, load_space, override
 from tfpipe.experiments.sweep import SweepSpec, run_sweep
 
+pytestmark = pytest.mark.scenario  # multi-process choreography: runs in `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 LR = "optim.learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}\n"
 SPACE = LR + "epochs: {type: int, low: 1, high: 2}\n"

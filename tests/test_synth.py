@@ -284,6 +284,7 @@ def test_missing_parent_folders_are_created(tmp_path: Path):
     assert (tmp_path / "work" / "deep" / "raw" / "grid-info.nc").is_file()
 
 
+@pytest.mark.scenario
 def test_killed_run_leaves_the_existing_tree_intact(tmp_path: Path):
     out = tmp_path / "raw"
     synthesize(out, days=1 / 72, seed=0)

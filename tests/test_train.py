@@ -119,6 +119,7 @@ def test_default_resume_and_guards(encoded: Path, straight_run: Path, tmp_path: 
         train(config(encoded, tmp_path / "empty"), resume="latest", verbose=0)
 
 
+@pytest.mark.scenario
 def test_time_budget_stops_cleanly(encoded: Path, tmp_path: Path) -> None:
     summary = train(config(encoded, tmp_path / "budget", "time_budget=1s"), verbose=0)
     assert summary["stopped"] == "time budget" and summary["sub_epochs_run"] == 1
@@ -315,6 +316,7 @@ def _read_until(proc: subprocess.Popen, text: str) -> str:
     raise AssertionError(f"{text!r} never came:\n{''.join(seen)[-2000:]}")
 
 
+@pytest.mark.scenario
 def test_sigkill_mid_sub_epoch_and_sigterm_then_resume_match_the_straight_run(
     encoded: Path, straight_run: Path, tmp_path: Path
 ) -> None:
@@ -415,6 +417,7 @@ def mixed_run(encoded: Path, highres: Path, tmp_path_factory: pytest.TempPathFac
     return run
 
 
+@pytest.mark.scenario
 def test_two_sources_squeezeformer_interrupted_and_resumed_equals_straight(
     encoded: Path, highres: Path, mixed_run: Path, tmp_path: Path
 ) -> None:
@@ -480,6 +483,7 @@ def test_predict_reproduces_the_validation_r2_with_ema(mixed_run: Path, tmp_path
     assert abs(kaggle_score(raw, truth) - want) > 1e-4
 
 
+@pytest.mark.scenario
 def test_clipping_sees_the_global_gradient_on_8_replicas(encoded: Path, tmp_path: Path) -> None:
     """`--strategy cpu-mirrored` on 8 logical CPUs with batch b/8 equals one device with batch b.
 
@@ -576,6 +580,7 @@ def test_a_best_keras_behind_its_state_is_repaired(straight_run: Path, encoded: 
     pd.testing.assert_frame_equal(pd.read_parquet(want["out"]), pd.read_parquet(got["out"]))
 
 
+@pytest.mark.scenario
 def test_the_reference_config_trains_on_two_sources_end_to_end(
     encoded: Path, highres: Path, tmp_path: Path
 ) -> None:
@@ -647,6 +652,7 @@ def test_predict_takes_every_checkpoint_form_of_the_readme(
     assert str(err.value) == f"no such checkpoint: {straight_run}/checkpoints/ckpt-9.index does not exist"
 
 
+@pytest.mark.scenario
 def test_ctrl_c_stops_cleanly_and_twice_aborts(encoded: Path, tmp_path: Path) -> None:
     import signal
 
@@ -682,6 +688,7 @@ def test_ctrl_c_stops_cleanly_and_twice_aborts(encoded: Path, tmp_path: Path) ->
     assert "Traceback" not in err and available_checkpoints(str(tmp_path / "twice")) == [1]
 
 
+@pytest.mark.scenario
 def test_status_and_the_checkpoint_hook_tell_runs_ls_what_happened(encoded: Path, tmp_path: Path) -> None:
     """status.json: stopped by the hook (a sweep's pruner), resumed to the end; a failure names its error."""
     from tfpipe.experiments.runs import find_runs, read_run
@@ -763,6 +770,7 @@ def test_select_metric_picks_the_best_checkpoint_and_the_runs_best_r2(
         load_config(TINY_CONFIG, tiny_overrides(tiny_encoded, run, "select_metric=loss"))
 
 
+@pytest.mark.scenario
 def test_a_run_dir_that_a_live_session_trains_is_refused(tiny_encoded: Path, tmp_path: Path) -> None:
     """A second trainer of a run dir that a live process trains: one-line refusal, nothing touched; the
     heartbeat thread rewrites a running status between checkpoints."""
