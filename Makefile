@@ -8,7 +8,9 @@ ZOO_WORKDIR ?= zoo-demo
 DIST ?= dist
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-PYTEST_WORKERS ?= 2
+# 1 by default: on 2 workers (pytest-xdist) the suite took 2781 s instead of ~3200 s, but one Ray launch test
+# (test_ray_ctrl_c_leaves_a_run_that_never_started_queued) is load-sensitive there; `make test PYTEST_WORKERS=2`.
+PYTEST_WORKERS ?= 1
 
 .PHONY: install demo zoo-demo test test-tfio wheel lint bench clean
 

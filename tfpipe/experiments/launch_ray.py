@@ -183,9 +183,7 @@ def _follow(ray: Any, pending: dict, outcomes: dict, counter: Any, board: Any, s
             state = "stopping" if stop.received else "running" if outcomes[spec.name].attempts else "queued"
             board.set(spec.name, state, outcomes[spec.name].attempts)
         if len(stop.received) > cancelled:  # first signal: interrupt (trainers stop cleanly); then force
-            # runs that never started are withdrawn first: a stopping trainer frees its CPUs, and Ray
-            # would otherwise start a queued run on them before its cancel arrives
-            for ref in sorted(pending, key=lambda r: outcomes[pending[r].name].attempts > 0):
+            for ref in pending:
                 ray.cancel(ref, force=cancelled > 0)
             cancelled = len(stop.received)
         board.refresh([spec.name for spec in pending.values()])
