@@ -8,9 +8,8 @@ ZOO_WORKDIR ?= zoo-demo
 DIST ?= dist
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-# 1 by default: on 2 workers (pytest-xdist) the suite took 2781 s instead of ~3200 s, but one Ray launch test
-# (test_ray_ctrl_c_leaves_a_run_that_never_started_queued) is load-sensitive there; `make test PYTEST_WORKERS=2`.
-PYTEST_WORKERS ?= 1
+# two workers (pytest-xdist): `make test` took 2781 s on 2026-12-07 (one at a time: ~3200 s and more)
+PYTEST_WORKERS ?= 2
 
 .PHONY: install demo zoo-demo test test-tfio wheel lint bench clean
 
