@@ -31,24 +31,15 @@ from typing import Any
 
 import yaml
 
-from tfpipe.config.models import LossConfig, ModelConfig, model_config_class, model_config_classes  # noqa: F401
-from tfpipe.config.schema import (  # noqa: F401  (re-exported: the public names of the configuration)
-    PRECISIONS,
-    REPRESENTATIONS,
+from tfpipe.config.models import model_config_class, model_config_classes
+from tfpipe.config.schema import (
     RESUME_MUTABLE,
     SESSION_KEYS,
-    VAL_SPLITS,
     ConfigError,
-    DataConfig,
-    FinetuneConfig,
-    OptimConfig,
-    SourceConfig,
-    TrackingConfig,
     TrainConfig,
-    parse_duration,
     upgrade_legacy_keys,
 )
-from tfpipe.config.tree import ConfigTree, join_key, plain, resolve, type_name  # noqa: F401  (plain, type_name)
+from tfpipe.config.tree import ConfigTree, join_key, plain, resolve
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The configs shipped with the package (``tiny``, ``reference``); ``configs/`` of a checkout links here."""
