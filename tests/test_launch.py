@@ -149,11 +149,6 @@ class _Lines:
         return False
 
 
-@pytest.mark.xfail(
-    reason="known race (2026-12-07, TF 2.21 stack): on Ctrl-C Ray may start the queued run on the CPUs the "
-    "stopping run frees before its cancel lands; to fix in the launcher",
-    strict=False,
-)
 def test_ray_ctrl_c_leaves_a_run_that_never_started_queued(tiny_encoded: Path, tmp_path: Path, local_ray: None):
     """Two runs that each take the whole (2-CPU) Ray: Ctrl-C while the first trains stops it (with its log
     in the summary) and leaves the second queued with 0 attempts, as the local engine reports it."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import json
 import os
 import re
 import signal as _signal
@@ -195,6 +196,31 @@ def stopped_or_raise() -> int:
     if code is None:
         raise  # noqa: PLE0704 (called from an except block)
     return code
+
+
+def run_command(
+    prog: str,
+    body: Callable[[], object],
+    errors: tuple[type[BaseException], ...],
+    on_ctrl_c: str | None = None,
+) -> int:
+    """Run a command's ``body`` and print what it returns as JSON on stdout: 0. An ``errors`` exception
+    is one line ``PROG: error: ...`` on stderr and exit 2; a stop signal during start-up is its exit
+    code (:func:`stopped_or_raise`); with ``on_ctrl_c``, KeyboardInterrupt prints it and exits 130."""
+    try:
+        summary = body()
+    except KeyboardInterrupt:
+        if on_ctrl_c is None:
+            raise
+        print(f"{prog}: {on_ctrl_c}", file=sys.stderr)
+        return 130
+    except errors as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception:
+        return stopped_or_raise()
+    print(json.dumps(summary))
+    return 0
 
 
 # -- path arguments -----------------------------------------------------------------------------------

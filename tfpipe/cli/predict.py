@@ -3,16 +3,13 @@ with ``--models``, :func:`tfpipe.experiments.predict_set.predict_models`), the J
 
 from __future__ import annotations
 
-import json
-import sys
-
 from tfpipe.console import (
     ArgumentParser,
     check_path_arguments,
     quiet_native_logs,
     restores_signal_handlers,
+    run_command,
     stop_on_signals,
-    stopped_or_raise,
 )
 
 
@@ -60,29 +57,23 @@ def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") ->
     quiet_native_logs()
     from tfpipe import storage
 
-    try:
+    def body() -> dict:
         check_predict_inputs(args.checkpoint, args.models, args.data, args.weights, args.allow_partial)
         if args.models:
             from tfpipe.experiments.predict_set import predict_models
 
-            summary = predict_models(
+            return predict_models(
                 args.models, args.data, args.out_dir, args.weights, args.batch_size, args.oof,
                 args.allow_partial, progress=not args.quiet,
             )  # fmt: skip
-        else:
-            from tfpipe.predict import predict
+        from tfpipe.predict import predict
 
-            summary = predict(
-                args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof,
-                args.allow_partial, progress=not args.quiet,
-            )  # fmt: skip
-    except (ValueError, OSError, storage.StorageError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except Exception:
-        return stopped_or_raise()
-    print(json.dumps(summary))
-    return 0
+        return predict(
+            args.checkpoint, args.data, args.out, args.weights, args.batch_size, args.oof,
+            args.allow_partial, progress=not args.quiet,
+        )  # fmt: skip
+
+    return run_command(prog, body, (ValueError, OSError, storage.StorageError))
 
 
 def check_predict_inputs(

@@ -3,16 +3,13 @@ summary on stdout."""
 
 from __future__ import annotations
 
-import json
-import sys
-
 from tfpipe.console import (
     ArgumentParser,
     check_path_arguments,
     quiet_native_logs,
     restores_signal_handlers,
+    run_command,
     stop_on_signals,
-    stopped_or_raise,
 )
 
 
@@ -75,7 +72,8 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
     from tfpipe.config import ConfigError, load_config
 
     quiet_native_logs()
-    try:
+
+    def body() -> dict:
         config = load_config(args.config, overrides)
         from tfpipe.train.tracking import preflight
 
@@ -89,21 +87,14 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
             configure_logical_cpus(args.logical_cpus)
         from tfpipe.train.loop import train
 
-        summary = train(
+        return train(
             config, args.resume, args.allow_config_change, args.stop_after_sub_epochs, args.deterministic,
             args.strategy, 0 if args.quiet else 1, args.allow_data_change, args.allow_replica_change,
             not args.no_fallback,
         )  # fmt: skip
-    except KeyboardInterrupt:
-        print(
-            f"{prog}: aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch", file=sys.stderr
-        )
-        return 130
-    except (ConfigError, storage.StorageError, OSError, ValueError) as err:
-        # ValueError: TrainError, data, stats, manifest, plan and normalisation errors
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except Exception:
-        return stopped_or_raise()
-    print(json.dumps(summary))
-    return 0
+
+    # ValueError: TrainError, data, stats, manifest, plan and normalisation errors
+    errors = (ConfigError, storage.StorageError, OSError, ValueError)
+    return run_command(
+        prog, body, errors, on_ctrl_c="aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch"
+    )

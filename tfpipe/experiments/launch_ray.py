@@ -5,7 +5,10 @@ and left running). Each task asks for ``num_cpus`` / ``num_gpus`` and has ``max_
 retries it when the trainer dies (the task raises :class:`TrainProcessDied`) and when its worker or
 node dies; the retry resumes from the run dir, so on a cluster the run dirs should be ``gs://`` (or
 a shared file system) and data paths absolute or ``gs://``. Exit code 2 (bad input) raises
-:class:`TrainBadInput`, which is not retried. A small actor counts the attempts of every run.
+:class:`TrainBadInput`, which is not retried. A small actor counts the attempts of every run and is
+the gate a stopping launch closes, so that a queued run never starts once Ctrl-C is in. A task makes
+no blocking Ray call from its main thread: Ray would lend its CPUs to a queued run meanwhile, and two
+trainers would share CPUs meant for one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tfpipe import storage
@@ -29,14 +33,21 @@ from tfpipe.experiments.zoo import RunSpec
 
 
 class AttemptCounter:
-    """A Ray actor: how many attempts each run has started (a retry on another node counts too)."""
+    """A Ray actor: how many attempts each run has started (a retry on another node counts too), and the
+    gate a stopping launch closes: after :meth:`close`, no attempt starts (``start`` answers 0)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.closed = False
 
     def start(self, name: str) -> int:
+        if self.closed:
+            return 0
         self.counts[name] = self.counts.get(name, 0) + 1
         return self.counts[name]
+
+    def close(self) -> None:
+        self.closed = True
 
     def all(self) -> dict[str, int]:
         return dict(self.counts)
@@ -48,7 +59,12 @@ def train_task(spec: dict[str, Any], config_text: str, cwd: str, counter: Any) -
 
     from tfpipe.experiments.runs import read_run
 
-    attempt = ray.get(counter.start.remote(spec["name"]))
+    # Not from this (the main) thread: a task that blocks in ray.get there gives its CPUs back until the
+    # call returns, and Ray starts a queued run on them; both would then train at once on those CPUs.
+    with ThreadPoolExecutor(1) as helper:
+        attempt = helper.submit(ray.get, counter.start.remote(spec["name"])).result()
+    if attempt == 0:  # the launch is stopping: this run stays queued, never started
+        return {"returncode": None, "attempt": 0, "log": None}
     try:
         if read_run(spec["run_dir"]).state == "finished":
             return {"returncode": 0, "attempt": attempt, "log": None}
@@ -183,6 +199,9 @@ def _follow(ray: Any, pending: dict, outcomes: dict, counter: Any, board: Any, s
             state = "stopping" if stop.received else "running" if outcomes[spec.name].attempts else "queued"
             board.set(spec.name, state, outcomes[spec.name].attempts)
         if len(stop.received) > cancelled:  # first signal: interrupt (trainers stop cleanly); then force
+            # the gate closes first: a queued task that Ray starts on the CPUs a stopping run frees (its
+            # cancel can land after that) finds it closed and returns without training
+            ray.get(counter.close.remote())
             for ref in pending:
                 ray.cancel(ref, force=cancelled > 0)
             cancelled = len(stop.received)
