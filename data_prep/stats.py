@@ -18,7 +18,13 @@ import time
 from tqdm import tqdm
 
 from tfpipe import storage
-from tfpipe.console import ArgumentParser, check_path_arguments, stop_on_signals
+from tfpipe.console import (
+    ArgumentParser,
+    check_path_arguments,
+    quiet_native_logs,
+    stop_on_signals,
+    terminal_stderr,
+)
 from tfpipe.data.manifest import ManifestError, data_files, read_manifests
 from tfpipe.data.records import read_blocks
 from tfpipe.data.schema import Schema, get_schema
@@ -47,7 +53,7 @@ def compute_stats(
     from tensorflow.core.example import example_pb2  # noqa: F401
 
     bar = tqdm(total=total, unit="sample", unit_scale=True, desc="statistics", disable=not progress,
-               file=sys.stderr, mininterval=1.0, delay=2.0)  # fmt: skip
+               file=terminal_stderr(), mininterval=1.0, delay=2.0)  # fmt: skip
     for block in read_blocks(files, schema):
         bar.update(len(block))
         x, y = block_columns(block, schema)
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals("data_prep.stats")
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_native_logs()  # TensorFlow's start-up lines (when it loads) stay out of our one-line errors
     if (args.data is None) == (args.merge is None):
         parser.error("give exactly one of --data and --merge")
     t0 = time.perf_counter()

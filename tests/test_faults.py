@@ -324,6 +324,8 @@ def test_kill_9_of_encode_with_workers_leaves_no_process(raw_tree: Path, tmp_pat
 STARTUP_PAUSED = """
 import sys, time
 from pathlib import Path
+from tfpipe.console import quiet_native_logs
+quiet_native_logs()  # first, as the command line does: TensorFlow's start-up lines stay out
 import tfpipe.train.loop as loop
 from tfpipe.cli.main import train_main
 

@@ -156,6 +156,8 @@ def test_gcs_claim_is_exclusive_and_a_dead_owners_claim_is_taken_over(gcs_env) -
 PAUSED_AT_FIRST_CHUNK = """
 import sys, time
 from pathlib import Path
+from tfpipe.console import quiet_native_logs
+quiet_native_logs()  # first, as the command line does: TensorFlow's start-up lines stay out
 from tfpipe.cli.main import train_main
 from tfpipe.train.step import TrainStep
 
@@ -218,6 +220,8 @@ def wait_any_exit(procs: list[subprocess.Popen], timeout: float = 600) -> list[s
 AT_CHECKPOINT = """
 import os, resource, sys, time, uuid
 from pathlib import Path
+from tfpipe.console import quiet_native_logs
+quiet_native_logs()  # first, as the command line does: TensorFlow's start-up lines stay out
 import tfpipe.train.loop as loop
 from tfpipe.cli.main import train_main
 

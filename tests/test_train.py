@@ -276,6 +276,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 PAUSED_TRAIN = """
 import sys, time
 from pathlib import Path
+from tfpipe.console import quiet_native_logs
+quiet_native_logs()  # first, as the command line does: TensorFlow's start-up lines stay out
 from tfpipe.cli.main import train_main
 from tfpipe.train.step import TrainStep
 
