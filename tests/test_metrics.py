@@ -12,7 +12,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.metrics import r2_score
 
 from tfpipe.data.schema import KAGGLE, NLEV
 from tfpipe.evaluate.metrics import ScoreError, StreamingR2, kaggle_score, r2_scores
@@ -26,6 +25,12 @@ from tfpipe.evaluate.prediction_files import (
     write_truth,
 )
 from tfpipe.evaluate.score import plot_r2_heatmap, r2_by_level, r2_table
+
+
+def sklearn_r2_score():
+    """scikit-learn's ``r2_score``, the reference for ours: installed in requirements-tfio.txt (make
+    test-tfio) only, because Keras imports scikit-learn at every ``import tensorflow`` when it is there."""
+    return pytest.importorskip("sklearn.metrics", reason="scikit-learn is in requirements-tfio.txt").r2_score
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = list(KAGGLE.target_columns)
@@ -55,6 +60,7 @@ def write_weights(path: Path, weights: np.ndarray, rows: int = 3) -> None:
 
 
 def test_r2_equals_sklearn_per_column_with_zero_weight_targets_as_one() -> None:
+    r2_score = sklearn_r2_score()
     _, pred, truth = make_data()
     truth[:, 100] = 3.0  # constant truth, exact prediction: sklearn gives 1
     pred[:, 100] = 3.0
@@ -69,6 +75,7 @@ def test_r2_equals_sklearn_per_column_with_zero_weight_targets_as_one() -> None:
 
 
 def test_weights_are_applied_as_kaggle_did(tmp_path: Path) -> None:
+    r2_score = sklearn_r2_score()
     _, pred, truth = make_data(seed=1)
     rng = np.random.default_rng(2)
     weights = rng.uniform(0.5, 2e4, T)
@@ -184,6 +191,7 @@ def test_score_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_streaming_r2_equals_sklearn_batch_by_batch() -> None:
+    r2_score = sklearn_r2_score()
     rng = np.random.default_rng(4)
     truth = rng.normal(size=(5000, 6)) * [1.0, 1e-3, 1e6, 1.0, 1.0, 1.0] + [0.0, 0.0, 1e9, 5.0, 0.0, 0.0]
     pred = truth + rng.normal(size=truth.shape) * [0.5, 1e-4, 1e5, 2.0, 0.0, 0.1]
