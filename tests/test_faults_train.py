@@ -192,14 +192,16 @@ def test_two_trainers_started_together_one_refuses_at_once(tiny_encoded: Path, t
         )  # fmt: skip
         for i in range(2)
     ]
-    # the loser exits at the claim; the winner waits at its first chunk of steps until `go`
-    loser = next(iter(wait_any_exit(procs)))
-    winner = procs[1 - procs.index(loser)]
-    out, err = loser.communicate()
-    assert loser.returncode == 2 and not (tmp_path / f"at{procs.index(loser)}").exists(), err[-3000:]
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "train.lock" in lines[0] and f"pid {winner.pid}" in lines[0], err[-3000:]
-    go.touch()
+    try:
+        # the loser exits at the claim; the winner waits at its first chunk of steps until `go`
+        loser = next(iter(wait_any_exit(procs)))
+        winner = procs[1 - procs.index(loser)]
+        out, err = loser.communicate()
+        assert loser.returncode == 2 and not (tmp_path / f"at{procs.index(loser)}").exists(), err[-3000:]
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "train.lock" in lines[0] and f"pid {winner.pid}" in lines[0], err[-3000:]
+    finally:
+        go.touch()  # a failed check leaves no trainer waiting for `go`
     out, err = winner.communicate(timeout=600)
     assert winner.returncode == 0, err[-3000:]
     status = json.loads((run / "status.json").read_text())
