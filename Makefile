@@ -39,11 +39,12 @@ test: install  ## the whole test suite (what CI runs), on PYTEST_WORKERS process
 	$(BIN)/python -m pytest -v --durations=20 -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # TF 2.17 with the tensorflow-io plugin: the plugin's gs:// tests and every test of the library's own steps.
-# The README's end-to-end runs (marker e2e), the benchmark runs (bench) and the multi-process scenarios
-# (scenario: kills, signals, sweeps, launches, notebooks) run once, in `make test`: each step they chain is
-# tested here too, and their engines (Keras, Optuna, Ray, MLflow) are the same versions in both sets.
+# The README's end-to-end runs (marker e2e), the benchmark runs (bench), the multi-process scenarios
+# (scenario: kills, signals, sweeps, launches, notebooks) and the command line's own behaviour (cli: one-line
+# errors, exit codes, kill points) run once, in `make test`: each library step they go through is tested
+# here too, and their engines (Keras, Optuna, Ray, MLflow) are the same versions in both sets.
 test-tfio:  ## the library's own tests on TF 2.17 + tensorflow-io (requirements-tfio.txt, .venv-tfio)
-	$(MAKE) test VENV=.venv-tfio REQUIREMENTS=requirements-tfio.txt PYTEST_ARGS='-m "not e2e and not bench and not scenario"'
+	$(MAKE) test VENV=.venv-tfio REQUIREMENTS=requirements-tfio.txt PYTEST_ARGS='-m "not e2e and not bench and not scenario and not cli"'
 
 wheel:  ## dist/tfpipe-<version>-py3-none-any.whl: what the notebooks install (e.g. as a Kaggle dataset)
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(DIST) .

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench  # benchmark runs: once, in `make test`
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tfpipe.data.schema import KAGGLE
+
+pytestmark = pytest.mark.cli  # the command line itself: run once, in `make test`
 
 TFPIPE = Path(sys.executable).parent / "tfpipe"  # the console script installed with the package
 

@@ -30,6 +30,8 @@ from data_prep.encode import EncodeConfig, encode_shard, list_raw_pairs
 from data_prep.stats import compute_stats
 from tfpipe.data.manifest import read_manifests
 
+pytestmark = pytest.mark.cli  # bad input and faults through the command line: tfpipe's own handling, run once, in `make test`
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 

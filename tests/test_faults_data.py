@@ -31,6 +31,8 @@ from data_prep.stats import compute_stats
 from tfpipe.data.manifest import read_manifests
 from tfpipe.storage import staging
 
+pytestmark = pytest.mark.cli  # damaged data through every reading command: tfpipe's own handling, run once, in `make test`
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TEMPS = "*tfpipe-tmp*"

@@ -19,6 +19,8 @@ import pytest
 
 from tests.tiny_runs import TINY_CONFIG, tiny_overrides
 
+pytestmark = pytest.mark.cli  # faults of the trainer's commands and kill points: tfpipe's own handling, run once, in `make test`
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 

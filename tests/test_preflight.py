@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cli  # the commands' checks before TensorFlow loads: run once, in `make test`
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, runpy, sys

@@ -8,6 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.cli  # a command's progress output: run once, in `make test`
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = textwrap.dedent(
