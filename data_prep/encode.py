@@ -28,13 +28,7 @@ from data_prep.raw_blocks import list_raw_pairs, raw_blocks
 from data_prep.shard_writer import BackgroundWriter, ShardWriter
 from data_prep.sharding import SHARD_ENV, ShardEnvError, int_from_env
 from tfpipe import storage
-from tfpipe.console import (
-    ArgumentParser,
-    check_path_arguments,
-    quiet_native_logs,
-    stop_on_signals,
-    terminal_stderr,
-)
+from tfpipe.console import ArgumentParser, check_path_arguments, stop_on_signals
 from tfpipe.data.kaggle_csv import CsvError, csv_blocks, read_header
 from tfpipe.data.manifest import (
     ENCODER,
@@ -351,7 +345,7 @@ def _progress(config: EncodeConfig, total: int | None):
         unit=unit,
         desc=f"shard {config.shard}/{config.num_shards}",
         disable=not config.progress,
-        file=terminal_stderr(),
+        file=sys.stderr,
         mininterval=1.0,
     )
 
@@ -392,7 +386,6 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals("data_prep.encode")
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_native_logs()  # TensorFlow's start-up lines (when it loads) stay out of our one-line errors
     try:
         shard = args.shard if args.shard is not None else int_from_env(SHARD_ENV)[0]
         if shard is None:

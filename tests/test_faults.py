@@ -30,8 +30,6 @@ from data_prep.encode import EncodeConfig, encode_shard, list_raw_pairs
 from data_prep.stats import compute_stats
 from tfpipe.data.manifest import read_manifests
 
-pytestmark = pytest.mark.cli  # bad input and faults through the command line: tfpipe's own handling, run once, in `make test`
-
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -221,6 +219,7 @@ def _add_nan(path: Path) -> None:
         ds["state_t"][:] = t
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_one_line_exit_2_nothing_committed_changes(
     case: Case, paths: dict, good: Path, tmp_path: Path
@@ -242,6 +241,7 @@ def test_bad_input_one_line_exit_2_nothing_committed_changes(
         assert len(read_manifests(p["dst"])) == 3  # still one complete, readable set
 
 
+@pytest.mark.cli
 def test_a_partial_set_is_used_when_allowed_and_named(paths: dict, tmp_path: Path) -> None:
     result = run(
         "-m",
@@ -376,6 +376,7 @@ print(json.dumps({"codes": codes, "kept": kept}))
 """
 
 
+@pytest.mark.cli
 def test_cli_main_puts_back_the_callers_signal_handlers(tmp_path: Path) -> None:
     """cli.main called in-process (a notebook, a script) leaves SIGTERM and SIGINT as it found them."""
     result = subprocess.run([PY, "-c", SIGNALS_AFTER_MAIN, str(tmp_path / "nope.yaml")], cwd=ROOT,
@@ -447,6 +448,7 @@ def test_leftovers_of_killed_runs_are_removed_by_the_next_run(good: Path, traine
     assert not any(p.exists() for p in junk)
 
 
+@pytest.mark.cli
 def test_published_files_are_readable_by_others(trained: Path, good: Path, tmp_path: Path) -> None:
     for path in (
         trained / "best.keras",

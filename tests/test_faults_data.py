@@ -31,8 +31,6 @@ from data_prep.stats import compute_stats
 from tfpipe.data.manifest import read_manifests
 from tfpipe.storage import staging
 
-pytestmark = pytest.mark.cli  # damaged data through every reading command: tfpipe's own handling, run once, in `make test`
-
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TEMPS = "*tfpipe-tmp*"
@@ -127,6 +125,7 @@ def reader_commands(data: Path, run_dir: Path, models: Path, out: Path) -> dict[
     }  # fmt: skip
 
 
+@pytest.mark.cli
 def test_a_part_file_cut_at_a_record_boundary_is_refused_by_every_reader(
     data: Path, run_dir: Path, models: Path, tmp_path: Path
 ) -> None:
@@ -146,6 +145,7 @@ def test_a_part_file_cut_at_a_record_boundary_is_refused_by_every_reader(
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
+@pytest.mark.cli
 def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(
     data: Path, tmp_path: Path, gcs, monkeypatch
 ) -> None:
@@ -163,6 +163,7 @@ def test_a_cut_part_file_on_gcs_is_refused_from_the_listing(
     assert not (tmp_path / "s.json").exists()
 
 
+@pytest.mark.cli
 def test_a_bit_flip_in_a_part_file_is_one_line_naming_it_in_predict(
     data: Path, run_dir: Path, models: Path, tmp_path: Path
 ) -> None:
@@ -174,6 +175,7 @@ def test_a_bit_flip_in_a_part_file_is_one_line_naming_it_in_predict(
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
+@pytest.mark.cli
 def test_gs_urls_without_a_bucket_are_refused_by_every_command(
     data: Path, run_dir: Path, small_raw_tree: Path, tmp_path: Path
 ) -> None:
@@ -198,6 +200,7 @@ def test_gs_urls_without_a_bucket_are_refused_by_every_command(
     assert list(cwd.iterdir()) == []  # no local folder ./gs: and nothing else
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("content", [b"", b"CDF\x01 not really netCDF"], ids=["empty", "garbage"])
 def test_a_damaged_grid_file_is_refused_by_encode(
     small_raw_tree: Path, tmp_path: Path, content: bytes
@@ -232,6 +235,7 @@ def small_disk(folder: Path) -> Iterator[Callable | None]:
             subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encode_on_a_full_disk_is_one_line_naming_the_file(
     small_raw_tree: Path, tmp_path: Path, workers: int
@@ -333,6 +337,7 @@ def test_publishing_removes_only_dead_writers_temps_and_never_doubles_the_suffix
     )
 
 
+@pytest.mark.cli
 def test_one_source_folder_spelled_relative_and_absolute_is_one_source(
     small_raw_tree: Path, tmp_path: Path
 ) -> None:

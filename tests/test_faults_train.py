@@ -19,8 +19,6 @@ import pytest
 
 from tests.tiny_runs import TINY_CONFIG, tiny_overrides
 
-pytestmark = pytest.mark.cli  # faults of the trainer's commands and kill points: tfpipe's own handling, run once, in `make test`
-
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -202,8 +200,13 @@ def test_two_trainers_started_together_one_refuses_at_once(tiny_encoded: Path, t
         assert loser.returncode == 2 and not (tmp_path / f"at{procs.index(loser)}").exists(), err[-3000:]
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and "train.lock" in lines[0] and f"pid {winner.pid}" in lines[0], err[-3000:]
+    except BaseException:
+        for proc in procs:  # a failed check leaves no trainer behind
+            proc.kill()
+            proc.wait()
+        raise
     finally:
-        go.touch()  # a failed check leaves no trainer waiting for `go`
+        go.touch()
     out, err = winner.communicate(timeout=600)
     assert winner.returncode == 0, err[-3000:]
     status = json.loads((run / "status.json").read_text())

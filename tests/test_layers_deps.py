@@ -2,7 +2,8 @@
 
 Only the application layer of tfpipe (the demo, its data and the notebook helpers) drives the
 ``data_prep`` jobs. Every other module is parsed (not imported) and must not name ``data_prep`` in an
-import statement or an ``import_module``/``__import__`` call.
+import statement (lazy ones included) or an ``import_module``/``__import__`` call; an import under
+``if TYPE_CHECKING:`` is for type checkers only and is allowed, as in the circle check.
 """
 
 from __future__ import annotations
@@ -26,20 +27,26 @@ def data_prep_imports(source: str, module: str = "tfpipe.m", is_package: bool = 
 def test_the_checker_sees_every_form_of_import() -> None:
     source = "\n".join(
         [
+            "import data_prep.download",
             "import numpy, data_prep.stats as s",
             "from data_prep.encode import encode_shard",
+            "from data_prep import raw",
             "def f():",
-            "    import data_prep",
+            "    import data_prep",  # lazy imports count
             "importlib.import_module('data_prep.synth')",
+            "if TYPE_CHECKING:",
+            "    import data_prep.sharding",  # only for type checkers: not a run-time dependency
             "import data_prepare, tfpipe.data.stats",  # other names are fine
             "from . import data_prep_like",
-            "text = 'python -m data_prep.download'",
+            "text = 'python -m data_prep.grid'",
         ]
     )
     assert data_prep_imports(source) == [
         "data_prep",
+        "data_prep.download",
         "data_prep.encode",
         "data_prep.encode.encode_shard",
+        "data_prep.raw",
         "data_prep.stats",
         "data_prep.synth",
     ]

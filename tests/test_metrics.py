@@ -32,6 +32,7 @@ def sklearn_r2_score():
     test-tfio) only, because Keras imports scikit-learn at every ``import tensorflow`` when it is there."""
     return pytest.importorskip("sklearn.metrics", reason="scikit-learn is in requirements-tfio.txt").r2_score
 
+
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = list(KAGGLE.target_columns)
 T = KAGGLE.n_targets

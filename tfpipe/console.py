@@ -198,7 +198,7 @@ def stopped_or_raise() -> int:
     return code
 
 
-def run_command(
+def run_json_command(
     prog: str,
     body: Callable[[], object],
     errors: tuple[type[BaseException], ...],

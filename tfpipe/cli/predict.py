@@ -8,7 +8,7 @@ from tfpipe.console import (
     check_path_arguments,
     quiet_native_logs,
     restores_signal_handlers,
-    run_command,
+    run_json_command,
     stop_on_signals,
 )
 
@@ -73,7 +73,7 @@ def predict_main(argv: list[str] | None = None, prog: str = "tfpipe predict") ->
             args.allow_partial, progress=not args.quiet,
         )  # fmt: skip
 
-    return run_command(prog, body, (ValueError, OSError, storage.StorageError))
+    return run_json_command(prog, body, (ValueError, OSError, storage.StorageError))
 
 
 def check_predict_inputs(

@@ -8,7 +8,7 @@ from tfpipe.console import (
     check_path_arguments,
     quiet_native_logs,
     restores_signal_handlers,
-    run_command,
+    run_json_command,
     stop_on_signals,
 )
 
@@ -95,6 +95,6 @@ def train_main(argv: list[str] | None = None, prog: str = "tfpipe train") -> int
 
     # ValueError: TrainError, data, stats, manifest, plan and normalisation errors
     errors = (ConfigError, storage.StorageError, OSError, ValueError)
-    return run_command(
+    return run_json_command(
         prog, body, errors, on_ctrl_c="aborted (Ctrl-C twice); the next run redoes the unfinished sub-epoch"
     )
