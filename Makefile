@@ -8,7 +8,7 @@ ZOO_WORKDIR ?= zoo-demo
 DIST ?= dist
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-# two workers (pytest-xdist): `make test` took 1582 s on 2026-12-08 from a fresh clone, installs included
+# two workers (pytest-xdist): `make test` took 1255-1483 s on 2026-12-08 from a fresh clone, installs included
 PYTEST_WORKERS ?= 2
 
 .PHONY: install demo zoo-demo test test-tfio wheel lint bench clean
