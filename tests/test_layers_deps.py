@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_import_graph import imported_names
+from test_import_graph import imported_names, module_name
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_LAYER = {"tfpipe/demo.py", "tfpipe/demo_data.py", "tfpipe/notebook.py"}
@@ -59,8 +59,8 @@ def test_tfpipe_imports_data_prep_only_in_its_application_layer() -> None:
     for path in modules:
         name = path.relative_to(ROOT).as_posix()
         if name not in APP_LAYER:
-            module = name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-            found = data_prep_imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+            source = path.read_text(encoding="utf-8")
+            found = data_prep_imports(source, module_name(path, ROOT), path.name == "__init__.py")
             if found:
                 offenders[name] = found
     assert not offenders, (
